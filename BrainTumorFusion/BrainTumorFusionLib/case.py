@@ -1,0 +1,52 @@
+"""Case and Result: what flows between the adapters (scene, files) and the Slicer-free core."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .modalities import MODALITIES
+
+# BraTS label values written on disk and in the scene.
+LABEL_NECROTIC = 1
+LABEL_EDEMA = 2
+LABEL_ENHANCING = 4
+
+
+@dataclass
+class Case:
+    """Four co-registered volumes on one grid.
+
+    image: float32 array (4, K, J, I) in MODALITIES order (numpy/Slicer/SimpleITK axis order: slice first);
+        channels of absent modalities are zero.
+    ijk_to_ras: 4x4 matrix from voxel index (i, j, k) to RAS millimetres.
+    present: one bool per modality.
+    """
+
+    name: str
+    image: np.ndarray
+    ijk_to_ras: np.ndarray
+    present: tuple
+    warnings: list = field(default_factory=list)
+
+    @property
+    def present_modalities(self):
+        return tuple(m for m, p in zip(MODALITIES, self.present) if p)
+
+    @property
+    def voxel_volume_ml(self):
+        return abs(float(np.linalg.det(self.ijk_to_ras[:3, :3]))) / 1000.0
+
+
+@dataclass
+class Result:
+    """What a run gives back: a BraTS label map on the case grid, region volumes and grade probabilities."""
+
+    case_name: str
+    labels: np.ndarray  # uint8 (K, J, I), values 0/1/2/4
+    ijk_to_ras: np.ndarray
+    volumes_ml: dict  # NCR, ED, ET, TC, WT
+    grade_probabilities: dict = None  # {"HGG": p, "LGG": p} when grading was asked for
+    model: str = ""
+    device: str = ""
+    seconds: float = 0.0
+    warnings: list = field(default_factory=list)

@@ -1,0 +1,45 @@
+"""Name -> network class. `build(name)` with no arguments gives the paper-sized variant."""
+
+import importlib
+
+# name -> (module, class name, task); modules are imported on first use to keep start-up light.
+_NETWORKS = {
+    "hafb": ("hafb", "HAFBNet", "segmentation"),
+    "missu": ("missu", "MISSU", "segmentation"),
+    "transfuse": ("transfuse", "TransFuse3D", "segmentation"),
+    "swinfuse": ("swinfuse", "SwinFUSE", "segmentation"),
+    "cmg": ("cmg", "CrossModalityGuidedGrader", "grading"),
+}
+_EXTRA = {}
+
+
+def register(name, cls, task="segmentation"):
+    """Add a network class under `name` (used by tests and by users bringing their own network)."""
+    _EXTRA[name] = (cls, task)
+
+
+def available():
+    return sorted(set(_NETWORKS) | set(_EXTRA))
+
+
+def task_of(name):
+    if name in _EXTRA:
+        return _EXTRA[name][1]
+    if name in _NETWORKS:
+        return _NETWORKS[name][2]
+    raise KeyError(f"Unknown network '{name}'. Available: {', '.join(available())}.")
+
+
+def network_class(name):
+    if name in _EXTRA:
+        return _EXTRA[name][0]
+    if name not in _NETWORKS:
+        raise KeyError(f"Unknown network '{name}'. Available: {', '.join(available())}.")
+    module_name, class_name, _ = _NETWORKS[name]
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    return getattr(module, class_name)
+
+
+def build(name, **config):
+    """Instantiate network `name` with `config` overriding the paper-sized defaults."""
+    return network_class(name)(**config)
