@@ -1,0 +1,141 @@
+"""The model catalogue: which trained weights exist, what they need, and hash-checked loading.
+
+Entries live in Resources/models.json (shipped models) and in any extra catalogue JSON a user passes (their
+own trained models; weight paths in such a file are relative to it). Each entry records: name, title, task
+(segmentation | grading), network, config, modalities (the ones it needs), handles_missing_modalities,
+spacing_mm (I, J, K), patch_size (D, H, W), weights {file, sha256}, training and metrics.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelError
+
+RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+SHIPPED_CATALOGUE = RESOURCES / "models.json"
+SHIPPED_WEIGHTS = RESOURCES / "Weights"
+
+
+def cache_folder():
+    """User cache for downloaded or user-provided weights (BRAINTUMORFUSION_CACHE overrides)."""
+    configured = os.environ.get("BRAINTUMORFUSION_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.environ.get("LOCALAPPDATA") or Path.home() / ".cache"
+    return Path(base) / "BrainTumorFusion"
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    task: str
+    network: str
+    weights_file: str
+    sha256: str
+    title: str = ""
+    config: dict = field(default_factory=dict)
+    modalities: tuple = ("t1", "t1ce", "t2", "flair")
+    handles_missing_modalities: bool = False
+    spacing_mm: tuple = None
+    patch_size: tuple = (128, 128, 128)
+    folder: Path = SHIPPED_WEIGHTS
+    details: dict = field(default_factory=dict)  # training, split, metrics: shown, never interpreted
+
+    @classmethod
+    def from_json(cls, data, folder):
+        try:
+            return cls(name=data["name"], task=data["task"], network=data["network"],
+                       weights_file=data["weights"]["file"], sha256=data["weights"]["sha256"].lower(),
+                       title=data.get("title", data["name"]), config=data.get("config", {}),
+                       modalities=tuple(data.get("modalities", cls.modalities)),
+                       handles_missing_modalities=bool(data.get("handles_missing_modalities", False)),
+                       spacing_mm=tuple(data["spacing_mm"]) if data.get("spacing_mm") else None,
+                       patch_size=tuple(data.get("patch_size", cls.patch_size)), folder=Path(folder),
+                       details={k: data[k] for k in ("training", "metrics", "split") if k in data})
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ModelError(f"Catalogue entry {data.get('name', '?') if isinstance(data, dict) else data!r} "
+                             f"is incomplete ({error}). Re-export it with Training's export command.") from None
+
+    def weights_path(self):
+        """The weights file: next to its catalogue, else in the user cache folder."""
+        for folder in (self.folder, cache_folder()):
+            path = Path(folder) / self.weights_file
+            if path.is_file():
+                return path
+        raise ModelError(
+            f"Weights of model '{self.name}' ({self.weights_file}) not found in {self.folder} or "
+            f"{cache_folder()}. Reinstall the extension or copy the file there.")
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Catalogue:
+    def __init__(self, entries=()):
+        self.entries = {}
+        for entry in entries:
+            self.entries[entry.name] = entry
+
+    @classmethod
+    def load(cls, extra_files=()):
+        """Shipped catalogue plus extra catalogue files (their entries win on equal names)."""
+        entries = []
+        for path, weights_folder in [(SHIPPED_CATALOGUE, SHIPPED_WEIGHTS)] + [(Path(p), Path(p).parent)
+                                                                           for p in extra_files]:
+            try:
+                data = json.loads(Path(path).read_text())
+            except FileNotFoundError:
+                raise ModelError(f"Model catalogue {path} not found. Check the path.") from None
+            except json.JSONDecodeError as error:
+                raise ModelError(f"Model catalogue {path} is not valid JSON ({error}).") from None
+            entries += [ModelEntry.from_json(item, weights_folder) for item in data.get("models", [])]
+        return cls(entries)
+
+    def names(self, task=None):
+        return sorted(name for name, entry in self.entries.items() if task in (None, entry.task))
+
+    def entry(self, name, task=None):
+        entry = self.entries.get(name)
+        if entry is None or (task and entry.task != task):
+            known = ", ".join(self.names(task)) or "none yet (no trained weights are installed)"
+            raise ModelError(f"Unknown {task or ''} model '{name}'. Available: {known}.".replace("  ", " "))
+        return entry
+
+
+def load_network(entry, device="cpu"):
+    """Build the entry's network and load its weights after checking their SHA-256; eval mode."""
+    import torch
+
+    from . import networks
+
+    path = entry.weights_path()
+    actual = file_sha256(path)
+    if actual != entry.sha256:
+        raise ModelError(
+            f"Weights file {path} does not match the catalogue (SHA-256 {actual[:12]}... instead of "
+            f"{entry.sha256[:12]}...). It is corrupt or was replaced: delete it and reinstall the extension "
+            "or re-export the model.")
+    try:
+        network = networks.build(entry.network, **entry.config)
+    except (KeyError, TypeError) as error:
+        raise ModelError(f"Model '{entry.name}': cannot build network '{entry.network}' ({error}).") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for unreadable files
+        raise ModelError(f"Weights file {path} cannot be read ({error}). Delete it and reinstall.") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        network.load_state_dict(state, strict=True)
+    except (RuntimeError, AttributeError) as error:
+        raise ModelError(
+            f"Weights file {path} does not fit network '{entry.network}' with the catalogue's configuration: "
+            f"{str(error).splitlines()[0]} Re-export the model so weights and catalogue entry agree.") from None
+    return network.to(device).eval()

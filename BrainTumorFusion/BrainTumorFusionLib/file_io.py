@@ -1,0 +1,135 @@
+"""File adapter: find cases in a folder, read a case from image files, write label maps on the input grid."""
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, OutputError
+from .geometry import assemble_case, ijk_to_ras_of
+from .modalities import DISPLAY_NAMES, MODALITIES
+
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+# Last name token -> role: BraTS 2018-2021 (`_t1`, `_t1ce`, `_t2`, `_flair`) and 2023 (`-t1n`, `-t1c`,
+# `-t2w`, `-t2f`) naming. Anything else (`_seg`, masks, notes) is ignored.
+SUFFIX_ROLES = {
+    "t1": "t1", "t1n": "t1", "t1w": "t1",
+    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce",
+    "t2": "t2", "t2w": "t2",
+    "flair": "flair", "t2f": "flair",
+}
+_TOKEN = re.compile(r"[_\-.]")
+
+
+@dataclass
+class CaseFiles:
+    case_id: str
+    files: dict  # role -> Path
+
+
+def strip_extension(name):
+    for extension in IMAGE_EXTENSIONS:
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return None
+
+
+def role_of_file(path):
+    stem = strip_extension(Path(path).name)
+    if stem is None:
+        return None
+    return SUFFIX_ROLES.get(_TOKEN.split(stem)[-1].lower())
+
+
+def case_files_in(folder):
+    """CaseFiles of one case folder, or None when it holds no modality image."""
+    folder = Path(folder)
+    files = {}
+    for path in sorted(folder.iterdir()):
+        role = role_of_file(path) if path.is_file() else None
+        if role is None:
+            continue
+        if role in files:
+            raise InputError(
+                f"Case {folder.name} has two {DISPLAY_NAMES[role]} images: {files[role].name} and {path.name}. "
+                "Keep one per modality in the case folder.")
+        files[role] = path
+    return CaseFiles(folder.name, files) if files else None
+
+
+def find_cases(input_dir):
+    """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored)."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise InputError(f"Input folder {input_dir} does not exist. Give a folder with one sub-folder per case.")
+    cases = [c for c in (case_files_in(p) for p in sorted(input_dir.iterdir()) if p.is_dir()) if c is not None]
+    if not cases:
+        raise InputError(
+            f"No case found in {input_dir}. Expected one sub-folder per case holding <id>_t1/_t1ce/_t2/_flair "
+            "(or -t1n/-t1c/-t2w/-t2f) NIfTI or NRRD images.")
+    return cases
+
+
+def read_image(path, role):
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"Cannot read the {DISPLAY_NAMES[role]} image {path}: {error}") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"The {DISPLAY_NAMES[role]} image {path} is not a 3D single-channel volume "
+            f"({image.GetDimension()}D, {image.GetNumberOfComponentsPerPixel()} components). "
+            "Extract one 3D scalar volume first.")
+    return image
+
+
+def read_case(case_files):
+    """(Case, reference SimpleITK image) from CaseFiles; the reference is the first present modality."""
+    volumes, reference = {}, None
+    for role in MODALITIES:
+        path = case_files.files.get(role)
+        if path is None:
+            continue
+        image = read_image(path, role)
+        reference = reference or image
+        volumes[role] = (sitk.GetArrayFromImage(image), ijk_to_ras_of(image))
+    return assemble_case(volumes, case_files.case_id), reference
+
+
+def write_labels(labels, reference_image, path):
+    """Write a uint8 label map with exactly the reference image's grid (origin, spacing, direction)."""
+    image = sitk.GetImageFromArray(np.asarray(labels, dtype=np.uint8))
+    image.CopyInformation(reference_image)
+    write_atomically(lambda target: sitk.WriteImage(image, str(target), True), path)
+
+
+def write_atomically(write, path):
+    """Write through a temporary name in the same folder, then rename, so an interrupted run leaves no
+    half-written file under the final name."""
+    path = Path(path)
+    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"Cannot write {path}: {error}. Choose a folder you can write to.") from None
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def check_writable_folder(folder):
+    """Create folder if needed and prove it is writable, before any work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"Output folder {folder} cannot be written ({error.strerror}). "
+                          "Choose another folder or fix its permissions.") from None

@@ -1,0 +1,107 @@
+"""Voxel grids: conversion between (array, IJK-to-RAS) and SimpleITK images, grid comparison, resampling,
+and assembling validated Cases. Geometry goes through SimpleITK; axes are never flipped by hand."""
+
+import numpy as np
+import SimpleITK as sitk
+
+from .case import Case
+from .errors import InputError
+from .modalities import DISPLAY_NAMES, MODALITIES
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+# Grids closer than this (mm, or unitless for directions) are the same grid.
+GRID_TOLERANCE = 1e-3
+
+
+def ijk_to_ras_of(image):
+    """4x4 IJK-to-RAS matrix of a SimpleITK image (SimpleITK works in LPS)."""
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    matrix[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=float)
+    return matrix
+
+
+def image_from_array(array, ijk_to_ras):
+    """SimpleITK image of a (K, J, I) array placed by a 4x4 IJK-to-RAS matrix."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    lps = _LPS_TO_RAS @ np.asarray(ijk_to_ras, dtype=float)[:3, :4]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    if np.any(spacing <= 0):
+        raise InputError("The volume has a zero voxel spacing; fix its geometry (Volumes module) and try again.")
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps[:, :3] / spacing).flatten().tolist())
+    image.SetOrigin(lps[:, 3].tolist())
+    return image
+
+
+def spacing_of(ijk_to_ras):
+    """Voxel spacing (mm) along I, J, K."""
+    return np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
+
+
+def same_grid(shape_a, matrix_a, shape_b, matrix_b):
+    return tuple(shape_a) == tuple(shape_b) and np.allclose(matrix_a, matrix_b, atol=GRID_TOLERANCE)
+
+
+def resample_onto(array, ijk_to_ras, shape, target_ijk_to_ras, interpolator=sitk.sitkLinear):
+    """Resample a (K, J, I) array onto another grid in physical space; outside the input is 0."""
+    moving = image_from_array(array.astype(np.float32, copy=False), ijk_to_ras)
+    reference = image_from_array(np.zeros(shape, dtype=np.uint8), target_ijk_to_ras)
+    resampled = sitk.Resample(moving, reference, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def check_volume(role, array):
+    """Reject what no network can use, naming the role and saying what to do."""
+    label = DISPLAY_NAMES[role]
+    if array.ndim != 3:
+        raise InputError(
+            f"The {label} volume has {array.ndim} dimensions; a single 3D scalar volume is needed. "
+            "Extract one 3D frame (e.g. with the Sequences module) or pick another volume.")
+    if array.size == 0:
+        raise InputError(f"The {label} volume is empty (no voxels). Load the image again or pick another volume.")
+    if not np.isfinite(array).all():
+        raise InputError(
+            f"The {label} volume contains NaN or infinite voxels. Replace them (e.g. Simple Filters > "
+            "MaskNegatedImage or a threshold) or re-export the image, then try again.")
+    if not np.any(array):
+        raise InputError(
+            f"The {label} volume is all zero. Check that the right volume is selected and that it loaded "
+            "correctly.")
+
+
+def assemble_case(volumes, name):
+    """Build a validated Case from role -> (array (K, J, I), ijk_to_ras) or None.
+
+    The reference grid is that of the first present modality in MODALITIES order. Volumes on other grids
+    are resampled onto it in physical space (linear interpolation), with a warning in Case.warnings.
+    """
+    present_roles = [role for role in MODALITIES if volumes.get(role) is not None]
+    if not present_roles:
+        raise InputError("No input volume is selected. Select at least the volumes the chosen model needs "
+                         "(T1, T1ce, T2, FLAIR).")
+    for role in present_roles:
+        check_volume(role, volumes[role][0])
+    reference_array, reference_matrix = volumes[present_roles[0]]
+    shape = reference_array.shape
+    image = np.zeros((len(MODALITIES),) + tuple(shape), dtype=np.float32)
+    warnings = []
+    for channel, role in enumerate(MODALITIES):
+        if role not in present_roles:
+            continue
+        array, matrix = volumes[role]
+        if not same_grid(array.shape, matrix, shape, reference_matrix):
+            warnings.append(
+                f"{DISPLAY_NAMES[role]} lies on a different voxel grid than {DISPLAY_NAMES[present_roles[0]]}; "
+                "it was resampled onto that grid (linear interpolation).")
+            array = resample_onto(array, matrix, shape, reference_matrix)
+            if not np.any(array):
+                raise InputError(
+                    f"{DISPLAY_NAMES[role]} does not overlap {DISPLAY_NAMES[present_roles[0]]} in physical "
+                    "space. Register the volumes first (e.g. the General Registration (BRAINS) module).")
+        image[channel] = array
+    present = tuple(role in present_roles for role in MODALITIES)
+    return Case(name=name, image=image, ijk_to_ras=np.array(reference_matrix, dtype=float), present=present,
+                warnings=warnings)

@@ -1,0 +1,104 @@
+"""The inference engine: device choice, sliding-window prediction with progress and cancel, mixed precision
+on CUDA, and a CPU fallback when the GPU runs out of memory."""
+
+import logging
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from monai.data.utils import dense_patch_slices
+from monai.inferers import sliding_window_inference
+
+from .errors import Cancelled, InputError
+
+log = logging.getLogger(__name__)
+OVERLAP = 0.5
+
+
+def choose_device(requested="auto"):
+    """'auto' -> CUDA when available, else CPU. Asking for 'cuda' without a usable GPU is an error."""
+    requested = (requested or "auto").lower()
+    if requested == "gpu":
+        requested = "cuda"
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("Device 'cuda' was requested but PyTorch sees no CUDA GPU here. Choose 'auto' or 'cpu', "
+                         "or install a CUDA build of PyTorch (PyTorch extension in Slicer).")
+    if requested not in ("cpu", "cuda") and not requested.startswith("cuda:"):
+        raise InputError(f"Unknown device '{requested}'. Use auto, cpu or cuda.")
+    return torch.device(requested)
+
+
+def window_count(shape, roi_size, overlap=OVERLAP):
+    """How many windows sliding_window_inference visits for an input of `shape` (for progress)."""
+    roi = [min(r, s) for r, s in zip(roi_size, shape)]
+    interval = [r if r == s else max(int(r * (1 - overlap)), 1) for r, s in zip(roi, shape)]
+    return len(dense_patch_slices(shape, roi, interval))
+
+
+class _Monitored(torch.nn.Module):
+    """Wraps the network: passes the modality mask, reports progress and honours cancel between windows."""
+
+    def __init__(self, network, present, total, progress, should_cancel):
+        super().__init__()
+        self.network, self.present, self.total = network, present, max(total, 1)
+        self.progress, self.should_cancel, self.done = progress, should_cancel, 0
+
+    def forward(self, window):
+        if self.should_cancel and self.should_cancel():
+            raise Cancelled("Cancelled by the user; nothing was written.")
+        present = None if self.present is None else self.present.expand(window.shape[0], -1)
+        out = self.network(window) if present is None else self.network(window, present)
+        self.done += window.shape[0]
+        if self.progress:
+            self.progress(min(self.done / self.total, 1.0), "Segmenting")
+        return out
+
+
+def predict_regions(network, image, roi_size, device, present=None, progress=None, should_cancel=None,
+                    overlap=OVERLAP):
+    """Region probabilities (3, D, H, W) float32 numpy for a (4, D, H, W) normalised image.
+
+    `present` (4 bools) is passed to the network when some modality is missing. On CUDA runs in autocast
+    (float16); if the GPU runs out of memory the run is repeated on the CPU with a warning.
+    """
+    device = torch.device(device)
+    try:
+        return _predict(network, image, roi_size, device, present, progress, should_cancel, overlap)
+    except torch.OutOfMemoryError:
+        if device.type != "cuda":
+            raise
+        log.warning("The GPU ran out of memory; running on the CPU instead (slower).")
+        torch.cuda.empty_cache()
+        network.to("cpu")
+        return _predict(network, image, roi_size, torch.device("cpu"), present, progress, should_cancel, overlap)
+
+
+def _predict(network, image, roi_size, device, present, progress, should_cancel, overlap):
+    network = network.to(device).eval()
+    mask = None
+    if present is not None and not all(present):
+        mask = torch.tensor([list(present)], dtype=torch.bool, device=device)
+    shape = image.shape[1:]
+    roi = tuple(min(r, s) for r, s in zip(roi_size, shape))
+    monitored = _Monitored(network, mask, window_count(shape, roi, overlap), progress, should_cancel)
+    inputs = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    with torch.inference_mode(), autocast:
+        logits = sliding_window_inference(inputs, roi, 1, monitored, overlap=overlap, mode="gaussian",
+                                          sw_device=device, device="cpu")
+    return torch.sigmoid(logits[0].float()).numpy()
+
+
+def classify(network, image, size, device, present=None):
+    """Class probabilities (softmax) of a grading network on the whole (4, D, H, W) image resized to `size`."""
+    device = torch.device(device)
+    inputs = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(image[None])),
+                                             size=tuple(size), mode="trilinear", align_corners=False)
+    mask = None if present is None or all(present) else torch.tensor([list(present)], dtype=torch.bool)
+    network = network.to(device).eval()
+    with torch.inference_mode():
+        args = (inputs.to(device),) if mask is None else (inputs.to(device), mask.to(device))
+        logits = network(*args)
+    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()

@@ -1,0 +1,53 @@
+"""Region probabilities -> BraTS labels on the case grid, and region volumes."""
+
+import numpy as np
+
+from .case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_NECROTIC
+from .preprocessing import resample_channels
+
+THRESHOLD = 0.5
+
+
+def regions_to_labels(probabilities, threshold=THRESHOLD):
+    """Nested regions (WT, TC, ET) -> labels: WT outside TC is edema, TC outside ET necrotic core, ET enhancing.
+
+    Tumor core is only kept inside whole tumor and enhancing tumor only inside tumor core, so the labels are
+    consistent with the BraTS region definitions whatever the network predicts.
+    """
+    whole, core, enhancing = (probabilities[i] > threshold for i in range(3))
+    core &= whole
+    enhancing &= core
+    labels = np.zeros(whole.shape, dtype=np.uint8)
+    labels[whole] = LABEL_EDEMA
+    labels[core] = LABEL_NECROTIC
+    labels[enhancing] = LABEL_ENHANCING
+    return labels
+
+
+def probabilities_on_case_grid(probabilities, prepared):
+    """Bring (3, ...) region probabilities from the model grid back to the crop's grid (linear)."""
+    if prepared.model_ijk_to_ras is prepared.cropped_ijk_to_ras:
+        return probabilities
+    return resample_channels(probabilities, prepared.model_ijk_to_ras, prepared.cropped_shape,
+                             prepared.cropped_ijk_to_ras)
+
+
+def uncrop(labels, crop, full_shape):
+    out = np.zeros(full_shape, dtype=labels.dtype)
+    out[crop] = labels
+    return out
+
+
+def region_volumes(labels, voxel_volume_ml):
+    """Volumes in mL of NCR, ED, ET and the composite regions TC = NCR + ET, WT = all tumor."""
+    counts = {label: int(np.count_nonzero(labels == label)) for label in (LABEL_NECROTIC, LABEL_EDEMA,
+                                                                          LABEL_ENHANCING)}
+    ncr, ed, et = counts[LABEL_NECROTIC], counts[LABEL_EDEMA], counts[LABEL_ENHANCING]
+    voxels = {"NCR": ncr, "ED": ed, "ET": et, "TC": ncr + et, "WT": ncr + ed + et}
+    return {name: round(count * voxel_volume_ml, 3) for name, count in voxels.items()}
+
+
+def brats_labels(labels):
+    """Accept BraTS 2023+ label 3 for enhancing tumor: map it to 4, the value this project writes."""
+    labels = np.asarray(labels)
+    return np.where(labels == 3, LABEL_ENHANCING, labels).astype(np.uint8)

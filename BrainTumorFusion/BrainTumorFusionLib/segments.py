@@ -1,0 +1,37 @@
+"""The output segments: BraTS label value, name, fixed colour and DICOM terminology, defined once."""
+
+from dataclasses import dataclass
+
+from .case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_NECROTIC
+
+# Slicer terminology entries serialise as
+# context~category~type~typeModifier~anatomicContext~anatomicRegion~anatomicRegionModifier,
+# each code as codingScheme^codeValue^codeMeaning (DICOM CID 7168/7169 brain lesion codes, region brain).
+_CATEGORY = "SCT^49755003^Morphologically Altered Structure"
+_ANATOMY = "Anatomic codes - DICOM master list~SCT^12738006^Brain~^^"
+_CONTEXT = "Segmentation category and type - DICOM master list"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    segment_id: str
+    label: int
+    name: str
+    color: tuple  # RGB in 0..1
+    type_code: str  # codingScheme^codeValue^codeMeaning
+
+    @property
+    def terminology(self):
+        return f"{_CONTEXT}~{_CATEGORY}~{self.type_code}~^^~{_ANATOMY}"
+
+
+SEGMENTS = (
+    SegmentSpec("necrotic_core", LABEL_NECROTIC, "Necrotic / non-enhancing tumor core", (0.85, 0.20, 0.20),
+                "SCT^6574001^Necrosis"),
+    SegmentSpec("edema", LABEL_EDEMA, "Peritumoral edema", (0.35, 0.80, 0.35), "SCT^79654002^Edema"),
+    SegmentSpec("enhancing_tumor", LABEL_ENHANCING, "Enhancing tumor", (0.95, 0.85, 0.20),
+                "NCIt^C113842^Enhancing Lesion"),
+)
+
+# Region volume columns of every volumes table and summary.csv, in this order.
+VOLUME_COLUMNS = ("NCR", "ED", "ET", "TC", "WT")

@@ -1,0 +1,67 @@
+"""Checks every network of the zoo must pass; each network's test file calls them with its own configs."""
+
+import numpy as np
+import torch
+
+from conftest import real_crop
+
+
+def real_input(size=(32, 32, 32), batch=1):
+    """A real tumor crop, repeated to `batch`, as a float32 tensor (B, 4, D, H, W)."""
+    return torch.from_numpy(np.repeat(real_crop(size), batch, axis=0))
+
+
+def forward_backward(net, x, present=None):
+    """Training-mode forward + backward; returns (logits, aux) and checks every parameter got a gradient."""
+    net.train()
+    net.zero_grad(set_to_none=True)
+    logits, aux = net(x, present) if present is not None else net(x)
+    loss = logits.float().square().mean() + sum(t.float().square().mean() for t in aux_tensors(aux))
+    loss.backward()
+    missing = [name for name, p in net.named_parameters() if p.requires_grad and (p.grad is None)]
+    assert not missing, f"parameters without gradient: {missing[:10]}"
+    assert torch.isfinite(loss)
+    return logits, aux
+
+
+def aux_tensors(aux):
+    """Every tensor in an auxiliary-output dataclass (nested lists/tuples/dicts included)."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif hasattr(value, "__dataclass_fields__"):
+            for name in value.__dataclass_fields__:
+                walk(getattr(value, name))
+
+    walk(aux)
+    return found
+
+
+def eval_deterministic(net, x):
+    """Eval mode returns a plain tensor, twice the same."""
+    net.eval()
+    with torch.no_grad():
+        first = net(x)
+        second = net(x)
+    assert isinstance(first, torch.Tensor)
+    assert torch.equal(first, second)
+    return first
+
+
+def exports(net, x):
+    """The inference path exports with torch.export and gives the same output as eager mode."""
+    net.eval()
+    with torch.no_grad():
+        expected = net(x)
+        program = torch.export.export(net, (x,))
+        got = program.module()(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    return program
