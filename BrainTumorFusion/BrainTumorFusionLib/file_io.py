@@ -115,8 +115,9 @@ def write_atomically(write, path):
     try:
         write(temporary)
         os.replace(temporary, path)
-    except OSError as error:
-        raise OutputError(f"Cannot write {path}: {error}. Choose a folder you can write to.") from None
+    except (OSError, RuntimeError) as error:  # SimpleITK's writers raise RuntimeError
+        raise OutputError(f"Cannot write {path}: {str(error).strip().splitlines()[-1]}. Choose a folder you can "
+                          "write to.") from None
     finally:
         if temporary.exists():
             temporary.unlink()

@@ -100,5 +100,4 @@ def classify(network, image, size, device, present=None):
     network = network.to(device).eval()
     with torch.inference_mode():
         args = (inputs.to(device),) if mask is None else (inputs.to(device), mask.to(device))
-        logits = network(*args)
-    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        return torch.softmax(network(*args).float(), dim=1)[0].detach().cpu().numpy()

@@ -1,0 +1,290 @@
+"""Scene adapter: Slicer MRML nodes <-> Case / Result. The only library module that imports slicer.
+
+Geometry is always carried by Slicer's IJK-to-RAS matrices (never by flipping arrays). Everything this
+module adds to a scene is placed in the subject hierarchy beside the reference volume (same study).
+"""
+
+import os
+import re
+
+import numpy as np
+import slicer
+import slicer.util
+import vtk
+
+from .errors import InputError, OutputError
+from .modalities import DISPLAY_NAMES, MODALITIES
+from .segments import SEGMENTS, VOLUME_COLUMNS
+
+# Modality suffixes stripped from a node name to get the case name ("Brats18_X_1_t1ce" -> "Brats18_X_1").
+_SUFFIX = re.compile(r"[ _.\-]+(t1ce|t1gd|t1c|t1n|t1w|t1|t2f|t2w|t2|flair)$", re.IGNORECASE)
+
+
+def _describe(node, role=None):
+    where = f" (selected as {DISPLAY_NAMES[role]})" if role else ""
+    return f"'{node.GetName()}'{where}"
+
+
+def _matrix(vtk_matrix):
+    return slicer.util.arrayFromVTKMatrix(vtk_matrix).astype(float)
+
+
+def _transform_to_world(node, what):
+    """4x4 matrix of the node's parent transform to world (identity if none); non-linear is rejected."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(
+            f"The volume {what} is under the non-linear transform '{parent.GetName()}'. Harden the transform "
+            "(Data module: right-click the volume > Harden transform) or remove it, then try again.")
+    to_world = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(to_world)
+    return _matrix(to_world)
+
+
+def volume_from_node(node, role=None):
+    """(array (K, J, I) copy, 4x4 IJK-to-RAS in world coordinates) of a single-channel scalar volume node.
+
+    A linear parent transform is applied to the matrix (the node itself is left unchanged).
+    """
+    if node is None:
+        raise InputError("No volume is selected. Select a loaded scalar volume and try again.")
+    if not node.IsA("vtkMRMLVolumeNode"):
+        raise InputError(f"{_describe(node, role)} is a {node.GetClassName()}, not a volume. "
+                         "Select a single-channel scalar volume.")
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise InputError(f"The volume {_describe(node, role)} has no image data. "
+                         "Load the image again or select another volume.")
+    if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode") \
+            or image.GetNumberOfScalarComponents() != 1:
+        raise InputError(
+            f"The volume {_describe(node, role)} is a vector/multi-channel volume "
+            f"({image.GetNumberOfScalarComponents()} components). Select a single-channel scalar volume "
+            "(e.g. convert it with the Vector to Scalar Volume module).")
+    array = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    if array.ndim != 3:
+        raise InputError(f"The volume {_describe(node, role)} has {array.ndim} dimensions. "
+                         "Select a single-channel 3D scalar volume.")
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    return array, _transform_to_world(node, _describe(node, role)) @ _matrix(ijk_to_ras)
+
+
+def case_name_from_node_name(name):
+    """Node name without a trailing modality suffix (`_t1ce`, `-t1c`, ...); the name itself if nothing is left."""
+    stripped = _SUFFIX.sub("", name.strip())
+    return stripped or name
+
+
+def case_from_nodes(t1=None, t1ce=None, t2=None, flair=None, name=None):
+    """Validated Case from up to four volume nodes (reference grid: first present in MODALITIES order)."""
+    from .geometry import assemble_case  # lazy: keeps this module importable on its own
+
+    nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
+    seen = {}
+    for role in MODALITIES:
+        node = nodes[role]
+        if node is None:
+            continue
+        key = node.GetID() or id(node)
+        if key in seen:
+            raise InputError(
+                f"The volume '{node.GetName()}' is selected both as {DISPLAY_NAMES[seen[key]]} and as "
+                f"{DISPLAY_NAMES[role]}. Select a different volume for one of them.")
+        seen[key] = role
+    volumes = {role: (volume_from_node(nodes[role], role) if nodes[role] is not None else None)
+               for role in MODALITIES}
+    if name is None:
+        reference = next((nodes[role] for role in MODALITIES if nodes[role] is not None), None)
+        name = case_name_from_node_name(reference.GetName()) if reference is not None else "case"
+    return assemble_case(volumes, name)
+
+
+def add_volume_node(scene, array, ijk_to_ras, name, labelmap=False):
+    """Add a scalar (or labelmap) volume node holding a copy of `array` (K, J, I) placed by `ijk_to_ras`."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.asarray(ijk_to_ras, dtype=float)))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+    return node
+
+
+def _remove_nodes(scene, nodes):
+    """Remove nodes with their display and storage nodes (removing a node does not remove those)."""
+    for node in nodes:
+        if node is None or node.GetScene() is None:
+            continue
+        dependents = []
+        if node.IsA("vtkMRMLDisplayableNode"):
+            dependents += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        if node.IsA("vtkMRMLStorableNode"):
+            dependents += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        scene.RemoveNode(node)
+        for dependent in dependents:
+            if dependent is not None and dependent.GetScene() is not None:
+                scene.RemoveNode(dependent)
+
+
+def _check_labels(labels):
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or labels.size == 0:
+        raise OutputError(f"The result's label map has shape {labels.shape}; a 3D (K, J, I) array is needed. "
+                          "Run the segmentation again.")
+    unknown = sorted(set(np.unique(labels).tolist()) - {0, 1, 2, 3, 4})
+    if unknown:
+        raise OutputError(f"The result's label map holds values {unknown} that are not BraTS labels "
+                          "(0, 1, 2, 4). Run the segmentation again or check the model's output.")
+    # BraTS 2023+ writes enhancing tumor as 3.
+    return np.where(labels == 3, 4, labels).astype(np.uint8)
+
+
+def _fill_segmentation(seg_node, labelmap_node):
+    """Create the SEGMENTS (fixed order, empty if absent) and import the labelmap into them."""
+    segmentation = seg_node.GetSegmentation()
+    for spec in SEGMENTS:
+        segmentation.AddEmptySegment(spec.segment_id, spec.name, spec.color)
+        segment = segmentation.GetSegment(spec.segment_id)
+        segment.SetTerminology(spec.terminology)
+        segment.SetNameAutoGenerated(False)  # explicit: Slicer must not rename/recolour from terminology
+        segment.SetColorAutoGenerated(False)
+    # Label value v goes into segment ids[v - 1]; unused values map to "" (none occur after _check_labels).
+    by_label = {spec.label: spec.segment_id for spec in SEGMENTS}
+    ids = vtk.vtkStringArray()
+    for value in range(1, max(by_label) + 1):
+        ids.InsertNextValue(by_label.get(value, ""))
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, seg_node, ids):
+        raise OutputError("Slicer could not import the label map into a segmentation. See the log for details.")
+    if segmentation.GetNumberOfSegments() != len(SEGMENTS):
+        raise OutputError("The label map did not import into the expected segments. See the log for details.")
+
+
+def _local_matrix(reference_node, ijk_to_ras):
+    """World IJK-to-RAS expressed in the reference's transform frame, and that transform node (or None)."""
+    if reference_node is None or reference_node.GetParentTransformNode() is None:
+        return np.asarray(ijk_to_ras, dtype=float), None
+    to_world = _transform_to_world(reference_node, _describe(reference_node))
+    return np.linalg.inv(to_world) @ np.asarray(ijk_to_ras, dtype=float), reference_node.GetParentTransformNode()
+
+
+def _place_in_hierarchy(scene, node, parent_like):
+    """Put `node` under the subject hierarchy parent (study) of `parent_like` (scene root if none)."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    parent = sh.GetSceneItemID()
+    if parent_like is not None and sh.GetItemByDataNode(parent_like):
+        parent = sh.GetItemParent(sh.GetItemByDataNode(parent_like))
+    item = sh.GetItemByDataNode(node)
+    if item:
+        sh.SetItemParent(item, parent)
+    else:
+        sh.CreateItem(parent, node)
+
+
+def write_segmentation(result, reference_node, scene):
+    """Add a segmentation node "<case> tumor" with the three SEGMENTS (BraTS labels of `result`)."""
+    labels = _check_labels(result.labels)
+    matrix, transform = _local_matrix(reference_node, result.ijk_to_ras)
+    labelmap = seg_node = None
+    try:
+        labelmap = add_volume_node(scene, labels, matrix, scene.GenerateUniqueName("BTF temporary"), labelmap=True)
+        seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{result.case_name} tumor")
+        seg_node.CreateDefaultDisplayNodes()
+        seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node or labelmap)
+        if transform is not None:  # both in the reference's frame, so it follows later transform edits
+            labelmap.SetAndObserveTransformNodeID(transform.GetID())
+            seg_node.SetAndObserveTransformNodeID(transform.GetID())
+        _fill_segmentation(seg_node, labelmap)
+        _place_in_hierarchy(scene, seg_node, reference_node)
+    except BaseException:
+        _remove_nodes(scene, [seg_node])
+        raise
+    finally:
+        _remove_nodes(scene, [labelmap])
+    return seg_node
+
+
+def _add_table(scene, name, columns, parent_like):
+    """Table node from (column name, vtk array class, values) triples, placed beside `parent_like`."""
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table_node.SetUseColumnTitleAsColumnHeader(True)
+    table = table_node.GetTable()
+    for column_name, array_class, values in columns:
+        array = array_class()
+        array.SetName(column_name)
+        for value in values:
+            array.InsertNextValue(value)
+        table.AddColumn(array)
+    table_node.Modified()
+    _place_in_hierarchy(scene, table_node, parent_like)
+    return table_node
+
+
+def write_tables(result, scene, parent_like=None):
+    """Add "<case> tumor volumes" (Region, Volume (mL)) and, with grade probabilities, "<case> grade"."""
+    volumes = [float(result.volumes_ml[region]) for region in VOLUME_COLUMNS]
+    added = []
+    try:
+        added.append(_add_table(scene, f"{result.case_name} tumor volumes",
+                                [("Region", vtk.vtkStringArray, VOLUME_COLUMNS),
+                                 ("Volume (mL)", vtk.vtkDoubleArray, volumes)], parent_like))
+        table_node = added[0]
+        table_node.SetColumnUnitLabel("Volume (mL)", "mL")
+        grade_node = None
+        if result.grade_probabilities is not None:
+            grades = list(result.grade_probabilities)
+            grade_node = _add_table(scene, f"{result.case_name} grade",
+                                    [("Grade", vtk.vtkStringArray, grades),
+                                     ("Probability", vtk.vtkDoubleArray,
+                                      [float(result.grade_probabilities[g]) for g in grades])], parent_like)
+    except BaseException:
+        _remove_nodes(scene, added)
+        raise
+    return table_node, grade_node
+
+
+def write_result_to_scene(result, reference_node, scene):
+    """Segmentation + tables; on any failure every node added here is removed again."""
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        seg_node = write_segmentation(result, reference_node, scene)
+        volumes_table, grade_table = write_tables(result, scene, parent_like=reference_node)
+    except BaseException:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        _remove_nodes(scene, [node for node in reversed(added) if node.GetID() not in before])
+        raise
+    return seg_node, volumes_table, grade_table
+
+
+def save_seg_nrrd(result, path, reference_ijk_to_ras=None):
+    """Write `result.labels` as a Slicer .seg.nrrd (segment names, colours, terminology) at `path`.
+
+    Uses a private scene, so it works without any user scene. The segmentation's reference geometry is the
+    label grid, placed by `reference_ijk_to_ras` if given (else result.ijk_to_ras).
+    """
+    path = os.fspath(path)
+    if not path.lower().endswith(".nrrd"):
+        raise OutputError(f"Cannot write '{path}': a segmentation file name must end in .seg.nrrd.")
+    labels = _check_labels(result.labels)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"Cannot create the output folder '{folder}' ({error.strerror}). "
+                          "Choose a folder you can write to.") from error
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"The output folder '{folder}' is not writable. Choose a folder you can write to.")
+    matrix = result.ijk_to_ras if reference_ijk_to_ras is None else reference_ijk_to_ras
+    scene = slicer.vtkMRMLScene()
+    labelmap = add_volume_node(scene, labels, matrix, "labels", labelmap=True)
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{result.case_name} tumor")
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+    _fill_segmentation(seg_node, labelmap)
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(path)
+    if not storage.WriteData(seg_node):
+        if os.path.exists(path):
+            os.remove(path)
+        raise OutputError(f"Slicer could not write '{path}'. Check free disk space and permissions, "
+                          "or choose another folder.")
+    scene.Clear(1)
+    return path

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorFusionLib.errors import InputError, OutputError
+from BrainTumorFusionLib.file_io import check_writable_folder, find_cases, read_case, role_of_file, write_labels
+
+
+def write_image(path, array=None, vector=False):
+    array = np.ones((4, 5, 6), np.int16) if array is None else array
+    image = sitk.GetImageFromArray(array, isVector=vector)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(path))
+
+
+@pytest.mark.parametrize("name, role", [
+    ("Brats18_X_t1.nii.gz", "t1"), ("Brats18_X_t1ce.nii.gz", "t1ce"), ("BraTS2021_1_flair.nii.gz", "flair"),
+    ("BraTS-GLI-00001-000-t1n.nii.gz", "t1"), ("BraTS-GLI-00001-000-t1c.nii.gz", "t1ce"),
+    ("BraTS-GLI-00001-000-t2w.nii.gz", "t2"), ("BraTS-GLI-00001-000-t2f.nii.gz", "flair"),
+    ("case_T2.nrrd", "t2"), ("Brats18_X_seg.nii.gz", None), ("notes_t1.txt", None), ("t1", None),
+])
+def test_role_of_file(name, role):
+    assert role_of_file(name) == role
+
+
+def test_find_cases_ignores_other_files_and_folders(tmp_path):
+    for case in ("A", "B"):
+        (tmp_path / case).mkdir()
+        for suffix in ("t1", "t1ce", "t2", "flair", "seg"):
+            write_image(tmp_path / case / f"{case}_{suffix}.nii.gz")
+    (tmp_path / "README.txt").write_text("not a case")
+    (tmp_path / "empty").mkdir()
+    cases = find_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["A", "B"]
+    assert sorted(cases[0].files) == ["flair", "t1", "t1ce", "t2"]
+
+
+def test_duplicate_modality_in_a_case_is_rejected(tmp_path):
+    (tmp_path / "A").mkdir()
+    write_image(tmp_path / "A" / "A_t1c.nii.gz")
+    write_image(tmp_path / "A" / "A_t1ce.nrrd")
+    with pytest.raises(InputError, match="two T1ce images"):
+        find_cases(tmp_path)
+
+
+def test_no_case_found(tmp_path):
+    with pytest.raises(InputError, match="No case found"):
+        find_cases(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        find_cases(tmp_path / "missing")
+
+
+def test_vector_image_rejected(tmp_path):
+    (tmp_path / "A").mkdir()
+    write_image(tmp_path / "A" / "A_t1.nrrd", np.ones((4, 5, 6, 3), np.int16), vector=True)
+    with pytest.raises(InputError, match="not a 3D single-channel"):
+        read_case(find_cases(tmp_path)[0])
+
+
+def test_labels_written_on_reference_grid(tmp_path):
+    reference = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
+    reference.SetOrigin((1.0, 2.0, 3.0))
+    reference.SetSpacing((0.5, 0.7, 3.0))
+    reference.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_labels(np.full((4, 5, 6), 2, np.uint8), reference, tmp_path / "x_seg.nii.gz")
+    back = sitk.ReadImage(str(tmp_path / "x_seg.nii.gz"))
+    assert back.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(back.GetOrigin(), reference.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(back.GetDirection(), reference.GetDirection(), atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["x_seg.nii.gz"]  # no temporary file left
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="cannot be written"):
+        check_writable_folder(blocker / "sub")
+    reference = sitk.GetImageFromArray(np.zeros((2, 2, 2), np.int16))
+    with pytest.raises(OutputError, match="Cannot write"):
+        write_labels(np.zeros((2, 2, 2)), reference, blocker / "x.nii.gz")

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from BrainTumorFusionLib.errors import Cancelled, InputError
+from BrainTumorFusionLib.inference import choose_device, classify, predict_regions, window_count
+from plumbing import ConstantGrader, IntensityNet
+
+
+class CountingNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls, self.presents = 0, []
+
+    def forward(self, x, present=None):
+        self.calls += x.shape[0]
+        self.presents.append(present)
+        return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+
+def test_device_choice():
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert choose_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            choose_device("cuda")
+    with pytest.raises(InputError, match="Unknown device"):
+        choose_device("tpu")
+
+
+@pytest.mark.parametrize("shape, roi", [((40, 50, 60), (32, 32, 32)), ((20, 20, 20), (32, 32, 32)),
+                                        ((65, 33, 32), (32, 32, 32))])
+def test_progress_counts_every_window(shape, roi):
+    net, reports = CountingNet(), []
+    image = np.zeros((4,) + shape, np.float32)
+    out = predict_regions(net, image, roi, "cpu", progress=lambda f, m: reports.append(f))
+    assert out.shape == (3,) + shape and np.allclose(out, 0.5)
+    assert net.calls == window_count(shape, tuple(min(r, s) for r, s in zip(roi, shape))) == len(reports)
+    assert reports[-1] == pytest.approx(1.0)
+
+
+def test_cancel_stops_between_windows():
+    net = CountingNet()
+    with pytest.raises(Cancelled):
+        predict_regions(net, np.zeros((4, 64, 64, 64), np.float32), (32, 32, 32), "cpu",
+                        should_cancel=lambda: net.calls >= 2)
+    assert net.calls == 2
+
+
+def test_modality_mask_passed_only_when_something_is_missing():
+    net = CountingNet()
+    predict_regions(net, np.zeros((4, 16, 16, 16), np.float32), (16, 16, 16), "cpu")
+    predict_regions(net, np.zeros((4, 16, 16, 16), np.float32), (16, 16, 16), "cpu",
+                    present=(True, False, True, True))
+    assert net.presents[0] is None
+    assert net.presents[1].tolist() == [[True, False, True, True]]
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_net():
+    image = np.random.default_rng(0).normal(size=(4, 40, 36, 30)).astype(np.float32)
+    net = IntensityNet().eval()
+    windowed = predict_regions(net, image, (16, 16, 16), "cpu")
+    with torch.no_grad():
+        whole = torch.sigmoid(net(torch.from_numpy(image[None])))[0].numpy()
+    np.testing.assert_allclose(windowed, whole, atol=1e-5)
+
+
+def test_classify_returns_probabilities():
+    probabilities = classify(ConstantGrader(), np.zeros((4, 20, 30, 40), np.float32), (16, 16, 16), "cpu")
+    assert probabilities.shape == (2,) and probabilities.sum() == pytest.approx(1.0)
+    assert probabilities[0] == pytest.approx(torch.softmax(torch.tensor([1.0, -1.0]), 0)[0].item())

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from BrainTumorFusionLib.case import Case
+from BrainTumorFusionLib.geometry import spacing_of
+from BrainTumorFusionLib.postprocessing import brats_labels, region_volumes, regions_to_labels, uncrop
+from BrainTumorFusionLib.preprocessing import brain_bounding_box, crop_matrix, normalize, prepare, resampled_grid
+
+
+def test_bounding_box_covers_foreground_of_any_channel_with_margin():
+    image = np.zeros((2, 20, 20, 20), np.float32)
+    image[0, 5, 6, 7] = 1
+    image[1, 10, 12, 14] = 1
+    box = brain_bounding_box(image, margin=2)
+    assert box == (slice(3, 13), slice(4, 15), slice(5, 17))
+
+
+def test_crop_matrix_moves_origin_to_first_voxel():
+    matrix = np.diag([2.0, 3.0, 4.0, 1.0])
+    moved = crop_matrix(matrix, (slice(1, 5), slice(2, 6), slice(3, 7)))  # K, J, I
+    np.testing.assert_allclose(moved[:3, 3], [3 * 2.0, 2 * 3.0, 1 * 4.0])
+
+
+def test_normalize_zscores_non_zero_voxels_only():
+    image = np.zeros((4, 4, 4, 4), np.float32)
+    image[0, :2] = np.arange(32).reshape(2, 4, 4) + 1
+    out = normalize(image, (True, False, False, False))
+    values = out[0][image[0] != 0]
+    assert values.mean() == pytest.approx(0, abs=1e-6) and values.std() == pytest.approx(1, abs=1e-5)
+    assert not out[0][image[0] == 0].any() and not out[1:].any()
+
+
+def test_resampled_grid_keeps_field_of_view():
+    matrix = np.diag([1.0, 1.0, 1.0, 1.0])
+    shape, new = resampled_grid((100, 80, 60), matrix, (2.0, 2.0, 2.0))
+    assert shape == (50, 40, 30)
+    np.testing.assert_allclose(spacing_of(new), [2, 2, 2])
+    np.testing.assert_allclose(new[:3, 3], [0.5, 0.5, 0.5])  # FOV edge stays at -0.5 mm
+
+
+def test_prepare_resamples_to_model_spacing_and_back_shape():
+    image = np.zeros((4, 40, 40, 40), np.float32)
+    image[:, 10:30, 8:32, 5:35] = np.random.default_rng(0).random((4, 20, 24, 30)) + 1
+    case = Case("c", image, np.eye(4), (True,) * 4)
+    prepared = prepare(case, spacing=(2.0, 2.0, 2.0))
+    assert prepared.cropped_shape == (24, 28, 34)
+    assert prepared.image.shape == (4, 12, 14, 17)
+    assert prepared.model_ijk_to_ras is not prepared.cropped_ijk_to_ras
+    same = prepare(case, spacing=(1.02, 1.0, 0.99))  # within tolerance: no resampling
+    assert same.image.shape == (4, 24, 28, 34) and same.model_ijk_to_ras is same.cropped_ijk_to_ras
+
+
+def test_regions_to_labels_is_nested():
+    probabilities = np.zeros((3, 1, 1, 4), np.float32)
+    probabilities[0, 0, 0] = [0.9, 0.9, 0.9, 0.1]  # WT
+    probabilities[1, 0, 0] = [0.1, 0.9, 0.9, 0.9]  # TC (last voxel outside WT: dropped)
+    probabilities[2, 0, 0] = [0.9, 0.1, 0.9, 0.9]  # ET (first voxel outside TC: dropped)
+    assert regions_to_labels(probabilities)[0, 0].tolist() == [2, 1, 4, 0]
+
+
+def test_volumes_and_uncrop():
+    labels = np.array([[[1, 1, 2, 4, 0]]], np.uint8)
+    volumes = region_volumes(labels, 0.5)
+    assert volumes == {"NCR": 1.0, "ED": 0.5, "ET": 0.5, "TC": 1.5, "WT": 2.0}
+    full = uncrop(labels, (slice(1, 2), slice(0, 1), slice(2, 7)), (3, 2, 8))
+    assert full.sum() == labels.sum() and full[1, 0, 2:7].tolist() == [1, 1, 2, 4, 0]
+
+
+def test_brats_2023_enhancing_label_is_accepted():
+    assert brats_labels(np.array([0, 1, 2, 3, 4])).tolist() == [0, 1, 2, 4, 4]
