@@ -41,12 +41,16 @@ class Model:
 
 
 class Pipeline:
-    """Segment (and optionally grade) cases with models from the catalogue or injected Model objects."""
+    """Segment (and optionally grade) cases with models from the catalogue or injected Model objects.
+
+    model=None makes a grading-only pipeline (use `grade`).
+    """
 
     def __init__(self, model="hafb", device="auto", grade=False, catalogue=None, segmenter=None, grader=None,
                  grading_model="cmg"):
         self.device = choose_device(device)
-        self.segmenter = segmenter or Model.from_catalogue(model, "segmentation", self.device, catalogue)
+        self.segmenter = segmenter or (Model.from_catalogue(model, "segmentation", self.device, catalogue)
+                                       if model else None)
         self.grader = grader or (Model.from_catalogue(grading_model, "grading", self.device, catalogue)
                                  if grade else None)
 

@@ -111,10 +111,14 @@ def add_volume_node(scene, array, ijk_to_ras, name, labelmap=False):
 
 
 def _remove_nodes(scene, nodes):
-    """Remove nodes with their display and storage nodes (removing a node does not remove those)."""
+    """Remove nodes with their subject hierarchy items, display and storage nodes (removing a node from the
+    scene does not remove those)."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     for node in nodes:
         if node is None or node.GetScene() is None:
             continue
+        if sh is not None and sh.GetItemByDataNode(node):
+            sh.RemoveItem(sh.GetItemByDataNode(node), False, False)
         dependents = []
         if node.IsA("vtkMRMLDisplayableNode"):
             dependents += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]

@@ -40,7 +40,7 @@ Architecture as built here (every choice that the paper leaves open, or where we
   cropped back.
 
 Sizes: ``HAFBNet()`` (widths 16/32/64/128/256, encoder_depth 1) is the paper-sized variant,
-about 37 M parameters, most of them in the 3x3x3 HAFB attention convs at 1/8 and 1/16 (the paper
+about 32 M parameters, most of them in the 3x3x3 HAFB attention convs at 1/8 and 1/16 (the paper
 does not state a parameter count). A compact CPU variant is e.g. ``HAFBNet(widths=(4, 8, 8, 16, 16))``.
 """
 

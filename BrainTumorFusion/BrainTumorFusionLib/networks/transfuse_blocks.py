@@ -123,6 +123,10 @@ class TokenTransformer3D(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate=dropout, qkv_bias=True) for _ in range(depth)
         )
+        for block in self.blocks:
+            # MONAI builds this LayerNorm even without cross-attention, where it is never used; drop its
+            # dead parameters (so every parameter trains).
+            block.norm_cross_attn = nn.Identity()
         self.norm = nn.LayerNorm(hidden_size)
 
     def position_embedding(self, grid: Sequence[int]) -> torch.Tensor:

@@ -1,0 +1,260 @@
+"""BrainTumorFusion: brain tumor segmentation and glioma grading on T1, T1ce, T2 and FLAIR.
+
+The only file that imports qt: a thin shell over the Qt-free BrainTumorFusionLib.
+"""
+
+import shutil
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.errors import BrainTumorFusionError
+from BrainTumorFusionLib.logic import SceneLogic
+from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.process_runner import parse_progress
+
+
+class BrainTumorFusion(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Brain Tumor Fusion")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.contributors = ["BrainTumorFusion developers"]
+        self.parent.helpText = _(
+            "Segments a brain tumor into necrotic/non-enhancing core, edema and enhancing tumor from four "
+            "co-registered MRI volumes (T1, T1ce, T2, FLAIR), and optionally grades the glioma (HGG/LGG).<br>"
+            "<b>GUI</b>: pick the four volumes (filled from their names), a model and a device, press Apply. "
+            "The result is a segmentation node '&lt;case&gt; tumor' and a table of volumes (mL).<br>"
+            "<b>Python console</b>: <code>logic = slicer.util.getModuleLogic('BrainTumorFusion')</code>; "
+            "<code>seg = logic.segment(t1=n1, t1ce=n2, t2=n3, flair=n4, model='hafb', device='auto')</code>; "
+            "<code>logic.grade(t1=n1, t1ce=n2, t2=n3, flair=n4)</code>.<br>"
+            "<b>Batch</b>: <code>Slicer --no-main-window --python-script "
+            "&lt;module&gt;/BrainTumorFusionLib/__main__.py segment --input-dir DIR --output-dir OUT</code>.")
+        self.parent.acknowledgementText = _(
+            "Networks implemented in 3D from: HAFB-Net (Self-supervised multi-modal hybrid fusion network, "
+            "IEEE JBHI 2022); MISSU (Wang et al., arXiv:2206.00902); TransFuse (Zhang et al., MICCAI 2021); "
+            "SwinFUSE (arXiv:2405.12781); cross-modality guided glioma grading (arXiv:2401.09029). Trained on "
+            "BraTS data: Menze et al., IEEE TMI 2015; Bakas et al., Scientific Data 2017; Bakas et al., "
+            "arXiv:1811.02629.")
+
+
+@parameterNodeWrapper
+class BrainTumorFusionParameterNode:
+    t1: vtkMRMLScalarVolumeNode
+    t1ce: vtkMRMLScalarVolumeNode
+    t2: vtkMRMLScalarVolumeNode
+    flair: vtkMRMLScalarVolumeNode
+    model: str = "hafb"
+    device: str = "auto"
+    grade: bool = False
+
+
+class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._guiObservation = None
+        self.run = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.onPoll)
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/BrainTumorFusion.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = BrainTumorFusionLogic()
+        self.fillModels()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.autoAssignButton.connect("clicked(bool)", self.assignFromNames)
+        self.initializeParameterNode()
+
+    def fillModels(self):
+        try:
+            catalogue = Catalogue.load()
+        except BrainTumorFusionError as error:
+            self.ui.modelInfoLabel.text = str(error)
+            return
+        names = catalogue.names("segmentation")
+        self.ui.modelComboBox.addItems(names)
+        self.ui.modelInfoLabel.text = "" if names else _(
+            "No trained model is installed yet: reinstall the extension or add a model catalogue.")
+        self.ui.gradeCheckBox.enabled = bool(catalogue.names("grading"))
+
+    def cleanup(self):
+        self.cancelRun()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._guiObservation)
+            self._guiObservation = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
+
+    def onSceneStartClose(self, caller, event):
+        self.cancelRun()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node):
+        if isinstance(node, vtkMRMLScalarVolumeNode) and self._parameterNode:
+            qt.QTimer.singleShot(0, self.assignFromNames)  # the node's name is set after it is added
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        self.assignFromNames()
+
+    def assignFromNames(self):
+        """Fill only the empty roles, with volumes not used in another role."""
+        if not self._parameterNode:
+            return
+        used = {getattr(self._parameterNode, role) for role in MODALITIES} - {None}
+        for role, node in self.logic.auto_assign().items():
+            if getattr(self._parameterNode, role) is None and node is not None and node not in used:
+                setattr(self._parameterNode, role, node)
+                used.add(node)
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._guiObservation)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._guiObservation = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
+            self.updateApplyButton()
+
+    def updateApplyButton(self, caller=None, event=None):
+        if self.run:
+            return
+        ready = self._parameterNode and any(getattr(self._parameterNode, r) for r in MODALITIES) \
+            and self.ui.modelComboBox.count > 0
+        self.ui.applyButton.enabled = bool(ready)
+        self.ui.applyButton.toolTip = _("Segment the tumor") if ready else _(
+            "Select the input volumes and a model first")
+
+    def onApply(self):
+        if self.run:
+            self.cancelRun()
+            self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
+            return
+        from BrainTumorFusionLib.dependencies import ensure_installed
+
+        p = self._parameterNode
+        try:
+            ensure_installed(confirm=slicer.util.confirmOkCancelDisplay)
+            self.run = self.logic.start_segmentation(t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair,
+                                                     model=p.model, device=p.device, grade=p.grade)
+        except BrainTumorFusionError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self.ui.logTextEdit.clear()
+        self.setRunning(True)
+        self.timer.start()
+
+    def onPoll(self):
+        lines, code = self.run.poll()
+        for line in lines:
+            progress = parse_progress(line)
+            if progress:
+                self.ui.progressBar.value = int(progress[0] * 100)
+                self.ui.statusLabel.text = progress[1]
+            else:
+                self.ui.logTextEdit.appendPlainText(line)
+        if code is None:
+            return
+        run, self.run = self.run, None
+        self.timer.stop()
+        self.setRunning(False)
+        if code != 0:
+            run.cleanup()
+            errors = [line for line in self.ui.logTextEdit.toPlainText().splitlines() if line.startswith("ERROR")]
+            slicer.util.errorDisplay(errors[-1] if errors else _("Segmentation failed; see the log."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the result."), waitCursor=True):
+            segmentation, volumes, grade = self.logic.finish_segmentation(run)
+            segmentation.CreateClosedSurfaceRepresentation()
+            self.ui.statusLabel.text = _("Done: {name}").format(name=segmentation.GetName())
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID((grade or volumes).GetID())
+
+    def cancelRun(self):
+        if self.run:
+            self.timer.stop()
+            self.run.cancel()
+            self.run = None
+            self.setRunning(False)
+
+    def setRunning(self, running):
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.progressBar.value = 0
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.modelCollapsibleButton):
+            widget.enabled = not running
+        self.updateApplyButton()
+
+
+class BrainTumorFusionLogic(ScriptedLoadableModuleLogic, SceneLogic):
+    """Console API: segment(...) returns the segmentation node; grade(...) the probabilities."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        SceneLogic.__init__(self, slicer.mrmlScene, python_executable=shutil.which("PythonSlicer"))
+
+    def getParameterNode(self):
+        return BrainTumorFusionParameterNode(super().getParameterNode())
+
+
+class BrainTumorFusionTest(ScriptedLoadableModuleTest):
+    """Runs the whole in-process pipeline on synthetic volumes with a randomly initialised compact network
+    (plumbing only: the shipped weights are tested on real cases by the pytest suites)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_segment_synthetic_case()
+
+    def test_segment_synthetic_case(self):
+        import numpy as np
+
+        from BrainTumorFusionLib import networks
+        from BrainTumorFusionLib.pipeline import Model, Pipeline
+
+        self.delayDisplay("Creating four synthetic volumes")
+        rng = np.random.default_rng(0)
+        nodes = {}
+        for role in MODALITIES:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"Synthetic_{role}")
+            slicer.util.updateVolumeFromArray(node, (rng.random((40, 48, 56)) * 100 + 1).astype(np.float32))
+            nodes[role] = node
+        logic = BrainTumorFusionLogic()
+        self.assertEqual(logic.auto_assign(), nodes)
+        network = networks.build("hafb", features=(4, 8, 8, 16, 16))
+        pipeline = Pipeline(device="cpu", segmenter=Model("random-hafb", network.eval(), patch_size=(32, 32, 32)))
+        segmentation = logic.segment(**nodes, pipeline=pipeline)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 3)
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("Synthetic tumor volumes"))
+        self.delayDisplay("Test passed")

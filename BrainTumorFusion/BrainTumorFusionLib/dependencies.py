@@ -1,0 +1,40 @@
+"""Python packages the networks need inside Slicer: torch through the PyTorch extension, the rest pinned."""
+
+import importlib.util
+
+from .catalogue import RESOURCES
+from .errors import BrainTumorFusionError, Cancelled
+
+TORCH_REQUIREMENT = ">=2.4"
+REQUIREMENTS_FILE = RESOURCES / "requirements-slicer.txt"
+REQUIRED_MODULES = ("torch", "monai", "einops", "tqdm", "SimpleITK")
+
+
+def missing_packages():
+    return [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+
+
+def ensure_installed(confirm=None):
+    """Install what is missing into Slicer's Python. `confirm(message) -> bool` is asked first (GUI);
+    without it (console, batch) installation goes ahead without prompts."""
+    missing = missing_packages()
+    if not missing:
+        return
+    message = (f"BrainTumorFusion needs these Python packages: {', '.join(missing)}. They will be downloaded and "
+               "installed into Slicer's Python now (PyTorch through the PyTorch extension); this can take minutes.")
+    if confirm is not None and not confirm(message):
+        raise Cancelled("Installation of the required Python packages was declined; nothing was run.")
+    import slicer.util
+
+    if "torch" in missing:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise BrainTumorFusionError(
+                "PyTorch is missing and the PyTorch extension is not installed. Install 'PyTorch' from the "
+                "Extensions Manager, restart Slicer and try again.") from None
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                        torchVersionRequirement=TORCH_REQUIREMENT) is None:
+            raise BrainTumorFusionError("PyTorch could not be installed; see the Python console for details.")
+    if set(missing) - {"torch"}:
+        slicer.util.pip_install(["-r", str(REQUIREMENTS_FILE)])
