@@ -252,7 +252,7 @@ class BrainTumorFusionTest(ScriptedLoadableModuleTest):
             nodes[role] = node
         logic = BrainTumorFusionLogic()
         self.assertEqual(logic.auto_assign(), nodes)
-        network = networks.build("hafb", features=(4, 8, 8, 16, 16))
+        network = networks.build("hafb", widths=(4, 8, 8, 16, 16))
         pipeline = Pipeline(device="cpu", segmenter=Model("random-hafb", network.eval(), patch_size=(32, 32, 32)))
         segmentation = logic.segment(**nodes, pipeline=pipeline)
         self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 3)

@@ -1,0 +1,35 @@
+# Set-up and everyday commands. `make demo` and `make test` run `make setup` first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
+MODEL ?= hafb
+DEMO_DIR := out/demo
+
+.PHONY: setup test demo bench-zoo clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+# Segments one real case (CASE=folder) with the shipped default model into out/demo/.
+demo: setup
+	rm -rf $(DEMO_DIR)/input && mkdir -p $(DEMO_DIR)/input
+	ln -s "$(abspath $(CASE))" $(DEMO_DIR)/input/
+	$(PY) -m BrainTumorFusionLib segment --input-dir $(DEMO_DIR)/input --output-dir $(DEMO_DIR)/output --model $(MODEL)
+
+bench-zoo: setup
+	$(PY) Testing/benchmarks/bench_zoo.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
