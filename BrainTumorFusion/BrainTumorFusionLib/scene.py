@@ -279,16 +279,27 @@ def save_seg_nrrd(result, path, reference_ijk_to_ras=None):
         raise OutputError(f"The output folder '{folder}' is not writable. Choose a folder you can write to.")
     matrix = result.ijk_to_ras if reference_ijk_to_ras is None else reference_ijk_to_ras
     scene = slicer.vtkMRMLScene()
+    # The segmentations logic registers the representation converters with a scene; a bare scene has none.
+    segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations_logic.SetMRMLScene(scene)
     labelmap = add_volume_node(scene, labels, matrix, "labels", labelmap=True)
     seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{result.case_name} tumor")
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
     _fill_segmentation(seg_node, labelmap)
+    # Written beside the target, then renamed: an interrupted run never leaves a partial file at `path`.
+    partial = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial.seg.nrrd")
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(path)
-    if not storage.WriteData(seg_node):
-        if os.path.exists(path):
-            os.remove(path)
-        raise OutputError(f"Slicer could not write '{path}'. Check free disk space and permissions, "
-                          "or choose another folder.")
-    scene.Clear(1)
+    storage.SetFileName(partial)
+    try:
+        if not storage.WriteData(seg_node):
+            raise OutputError(f"Slicer could not write '{path}'. Check free disk space and permissions, "
+                              "or choose another folder.")
+        os.replace(partial, path)
+    except OSError as error:
+        raise OutputError(f"Cannot write '{path}' ({error.strerror}). Choose a folder you can write to.") from error
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+        segmentations_logic.SetMRMLScene(None)
+        scene.Clear(1)
     return path

@@ -7,6 +7,7 @@ the reference grid -> same labels at the same physical points as the input label
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer.util
 
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.geometry import ijk_to_ras_of
@@ -92,8 +93,6 @@ def test_linear_parent_transform_is_applied_and_followed(kit, vtk_messages):
     to_world = np.eye(4)
     to_world[:3, :3] = DIRECTIONS["oblique"].T
     to_world[:3, 3] = [5.0, -3.0, 12.0]
-    import slicer.util
-
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(to_world))
     reference.SetAndObserveTransformNodeID(transform.GetID())
 

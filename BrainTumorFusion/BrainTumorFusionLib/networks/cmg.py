@@ -39,7 +39,7 @@ paper's exact count is not reproduced). A compact CPU variant is e.g.
 ``CrossModalityGuidedGrader(widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))``.
 """
 
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -161,7 +161,7 @@ class CrossModalityGuidedGrader(nn.Module):
     def _pooled(self, index: int, features: torch.Tensor) -> torch.Tensor:
         return self.attention[index](features).mean(dim=(2, 3, 4))
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor = None):
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
         """x: (B, 4, D, H, W) in MODALITIES order; present: optional (B, 4) bool (T1ce must be present)."""
         mask = present_mask(present, x)
         p = self.primary

@@ -18,6 +18,8 @@ Architecture as built here (every choice that the paper leaves open, or where we
   modalities** (sum divided by their count), so its scale - and what the BN learns - does not depend
   on how many modalities a case has; absent modalities enter the product as 1 and the max as the
   lowest float, i.e. they drop out. With one present modality all three branches equal its features.
+  The encoders of absent modalities still run (on whatever the channel holds, normally zeros); their
+  outputs are only masked out, which keeps the graph static for export.
   Every sample needs at least one present modality (not checked at run time, which would be
   data-dependent control flow; an all-absent sample gives mean 0, product 1, max = lowest float).
 * **ASPP at the bottleneck**, applied once to the fused bottleneck (not per encoder, to keep cost
@@ -44,11 +46,10 @@ about 32 M parameters, most of them in the 3x3x3 HAFB attention convs at 1/8 and
 does not state a parameter count). A compact CPU variant is e.g. ``HAFBNet(widths=(4, 8, 8, 16, 16))``.
 """
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.networks.blocks import Convolution, SimpleASPP, UnetResBlock
 
 from ..modalities import MODALITIES
@@ -137,12 +138,19 @@ class PooledASPP(nn.Module):
         return self.project(torch.cat([self.aspp(x), pooled], dim=1))
 
 
+def upsample(c_in: int, c_out: int, norm: NormType, act: NormType) -> nn.Module:
+    """Stride-2 transposed conv (kernel 2) with norm and activation: exactly doubles each spatial size."""
+    return Convolution(
+        3, c_in, c_out, strides=2, kernel_size=2, padding=0, output_padding=0, is_transposed=True, norm=norm, act=act
+    )
+
+
 class GatedUpBlock(nn.Module):
     """Upsample the decoder feature, gate the skip by the decoder's global context, concatenate, convolve."""
 
     def __init__(self, c_in: int, c_out: int, norm: NormType, act: NormType):
         super().__init__()
-        self.up = Convolution(3, c_in, c_out, strides=2, kernel_size=2, padding=0, output_padding=0, is_transposed=True, norm=norm, act=act)
+        self.up = upsample(c_in, c_out, norm, act)
         self.gate = nn.Sequential(
             nn.AdaptiveAvgPool3d(1), Convolution(3, c_out, c_out, kernel_size=1, conv_only=True), nn.Sigmoid()
         )
@@ -188,27 +196,23 @@ class HAFBNet(nn.Module):
         self.fusions = nn.ModuleList(HybridAttentionalFusion(c) for c in widths[1:])
         self.aspp = PooledASPP(widths[4], aspp_dilations, norm, act)
         self.up_blocks = nn.ModuleList(GatedUpBlock(widths[i + 1], widths[i], norm, act) for i in (3, 2, 1))
-        self.final_up = Convolution(3, widths[1], widths[0], strides=2, kernel_size=2, padding=0, output_padding=0, is_transposed=True,
-                                    norm=norm, act=act)
+        self.final_up = upsample(widths[1], widths[0], norm, act)
         self.final_block = UnetResBlock(3, widths[0], widths[0], kernel_size=3, stride=1, norm_name=norm, act_name=act)
         self.head = Convolution(3, widths[0], out_channels, kernel_size=1, conv_only=True)
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor = None):
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
         """x: (B, 4, D, H, W) in MODALITIES order; present: optional (B, 4) bool mask (None = all present)."""
         mask = present_mask(present, x)
         x, spatial = pad_to_multiple(x, self.stride)
         per_modality = [encoder(x[:, i : i + 1]) for i, encoder in enumerate(self.encoders)]
-        fused = []
-        for level, fusion in enumerate(self.fusions, start=1):
-            stacked = torch.stack([features[level] for features in per_modality], dim=1)
-            fused.append(fusion(stacked, mask))
-            if level == len(self.fusions):
-                bottleneck_features = stacked
+        # (B, 4, C, ...) per level 1/2, 1/4, 1/8, 1/16 (the full-resolution stem output is not fused).
+        stacked = [torch.stack(level, dim=1) for level in list(zip(*per_modality))[1:]]
+        fused = [fusion(features, mask) for fusion, features in zip(self.fusions, stacked)]
         y = self.aspp(fused[-1])
         for block, skip in zip(self.up_blocks, reversed(fused[:-1])):
             y = block(y, skip)
         y = self.final_block(self.final_up(y))
         logits = crop_to(self.head(y), spatial)
         if self.training:
-            return logits, HAFBAux(modality_features=bottleneck_features, present=mask)
+            return logits, HAFBAux(modality_features=stacked[-1], present=mask)
         return logits

@@ -14,9 +14,10 @@ Architecture as built here:
   one token, a learned positional embedding (stored as a (1, 512, d, h, w) grid built for
   ``img_size``) is added - **interpolated trilinearly** when the token grid differs from the one it was
   built for - then ``num_layers`` = 4 MONAI ``TransformerBlock``s with 8 heads and a final LayerNorm.
-* **CNN decoder with skips**: 1x1 conv 512 -> ``widths[3]``, then three up-steps (stride-2 transposed
-  conv, concatenation with the skip, ``UnetResBlock``) through 1/4, 1/2 and full resolution, and a
-  1x1 conv to the three region logits (WT, TC, ET).
+* **CNN decoder with skips**: 1x1 conv-norm-act 512 -> ``widths[3]``, then three up-steps through
+  1/4, 1/2 and full resolution, each a stride-2 transposed conv, concatenation with the skip, a 1x1
+  conv-norm-act back to the level's width (as TransBTS' "DeUp_Cat") and one ``UnetResBlock``; a
+  1x1 conv gives the three region logits (WT, TC, ET).
 * **Multi-scale fusion (MSF) for self-distillation** on the three skip levels (1, 1/2, 1/4). Each MSF
   block has four atrous branches built from three shared 3x3x3 convs with dilations 1, 3, 5 and a
   shared 1x1 conv (as CE-Net's dense atrous block). The receptive field of stacked 3x3x3 convs with
@@ -28,25 +29,32 @@ Architecture as built here:
   training mode as ``MISSUAux(distillation_pairs=[(skip, fused), ...])`` (finest level first) for
   the self-distillation loss computed by the training code. **In eval mode no MSF module runs**, so
   they cost nothing at inference (the exported graph contains none).
-* Norm: BatchNorm by default (as TransBTS); configurable (``norm``).
-* Odd sizes: zero-padded at the end of each axis to a multiple of 8, logits cropped back.
+* Norm: BatchNorm by default (as TransBTS); configurable (``norm``). Transformer dropout 0.1.
+  MONAI's ``TransformerBlock`` always creates a cross-attention LayerNorm; it is unused here and
+  replaced by ``nn.Identity`` so every parameter takes part in training.
+* Odd sizes: zero-padded at the end of each axis to a multiple of 8, logits cropped back (the
+  distillation pairs keep the padded size).
+* ``present`` is accepted for the common interface and ignored (MISSU has no missing-modality
+  mechanism; absent modalities are expected as zero channels).
 
 Paper size (``MISSU()``): the paper reports 10.5 M parameters and 132 G(FL)OPs at 4 x 128^3. With the
 fixed transformer (d = 512, 4 layers, 8 heads: 4.2 M in the attention projections alone) plus the
 learned 16^3 x 512 positional embedding (2.1 M), the remaining budget is small, so the paper variant
-uses ``mlp_dim`` = 512, encoder ``depths`` (1, 1, 1, 1) and a 1x1 (not 3x3x3) conv from 512 back to
-128 channels in the decoder. It has **11.4 M parameters (+9 % vs 10.5 M)** and
-**209 GMACs (419 GFLOPs, FlopCounterMode, 1 MAC = 2 FLOPs) at 1 x 4 x 128^3**. The paper's 132 G
-is most likely MACs (the usual thop/ptflops convention); we are about 58 % above it. 69 GMACs are
-the 4096 x 4096 attention matrices of the 4 layers (fixed by d = 512 on 16^3 tokens); most of the
-rest are the full-resolution stem, encoder and decoder blocks at 16 channels (about 90 GMACs), so
-the paper's network must be lighter at full resolution than TransBTS' - which we could not confirm,
-so we keep the TransBTS-like layout and report the difference.
+uses ``mlp_dim`` = 512 (TransBTS: 4096), encoder ``depths`` (1, 1, 1, 1) and a 1x1 (not 3x3x3) conv
+from 512 back to 128 channels in the decoder. It has **12.5 M parameters (+19 % vs 10.5 M; 0.44 M
+of them in the training-only MSF blocks)** and **221 GMACs = 442 GFLOPs at 1 x 4 x 128^3**
+(FlopCounterMode counts FLOPs, 1 MAC = 2 FLOPs). The paper's 132 G is most likely MACs (the usual
+thop/ptflops convention), so we are about 67 % above it. Of the 221 GMACs, 69 are the 16^3 x 16^3
+attention matrices of the 4 layers and 26 the transformer's linear layers (both fixed by d = 512 on
+16^3 tokens), about 64 the full-resolution stem, encoder block and decoder step at 16 channels, and
+the rest the 1/2 - 1/8 levels and the 3x3x3 projection to 512 (7 G). The paper's network must
+therefore be lighter at full resolution than this TransBTS-like layout; lacking its exact layout we
+keep TransBTS' and report the difference.
 A compact CPU variant is e.g. ``MISSU(widths=(4, 8, 8, 16), hidden_size=32, num_heads=4,
 mlp_dim=32, num_layers=1, img_size=32)``.
 """
 
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -139,6 +147,10 @@ class MISSU(nn.Module):
         self.transformer = nn.ModuleList(
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate=dropout) for _ in range(num_layers)
         )
+        for layer in self.transformer:
+            # MONAI creates this LayerNorm even without cross-attention; it is never used, so drop it
+            # (otherwise it holds parameters that never get a gradient).
+            layer.norm_cross_attn = nn.Identity()
         self.transformer_norm = nn.LayerNorm(hidden_size)
 
         self.reduce = Convolution(3, hidden_size, widths[3], kernel_size=1, norm=norm, act=act)
@@ -166,7 +178,7 @@ class MISSU(nn.Module):
             position = F.interpolate(position, size=tuple(grid), mode="trilinear", align_corners=False)
         return position.flatten(2).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor = None):
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
         """x: (B, 4, D, H, W) in MODALITIES order. ``present`` is accepted for the common interface and
         ignored: MISSU has no missing-modality mechanism (absent modalities are expected as zeros)."""
         x, spatial = pad_to_multiple(x, self.stride)

@@ -67,7 +67,8 @@ class TransFuseAux:
 class SwinFUSEAux:
     """SwinFUSE (arXiv 2405.12781) training outputs for the domain-invariance and SSL losses.
 
-    view_a: joint multi-modal patch embedding (B, C, D/2, H/2, W/2), one of the two DIM views.
+    view_a: joint multi-modal patch embedding (B, C, D/2, H/2, W/2), one of the two DIM views; sizes
+        here are those of the input after internal padding (multiples of 32, at least 64).
     view_b: modality-agnostic patch embedding (same shape): the shared single-channel embedding of each
         present modality, averaged; the other DIM view.
     fused: DIM output (same shape), the average of the two cross-attended views, fed to the Swin stages.

@@ -225,7 +225,9 @@ class UpBlock3D(nn.Module):
         self.gate = None
         if skip_channels:
             self.gate = AttentionBlock(3, f_int=max(skip_channels // 2, 1), f_g=in_channels, f_l=skip_channels)
-        self.conv = UnetBasicBlock(3, in_channels + skip_channels, out_channels, kernel_size=3, stride=1, norm_name=norm)
+        self.conv = UnetBasicBlock(
+            3, in_channels + skip_channels, out_channels, kernel_size=3, stride=1, norm_name=norm
+        )
 
     def forward(self, x: torch.Tensor, skip: Union[torch.Tensor, None] = None) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)

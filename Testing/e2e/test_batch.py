@@ -1,0 +1,169 @@
+"""Batch runs on real cases: outputs on the input grid, Slicer-readable .seg.nrrd, resume, cancel, failures."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.batch import run_batch
+from BrainTumorFusionLib.errors import Cancelled, OutputError
+from BrainTumorFusionLib.pipeline import Pipeline
+from BrainTumorFusionLib.segments import SEGMENTS
+from conftest import REPO, brats_case_dir
+from plumbing import intensity_model, write_catalogue
+
+CASES = ("Brats18_CBICA_ABM_1", "Brats18_2013_11_1")
+
+
+def linked_input(tmp_path, cases=CASES):
+    """An input folder of links to real case folders (the data itself stays in ../shared)."""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for case in cases:
+        (folder / case).symlink_to(brats_case_dir(case), target_is_directory=True)
+    (folder / "notes.txt").write_text("ignored")
+    return folder
+
+
+class CountingPipeline(Pipeline):
+    def __init__(self):
+        super().__init__(device="cpu", segmenter=intensity_model(spacing_mm=(2.0, 2.0, 2.0)))
+        self.cases = []
+
+    def run(self, case, progress=None, should_cancel=None):
+        self.cases.append(case.name)
+        return super().run(case, progress, should_cancel)
+
+
+def assert_on_input_grid(path, case_id):
+    written = sitk.ReadImage(str(path))
+    reference = sitk.ReadImage(str(brats_case_dir(case_id) / f"{case_id}_t1.nii.gz"))
+    assert written.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(written.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(written.GetSpacing(), reference.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(written.GetDirection(), reference.GetDirection(), atol=1e-6)
+    assert set(np.unique(sitk.GetArrayViewFromImage(written))) <= {0, 1, 2, 4}
+
+
+def read_summary(folder):
+    with open(folder / "summary.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_batch_writes_outputs_on_input_grid_and_resumes(tmp_path):
+    import slicer
+
+    output = tmp_path / "out"
+    pipeline = CountingPipeline()
+    rows = run_batch(linked_input(tmp_path), output, pipeline, show_progress=False)
+    assert [r["status"] for r in rows] == ["done", "done"] and sorted(pipeline.cases) == sorted(CASES)
+    for case_id in CASES:
+        assert_on_input_grid(output / f"{case_id}_seg.nii.gz", case_id)
+        segmentation = slicer.vtkMRMLSegmentationNode()
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(output / f"{case_id}.seg.nrrd"))
+        assert storage.ReadData(segmentation)
+        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName() for i in range(3)]
+        assert names == [spec.name for spec in SEGMENTS]
+    summary = read_summary(output)
+    assert [r["case_id"] for r in summary] == sorted(CASES)
+    assert all(float(r["WT_ml"]) > 0 and r["device"] == "cpu" for r in summary)
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        ["summary.csv"] + [f"{c}.seg.nrrd" for c in CASES] + [f"{c}_seg.nii.gz" for c in CASES])
+
+    again = CountingPipeline()
+    rows = run_batch(output.parent / "input", output, again, show_progress=False)
+    assert again.cases == [] and [r["status"] for r in rows] == ["done", "done"]
+    assert read_summary(output) == summary
+
+
+def test_cancel_keeps_finished_cases_and_the_next_run_finishes_the_rest(tmp_path):
+    output = tmp_path / "out"
+    with pytest.raises(Cancelled):  # the user cancels once the first case is recorded
+        run_batch(linked_input(tmp_path), output, CountingPipeline(), show_progress=False,
+                  should_cancel=lambda: (output / "summary.csv").exists())
+    first = sorted(CASES)[0]
+    assert sorted(p.name for p in output.iterdir()) == sorted(["summary.csv", f"{first}.seg.nrrd",
+                                                               f"{first}_seg.nii.gz"])
+    resumed = CountingPipeline()
+    run_batch(tmp_path / "input", output, resumed, show_progress=False)
+    assert resumed.cases == [sorted(CASES)[1]]
+
+
+def test_cancel_inside_a_case_writes_nothing_for_it(tmp_path):
+    output = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        run_batch(linked_input(tmp_path, CASES[:1]), output, CountingPipeline(), show_progress=False,
+                  should_cancel=lambda: True)
+    assert list(output.iterdir()) == []
+
+
+def test_case_with_missing_modality_fails_alone(tmp_path):
+    folder = linked_input(tmp_path, CASES[:1])
+    partial = folder / "partial"
+    partial.mkdir()
+    for role in ("t1", "t2", "flair"):
+        (partial / f"partial_{role}.nii.gz").symlink_to(brats_case_dir(CASES[0]) / f"{CASES[0]}_{role}.nii.gz")
+    rows = run_batch(folder, tmp_path / "out", CountingPipeline(), show_progress=False)
+    status = {r["case_id"]: (r["status"], r["message"]) for r in rows}
+    assert status[CASES[0]][0] == "done"
+    assert status["partial"][0] == "failed" and "needs T1ce" in status["partial"][1]
+    assert not (tmp_path / "out" / "partial_seg.nii.gz").exists()
+
+
+def test_unwritable_output_folder_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    pipeline = CountingPipeline()
+    with pytest.raises(OutputError, match="cannot be written"):
+        run_batch(linked_input(tmp_path, CASES[:1]), blocker / "out", pipeline, show_progress=False)
+    assert pipeline.cases == []
+
+
+def random_hafb_catalogue(folder):
+    """A randomly initialised compact hafb in a user catalogue: plumbing only, never shipped."""
+    torch.manual_seed(0)
+    network = networks.build("hafb", widths=(4, 8, 8, 16, 16))
+    return write_catalogue(folder, "hafb", network.state_dict(), name="random-hafb",
+                           config={"widths": [4, 8, 8, 16, 16]}, spacing_mm=[2.0, 2.0, 2.0],
+                           patch_size=[64, 64, 64], handles_missing_modalities=True)
+
+
+def run_cli(*arguments):
+    return subprocess.run([sys.executable, "-m", "BrainTumorFusionLib", *arguments], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_command_line_batch_with_a_random_network(tmp_path):
+    catalogue = random_hafb_catalogue(tmp_path)
+    output = tmp_path / "out"
+    done = run_cli("segment", "--input-dir", str(linked_input(tmp_path)), "--output-dir", str(output),
+                   "--model", "random-hafb", "--catalogue", str(catalogue), "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 cases done" in done.stdout
+    for case_id in CASES:
+        assert_on_input_grid(output / f"{case_id}_seg.nii.gz", case_id)
+    again = run_cli("segment", "--input-dir", str(tmp_path / "input"), "--output-dir", str(output),
+                    "--model", "random-hafb", "--catalogue", str(catalogue))
+    assert again.returncode == 0 and "already done" in again.stderr
+
+
+def test_command_line_errors_are_specific(tmp_path):
+    unknown = run_cli("segment", "--input-dir", str(linked_input(tmp_path)), "--output-dir",
+                      str(tmp_path / "out"), "--model", "nope")
+    assert unknown.returncode == 2 and "Unknown segmentation model 'nope'" in unknown.stderr
+    assert not (tmp_path / "out").exists()
+    catalogue = random_hafb_catalogue(tmp_path)
+    (tmp_path / "random-hafb.pt").write_bytes(b"tampered")
+    tampered = run_cli("segment", "--input-dir", str(tmp_path / "input"), "--output-dir", str(tmp_path / "out"),
+                       "--model", "random-hafb", "--catalogue", str(catalogue))
+    assert tampered.returncode == 2 and "does not match the catalogue" in tampered.stderr
+    assert not (tmp_path / "out").exists()
+    assert json.loads(catalogue.read_text())["models"][0]["name"] == "random-hafb"

@@ -1,0 +1,111 @@
+"""SceneLogic (what the module's Logic is): console segment/grade and the GUI's background runs, on a real
+headless MRML scene with a real case."""
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.errors import InputError
+from BrainTumorFusionLib.logic import SceneLogic
+from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.pipeline import Model, Pipeline
+from plumbing import ConstantGrader, intensity_model, write_catalogue
+
+CASE = "Brats18_CBICA_ABM_1"
+
+
+@pytest.fixture
+def real_nodes(kit, brats_dir):
+    """The four modalities of a real case loaded by Slicer, plus a distractor volume."""
+    nodes = {role: kit.volumes.AddArchetypeVolume(str(brats_dir / CASE / f"{CASE}_{role}.nii.gz"), f"{CASE}_{role}")
+             for role in MODALITIES}
+    kit.volumes.AddArchetypeVolume(str(brats_dir / CASE / f"{CASE}_seg.nii.gz"), f"{CASE}_seg", 1)
+    return nodes
+
+
+def test_auto_assign_finds_every_role(kit, real_nodes):
+    assert SceneLogic(kit.scene).auto_assign() == real_nodes
+
+
+def test_segment_in_process_adds_segmentation_and_tables(kit, real_nodes):
+    logic = SceneLogic(kit.scene)
+    pipeline = Pipeline(device="cpu", segmenter=intensity_model(spacing_mm=(2.0, 2.0, 2.0)),
+                        grader=Model("constant", ConstantGrader()), grade=True)
+    segmentation = logic.segment(**real_nodes, pipeline=pipeline)
+    assert segmentation.GetName() == f"{CASE} tumor"
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 3
+    volumes = kit.scene.GetFirstNodeByName(f"{CASE} tumor volumes")
+    grade = kit.scene.GetFirstNodeByName(f"{CASE} grade")
+    assert volumes.GetNumberOfRows() == 5 and grade.GetNumberOfRows() == 2
+    labels = kit.labels_on(segmentation, real_nodes["t1"])
+    assert set(np.unique(labels)) <= {0, 1, 2, 4} and (labels > 0).any()
+
+
+def test_grade_returns_probabilities_and_changes_nothing(kit, real_nodes):
+    before = kit.state()
+    probabilities = SceneLogic(kit.scene).grade(**real_nodes, grader=Model("constant", ConstantGrader()))
+    assert set(probabilities) == {"HGG", "LGG"} and probabilities["HGG"] > probabilities["LGG"]
+    assert kit.state() == before
+
+
+def test_bad_input_leaves_the_scene_unchanged(kit, real_nodes):
+    logic = SceneLogic(kit.scene)
+    before = kit.state()
+    pipeline = Pipeline(device="cpu", segmenter=intensity_model())
+    with pytest.raises(InputError, match="selected both as T1 and as T2"):
+        logic.segment(t1=real_nodes["t1"], t1ce=real_nodes["t1ce"], t2=real_nodes["t1"], flair=real_nodes["flair"],
+                      pipeline=pipeline)
+    with pytest.raises(InputError, match="needs T1ce"):
+        logic.segment(t1=real_nodes["t1"], t2=real_nodes["t2"], flair=real_nodes["flair"], pipeline=pipeline)
+    with pytest.raises(InputError, match="No input volume"):
+        logic.segment(pipeline=pipeline)
+    assert kit.state() == before
+
+
+@pytest.fixture
+def random_catalogue(tmp_path):
+    """A randomly initialised compact hafb in a user catalogue: plumbing only, never shipped."""
+    torch.manual_seed(0)
+    network = networks.build("hafb", widths=(4, 8, 8, 16, 16))
+    return write_catalogue(tmp_path, "hafb", network.state_dict(), name="random-hafb",
+                           config={"widths": [4, 8, 8, 16, 16]}, spacing_mm=[2.0, 2.0, 2.0], patch_size=[64, 64, 64])
+
+
+def wait(run, seconds=240):
+    lines, deadline = [], time.time() + seconds
+    while time.time() < deadline:
+        new, code = run.poll()
+        lines += new
+        if code is not None:
+            return code, lines
+        time.sleep(0.1)
+    run.cancel()
+    raise AssertionError(f"background run did not finish: {lines[-5:]}")
+
+
+def test_background_run_gives_the_same_result_as_in_process(kit, real_nodes, random_catalogue):
+    logic = SceneLogic(kit.scene, python_executable=sys.executable)
+    run = logic.start_segmentation(**real_nodes, model="random-hafb", device="cpu",
+                                   catalogue_files=[random_catalogue])
+    code, lines = wait(run)
+    assert code == 0, lines
+    assert any(line.startswith("PROGRESS 1.000") for line in lines)
+    segmentation, volumes, grade = logic.finish_segmentation(run)
+    assert not run.folder.exists() and grade is None
+    in_process = logic.segment(**real_nodes, model="random-hafb", device="cpu", catalogue_files=[random_catalogue])
+    reference = real_nodes["t1"]
+    np.testing.assert_array_equal(kit.labels_on(segmentation, reference), kit.labels_on(in_process, reference))
+
+
+def test_cancelled_background_run_leaves_scene_and_disk_clean(kit, real_nodes, random_catalogue):
+    logic = SceneLogic(kit.scene, python_executable=sys.executable)
+    before = kit.state()
+    run = logic.start_segmentation(**real_nodes, model="random-hafb", catalogue_files=[random_catalogue])
+    time.sleep(1.0)
+    run.cancel()
+    assert run.process.process.returncode is not None and not run.folder.exists()
+    assert kit.state() == before
