@@ -3,6 +3,7 @@
 The only file that imports qt: a thin shell over the Qt-free BrainTumorFusionLib.
 """
 
+import os
 import shutil
 
 import qt
@@ -215,12 +216,18 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateApplyButton()
 
 
+def pythonSlicerExecutable():
+    """Slicer's own Python interpreter, which runs the background process (never the Slicer app itself)."""
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    return shutil.which("PythonSlicer") or os.path.join(slicer.app.slicerHome, "bin", name)
+
+
 class BrainTumorFusionLogic(ScriptedLoadableModuleLogic, SceneLogic):
     """Console API: segment(...) returns the segmentation node; grade(...) the probabilities."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        SceneLogic.__init__(self, slicer.mrmlScene, python_executable=shutil.which("PythonSlicer"))
+        SceneLogic.__init__(self, slicer.mrmlScene, python_executable=pythonSlicerExecutable())
 
     def getParameterNode(self):
         return BrainTumorFusionParameterNode(super().getParameterNode())

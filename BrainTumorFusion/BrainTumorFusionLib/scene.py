@@ -300,6 +300,5 @@ def save_seg_nrrd(result, path, reference_ijk_to_ras=None):
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-        segmentations_logic.SetMRMLScene(None)
         scene.Clear(1)
     return path
