@@ -1,8 +1,8 @@
 """HAFB-Net: self-supervised multi-modal hybrid fusion network for brain tumor segmentation, in 3D.
 
 Paper: F. Fang, Y. Yao, T. Zhou, G. Xie, J. Lu, "Self-Supervised Multi-Modal Hybrid Fusion Network
-for Brain Tumor Segmentation", IEEE Journal of Biomedical and Health Informatics 26(11), 2022,
-doi:10.1109/JBHI.2021.3109301. Written from the paper's description; no code was copied.
+for Brain Tumor Segmentation", IEEE Journal of Biomedical and Health Informatics, 2022.
+Written from the paper's description; no code was copied.
 
 Architecture as built here (every choice that the paper leaves open, or where we deviate, is listed):
 
@@ -30,9 +30,10 @@ Architecture as built here (every choice that the paper leaves open, or where we
 * **Decoder**: at each skip level the decoder feature is upsampled (transposed conv, stride 2); the
   skip is gated channel-wise by sigmoid(1x1 conv(global average of the upsampled decoder feature)),
   concatenated with it and convolved (``UnetResBlock``). The three skip levels bring the decoder to
-  1/2 resolution; a last transposed conv and ``UnetResBlock`` (``widths[0]`` channels, no skip:
-  the full-resolution stem features are not fused, as the paper fuses three skip levels) return to
-  full resolution, and a 1x1 conv gives the three region logits (WT, TC, ET).
+  1/2 resolution; a last transposed conv and ``UnetResBlock`` (``widths[0]`` channels) return to
+  full resolution without a skip - the full-resolution stem features are not fused (HAFBs sit at
+  the three skip levels and the bottleneck only, which also keeps the full-resolution cost down) -
+  and a 1x1 conv gives the three region logits (WT, TC, ET).
 * **Self-supervision**: the paper's masked-region consistency loss is computed by the training code;
   in training mode the network returns ``HAFBAux(modality_features=(B, 4, C, d, h, w), present)``,
   the bottleneck features of each modality encoder before fusion.

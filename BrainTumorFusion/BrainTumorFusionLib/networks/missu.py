@@ -1,7 +1,7 @@
 """MISSU: 3D medical image segmentation via self-distilling TransUNet.
 
 Paper: N. Wang, S. Lin, X. Li, K. Li, Y. Shen, Y. Gao, L. Ma, "MISSU: 3D Medical Image Segmentation
-via Self-distilling TransUNet", arXiv:2206.00902 (IEEE TMI 2023). Written from the paper's
+via Self-distilling TransUNet", arXiv:2206.00902, 2022. Written from the paper's
 description (and TransBTS, Wang et al., MICCAI 2021, whose encoder it follows); no code was copied.
 
 Architecture as built here:
