@@ -16,7 +16,7 @@ from BrainTumorFusionLib.batch import run_batch
 from BrainTumorFusionLib.errors import Cancelled, OutputError
 from BrainTumorFusionLib.pipeline import Pipeline
 from BrainTumorFusionLib.segments import SEGMENTS
-from conftest import REPO, brats_case_dir
+from realdata import REPO, brats_case_dir
 from plumbing import intensity_model, write_catalogue
 
 CASES = ("Brats18_CBICA_ABM_1", "Brats18_2013_11_1")

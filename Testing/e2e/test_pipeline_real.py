@@ -9,7 +9,7 @@ from BrainTumorFusionLib.file_io import CaseFiles, case_files_in, read_case, wri
 from BrainTumorFusionLib.pipeline import Pipeline
 from BrainTumorFusionLib.postprocessing import probabilities_on_case_grid, region_volumes
 from BrainTumorFusionLib.preprocessing import prepare, resample_channels
-from conftest import brats_case_dir
+from realdata import brats_case_dir
 from plumbing import intensity_model
 
 

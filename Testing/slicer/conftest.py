@@ -5,9 +5,7 @@ registered, sets the globals slicer.util helpers reach for (slicer.mrmlScene, sl
 and restores them afterwards. It also counts VTK errors and warnings (assert_no_vtk_messages).
 """
 
-import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,15 +154,3 @@ def vtk_messages():
         yield assert_none
     finally:
         vtk.vtkOutputWindow.SetInstance(previous)
-
-
-def pytest_plugin_registered(plugin, manager):
-    """Give the module name `conftest` back to Testing/conftest.py once this file is registered.
-
-    Every conftest.py outside a package is imported as module `conftest`; loading this one would otherwise
-    leave `from conftest import real_crop` (Testing/unit/network_checks.py) pointing here.
-    """
-    if getattr(plugin, "__file__", None) == __file__:
-        parent = manager.get_plugin(str(Path(__file__).resolve().parents[1] / "conftest.py"))
-        if parent is not None:
-            sys.modules["conftest"] = parent

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from conftest import real_crop
+from realdata import real_crop
 
 
 def real_input(size=(32, 32, 32), batch=1):

@@ -4,7 +4,7 @@ import ast
 import re
 import xml.etree.ElementTree as ElementTree
 
-from conftest import MODULE_DIR, REPO
+from realdata import MODULE_DIR, REPO
 
 MODULE_FILE = MODULE_DIR / "BrainTumorFusion.py"
 CMAKE = (MODULE_DIR / "CMakeLists.txt").read_text()
