@@ -1,11 +1,9 @@
 """Cross-modality guided grader (networks/cmg.py): shapes, gradients, guidance, attention, export, paper size."""
 
-import functools
-
 import pytest
 import torch
 from network_checks import eval_deterministic, exports, forward_backward
-from network_checks import real_input as load_real_input
+from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.modalities import MODALITIES
@@ -14,25 +12,6 @@ from BrainTumorFusionLib.networks.outputs import CMGAux
 
 COMPACT = dict(widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))
 T1CE, FLAIR = MODALITIES.index("t1ce"), MODALITIES.index("flair")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny convolutions run 10x slower with 2 threads on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.lru_cache(maxsize=None)
-def _crop(size, batch):
-    return load_real_input(size, batch)
-
-
-def real_input(size, batch=1):
-    """network_checks.real_input, read from disk once per size."""
-    return _crop(tuple(size), batch).clone()
 
 
 def compact():

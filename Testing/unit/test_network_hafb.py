@@ -1,12 +1,11 @@
 """HAFB-Net (networks/hafb.py): shapes, gradients, missing modalities, determinism, export, paper size."""
 
-import functools
 import itertools
 
 import pytest
 import torch
 from network_checks import eval_deterministic, exports, forward_backward
-from network_checks import real_input as load_real_input
+from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.networks.outputs import HAFBAux
@@ -14,25 +13,6 @@ from BrainTumorFusionLib.networks.outputs import HAFBAux
 COMPACT = dict(widths=(4, 8, 8, 16, 16))
 SUBSETS = [s for n in range(1, 5) for s in itertools.combinations(range(4), n)]
 ODD = (33, 37, 41)  # padded to 48^3 inside the network
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny convolutions run 10x slower with 2 threads on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.lru_cache(maxsize=None)
-def _crop(size, batch):
-    return load_real_input(size, batch)
-
-
-def real_input(size, batch=1):
-    """network_checks.real_input, read from disk once per size."""
-    return _crop(tuple(size), batch).clone()
 
 
 def compact(**extra):

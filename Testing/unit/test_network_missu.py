@@ -1,11 +1,9 @@
 """MISSU (networks/missu.py): shapes, gradients, MSF only in training, determinism, export, paper size."""
 
-import functools
-
 import pytest
 import torch
 from network_checks import eval_deterministic, exports, forward_backward
-from network_checks import real_input as load_real_input
+from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
 from torch.utils.flop_counter import FlopCounterMode
 
 from BrainTumorFusionLib import networks
@@ -14,25 +12,6 @@ from BrainTumorFusionLib.networks.outputs import MISSUAux
 
 COMPACT = dict(widths=(4, 8, 8, 16), hidden_size=32, num_heads=4, mlp_dim=32, num_layers=1, img_size=32)
 ODD = (33, 37, 41)  # padded to (40, 40, 48) inside the network: token grid (5, 5, 6) != built (4, 4, 4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny convolutions run 10x slower with 2 threads on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.lru_cache(maxsize=None)
-def _crop(size, batch):
-    return load_real_input(size, batch)
-
-
-def real_input(size, batch=1):
-    """network_checks.real_input, read from disk once per size."""
-    return _crop(tuple(size), batch).clone()
 
 
 def compact():

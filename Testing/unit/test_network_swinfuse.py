@@ -1,6 +1,5 @@
 """SwinFUSE (arXiv 2405.12781): interface, DIM, SSL pretraining heads, odd sizes, export, paper size."""
 
-import functools
 from contextlib import contextmanager
 
 import pytest
@@ -15,26 +14,7 @@ from BrainTumorFusionLib.networks.swinfuse import (
     _to_windows,
 )
 from network_checks import eval_deterministic, exports, forward_backward
-from network_checks import real_input as load_real_input
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box two threads oversubscribe (about 3x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.lru_cache(maxsize=None)
-def _crop(size, batch):
-    return load_real_input(size, batch)
-
-
-def real_input(size, batch=1):
-    """network_checks.real_input, read from disk once per size."""
-    return _crop(tuple(size), batch).clone()
+from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
 
 
 # A CPU-sized variant from the same code: feature size 12 (paper 48), one Swin block per stage (paper 2),

@@ -1,33 +1,12 @@
 """TransFuse3D (MICCAI 2021, ported to 3D): interface, gradients, odd sizes, export, paper size."""
 
-import functools
-
 import pytest
 import torch
 
 from BrainTumorFusionLib.networks import build
 from BrainTumorFusionLib.networks.outputs import TransFuseAux
 from network_checks import eval_deterministic, exports, forward_backward
-from network_checks import real_input as load_real_input
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box two threads oversubscribe (about 3x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.lru_cache(maxsize=None)
-def _crop(size, batch):
-    return load_real_input(size, batch)
-
-
-def real_input(size, batch=1):
-    """network_checks.real_input, read from disk once per size."""
-    return _crop(tuple(size), batch).clone()
+from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
 
 
 # A CPU-sized variant from the same code: narrow CNN, 2-block ViT; 16^3 patches as in the paper.
