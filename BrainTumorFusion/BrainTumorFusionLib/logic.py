@@ -43,8 +43,9 @@ class SceneLogic:
         self.python_executable = python_executable
 
     def volume_nodes(self):
+        """Single-channel scalar volumes: label maps and vector volumes cannot take a modality role."""
         return [node for node in self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-                if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+                if not node.IsA("vtkMRMLLabelMapVolumeNode") and not node.IsA("vtkMRMLVectorVolumeNode")]
 
     def auto_assign(self):
         """role -> volume node (or None) from node names; the most specific name pattern wins."""
