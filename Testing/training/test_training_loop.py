@@ -1,0 +1,108 @@
+"""Training.train: the loss goes down on a fixed batch; checkpoints; a killed run resumes exactly."""
+
+import json
+
+import pytest
+import torch
+from training_support import CASES, TINY_HAFB, one_thread, tiny_config, workspace  # noqa: F401
+
+from BrainTumorFusionLib import networks
+from Training import checkpoint as ckpt
+from Training.data import cache_path
+from Training.losses import SegmentationLoss, hafb_masked_view
+from Training.train import WithMaskedView, train, train_step
+from Training.transforms import PatchDataset, cube_voxels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_steps_on_a_fixed_batch_reduce_the_loss():
+    _, cache_dir = workspace()
+    paths = {c: cache_path(cache_dir, (2.0, 2.0, 2.0), c) for c in CASES}
+    dataset = PatchDataset(CASES, paths, (32, 32, 32), seed=0, pos=1.0, neg=0.0, cube=cube_voxels(20, (2, 2, 2)))
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    torch.manual_seed(0)
+    net = networks.build("hafb", **TINY_HAFB).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    criterion = SegmentationLoss("hafb", aux_weight=0.1)
+    model = WithMaskedView(net, hafb_masked_view)
+    losses = [train_step(model, batch, criterion, optimizer, "cpu", masked_view=True, grad_clip=1.0)
+              for _ in range(10)]
+    assert all("aux" in parts and "grad_norm" in parts for parts in losses)
+    totals = [parts["total"] for parts in losses]
+    assert totals[-1] < 0.9 * totals[0] and max(totals[-3:]) < min(totals[:3]), totals
+
+
+def weights(path):
+    return ckpt.load(path)["model"]
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_continues_exactly(tmp_path):
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    straight = train(tiny_config(straight_dir, validate_every=4), progress=False)
+    assert straight["step"] == 4 and len(straight["losses"]) == 4
+
+    def kill_after_step_3(step, network, parts):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):  # dies after step 3; its last checkpoint is from step 2
+        train(tiny_config(resumed_dir), progress=False, callback=kill_after_step_3)
+    assert ckpt.load(resumed_dir / "checkpoints" / "last.pt")["step"] == 2
+    resumed = train(tiny_config(resumed_dir), resume=True, progress=False)
+    assert resumed["step"] == 4 and len(resumed["losses"]) == 2
+
+    # Same losses for steps 3 and 4, and the same final weights, optimizer state and schedule.
+    assert resumed["losses"] == straight["losses"][2:]
+    a, b = ckpt.load(straight["last"]), ckpt.load(resumed["last"])
+    assert a["step"] == b["step"] == 4
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in ("exp_avg", "exp_avg_sq"):
+        for index in a["optimizer"]["state"]:
+            assert torch.equal(a["optimizer"]["state"][index][key], b["optimizer"]["state"][index][key])
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+
+    # The run folder records config, split (also in the checkpoint) and metrics; the killed step's record is gone.
+    split = json.loads((resumed_dir / "split.json").read_text())
+    assert split == b["split"] and split["train"] and split["validation"]
+    assert not set(split["train"]) & set(split["validation"])
+    assert json.loads((resumed_dir / "config.json").read_text())["network_config"] == TINY_HAFB
+    steps = [json.loads(line)["step"] for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    # Validation ran on the straight run's last step and kept the best checkpoint.
+    assert straight["validation"][0]["cases"] == 1 and 0 <= straight["validation"][0]["mean"] <= 1
+    assert ckpt.load(straight["best"])["best"]["step"] == 4
+    records = [json.loads(line) for line in (straight_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/dice_WT" in r for r in records)
+
+
+def test_command_line_trains_the_segresnet_baseline_and_resumes_from_the_run_config(tmp_path):
+    from Training.__main__ import build_parser, main, train_config
+
+    input_dir, cache_dir = workspace()
+    run_dir = tmp_path / "segresnet"
+    assert main(["train", "--network", "segresnet", "--data-dir", str(input_dir), "--cache-dir", str(cache_dir),
+                 "--run-dir", str(run_dir), "--patch-size", "32", "32", "32", "--batch-size", "1", "--steps", "1",
+                 "--validate-every", "0", "--workers", "0", "--device", "cpu", "--quiet"]) == 0
+    saved = ckpt.load(run_dir / "checkpoints" / "last.pt")
+    assert saved["step"] == 1 and saved["config"]["network_config"] == {"init_filters": 8}
+    assert saved["config"]["spacing"] == [2.0, 2.0, 2.0] and saved["config"]["modality_dropout"] is None
+    from monai.networks.nets import SegResNet
+
+    SegResNet(spatial_dims=3, in_channels=4, out_channels=3, init_filters=8).load_state_dict(saved["model"])
+
+    # --resume takes the run's config.json; only the options given change it.
+    config = train_config(build_parser().parse_args(["train", "--run-dir", str(run_dir), "--resume", "--steps", "5"]))
+    assert config.network == "segresnet" and config.steps == 5 and config.patch_size == [32, 32, 32]
+    assert config.data_dir == str(input_dir) and config.network_config == {"init_filters": 8}
+    fresh = train_config(build_parser().parse_args(["train", "--network", "missu", "--data-dir", "d", "--cache-dir",
+                                                    "c", "--spacing", "native", "--paper-size"]))
+    assert fresh.network_config == {} and fresh.spacing is None and fresh.network == "missu"

@@ -1,0 +1,97 @@
+"""Training.losses: Dice + 0.5 BCE on the regions, hafb's masked consistency, pluggable auxiliary terms."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from training_support import TINY_HAFB, one_thread  # noqa: F401
+
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.networks.outputs import HAFBAux, MISSUAux
+from Training import losses
+from Training.losses import SegmentationLoss, hafb_masked_consistency, hafb_masked_view
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def target(shape=(2, 3, 8, 8, 8), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=generator) > 0.7).float()
+
+
+def by_hand(logits, y, alpha=1.0, beta=0.5):
+    """Dice over the batch per region (smooth 1e-5), averaged over regions; mean BCE."""
+    p = torch.sigmoid(logits)
+    dims = (0, 2, 3, 4)
+    dice = 1 - (2 * (p * y).sum(dims) + 1e-5) / (p.sum(dims) + y.sum(dims) + 1e-5)
+    return alpha * dice.mean() + beta * F.binary_cross_entropy_with_logits(logits, y)
+
+
+def test_segmentation_loss_is_dice_plus_half_bce():
+    y = target()
+    logits = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    total, parts = SegmentationLoss("segresnet")(logits, y)
+    torch.testing.assert_close(total, by_hand(logits, y))
+    assert parts["total"] == pytest.approx(parts["dice"] + 0.5 * parts["bce"], rel=1e-6)
+    assert "aux" not in parts
+    # Perfect logits give ~0; inverted ones a large loss.
+    perfect, _ = SegmentationLoss("segresnet")(40 * (2 * y - 1), y)
+    inverted, _ = SegmentationLoss("segresnet")(-40 * (2 * y - 1), y)
+    assert perfect < 1e-4 and inverted > 10
+
+
+def test_hafb_consistency_is_one_minus_cosine_over_present_modalities():
+    clean = torch.randn(2, 4, 8, 2, 2, 2)
+    present = torch.tensor([[True] * 4, [True, False, True, True]])
+    same = HAFBAux(modality_features=torch.cat([clean, clean]), present=torch.cat([present, present]))
+    assert hafb_masked_consistency(same, 2) == pytest.approx(0.0, abs=1e-6)
+    opposite = HAFBAux(modality_features=torch.cat([clean, -clean]), present=torch.cat([present, present]))
+    assert hafb_masked_consistency(opposite, 2) == pytest.approx(2.0, abs=1e-6)
+    # An absent modality does not count, whatever its features.
+    masked = clean.clone()
+    masked[1, 1] = -clean[1, 1]
+    ignored = HAFBAux(modality_features=torch.cat([clean, masked]), present=torch.cat([present, present]))
+    assert hafb_masked_consistency(ignored, 2) == pytest.approx(0.0, abs=1e-6)
+    # No masked view in the batch: no term.
+    assert hafb_masked_consistency(HAFBAux(modality_features=clean, present=present), 2) is None
+
+
+def test_consistency_trains_the_masked_branch_only():
+    features = torch.randn(4, 4, 8, 2, 2, 2, requires_grad=True)
+    aux = HAFBAux(modality_features=features, present=torch.ones(4, 4, dtype=torch.bool))
+    hafb_masked_consistency(aux, 2).backward()
+    assert features.grad[:2].abs().sum() == 0 and features.grad[2:].abs().sum() > 0
+
+
+def test_auxiliary_terms_are_pluggable_and_unknown_ones_ignored(monkeypatch):
+    y = target()
+    logits = torch.randn(y.shape)
+    plain, _ = SegmentationLoss("missu", aux_weight=0.3)(logits, y)
+    aux = MISSUAux(distillation_pairs=[(torch.ones(1), torch.zeros(1))])
+    unknown, parts = SegmentationLoss("missu", aux_weight=0.3)(logits, y, aux)
+    assert torch.equal(plain, unknown) and "aux" not in parts
+    monkeypatch.setitem(losses.AUX_LOSSES, "missu",
+                        lambda aux, n: sum((a - b).square().mean() for a, b in aux.distillation_pairs))
+    plugged, parts = SegmentationLoss("missu", aux_weight=0.3)(logits, y, aux)
+    assert parts["aux"] == pytest.approx(1.0) and plugged.item() == pytest.approx(plain.item() + 0.3)
+
+
+def test_masked_view_runs_the_hafb_encoders_and_feeds_the_consistency_term():
+    torch.manual_seed(0)
+    net = networks.build("hafb", **TINY_HAFB).train()
+    x = torch.randn(2, 4, 32, 32, 32)
+    masked = x.clone()
+    masked[:, :, 8:18, 8:18, 8:18] = 0
+    present = torch.tensor([[True] * 4, [False, True, True, True]])
+    logits, aux = net(x, present)
+    extended = hafb_masked_view(net, aux, masked)
+    assert extended.modality_features.shape == (4, 4, 16, 2, 2, 2)
+    assert torch.equal(extended.present, torch.cat([present, present]))
+    # The encoder-only path gives the features a full forward pass of the masked input reports.
+    with torch.no_grad():
+        _, full = net(masked, present)
+    torch.testing.assert_close(extended.modality_features[2:], full.modality_features)
+    total, parts = SegmentationLoss("hafb", aux_weight=0.1)(logits, target((2, 3, 32, 32, 32)), extended)
+    assert 0 < parts["aux"] < 2
+    assert parts["total"] == pytest.approx(parts["dice"] + 0.5 * parts["bce"] + 0.1 * parts["aux"], rel=1e-5)
+    total.backward()
+    assert all(p.grad is not None for p in net.parameters())

@@ -1,0 +1,156 @@
+"""Command line: python -m Training prepare|train|evaluate|export (see Training/README.md)."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import TrainConfig
+
+S = argparse.SUPPRESS  # train options left out keep the defaults (or, with --resume, the run's config.json)
+
+
+def spacing_argument(values):
+    if values in (None, ["native"]):
+        return None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise SystemExit("--spacing takes one value, three values (I J K, mm) or 'native'.")
+    return [float(v) for v in values]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m Training",
+                                     description="Train, evaluate and export BrainTumorFusion segmentation networks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare", help="prepare (normalise, resample) every labelled case into the cache")
+    prepare.add_argument("--data-dir", required=True, type=Path, help="folder with one sub-folder per case")
+    prepare.add_argument("--cache-dir", required=True, type=Path)
+    prepare.add_argument("--spacing", nargs="+", default=["2"], help="mm: one value, I J K, or 'native' (default 2)")
+    prepare.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    prepare.add_argument("--overwrite", action="store_true")
+
+    train = commands.add_parser("train", help="train a network (single process, or every rank under torchrun)",
+                                argument_default=S)
+    train.add_argument("--network", help="hafb, missu, transfuse, swinfuse or segresnet (default hafb)")
+    train.add_argument("--network-config", type=json.loads,
+                       help="JSON of constructor arguments (default: the compact preset of Training.models.COMPACT)")
+    train.add_argument("--paper-size", action="store_true", help="the library's paper-sized network (config {})")
+    train.add_argument("--data-dir", help="folder with one sub-folder per case (BraTS naming, `_seg` labels)")
+    train.add_argument("--cache-dir", help="prepared-case cache (made on first use)")
+    train.add_argument("--run-dir", help="checkpoints, split.json, config.json, metrics.jsonl, tensorboard/")
+    train.add_argument("--groups-table", help="CSV with case_id, source_group (default <data-dir>/cases.csv)")
+    train.add_argument("--split-file", help="use this split JSON instead of making one")
+    train.add_argument("--val-fraction", type=float)
+    train.add_argument("--spacing", nargs="+", help="mm: one value, I J K, or 'native' (default 2)")
+    train.add_argument("--patch-size", nargs=3, type=int, help="D H W voxels (default 64 64 64)")
+    train.add_argument("--batch-size", type=int, help="per process (default 2)")
+    train.add_argument("--steps", type=int, help="optimizer steps in total (default 2000)")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--schedule", choices=("poly", "cosine", "constant"))
+    train.add_argument("--warmup-steps", type=int)
+    train.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1)")
+    train.add_argument("--modality-dropout", action=argparse.BooleanOptionalAction,
+                       help="randomly drop 0..--max-dropped modalities (default: on for hafb)")
+    train.add_argument("--max-dropped", type=int)
+    train.add_argument("--ssl-weight", type=float, help="hafb masked-cube consistency weight (default 0.1)")
+    train.add_argument("--ssl-cube-mm", type=float)
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--validate-every", type=int, help="steps; 0 = never")
+    train.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"))
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--deterministic", action="store_true")
+    train.add_argument("--workers", type=int, help="DataLoader workers per process (default 2)")
+    train.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--log-every", type=int)
+    train.add_argument("--resume", action="store_true", help="continue the run of --run-dir from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("evaluate", help="segment a split with the library pipeline; Dice/HD95 CSV")
+    evaluate.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder")
+    evaluate.add_argument("--data-dir", required=True, type=Path)
+    evaluate.add_argument("--split", default="validation", help="validation, train, all, or comma-separated ids")
+    evaluate.add_argument("--output", type=Path, help="CSV (default <run>/evaluation_<split>.csv)")
+    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    evaluate.add_argument("--drop-modalities", default="", help="e.g. t1,t2: evaluate without these")
+    evaluate.add_argument("--save-predictions", type=Path, help="also write <case>_seg.nii.gz here")
+
+    export = commands.add_parser("export", help="weights file + catalogue entry")
+    export.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder (best.pt)")
+    export.add_argument("--name", required=True, help="catalogue name of the model")
+    export.add_argument("--catalogue", type=Path, help="catalogue JSON (default: the module's Resources/models.json)")
+    export.add_argument("--title")
+    export.add_argument("--metrics", type=Path, help="evaluation CSV (default <run>/evaluation_validation.csv)")
+    export.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16"))
+    export.add_argument("--size-limit-mb", type=float, default=50.0, help="auto: float16 above this (default 50)")
+    export.add_argument("--data-description", help="what the training data was, for the entry")
+    return parser
+
+
+def train_config(args):
+    """TrainConfig: defaults, then the run's config.json when resuming, then the options given."""
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet", "paper_size")}
+    base = TrainConfig().to_dict()
+    run_dir = Path(given.get("run_dir", base["run_dir"]))
+    if getattr(args, "resume", False) and (run_dir / "config.json").is_file():
+        base.update(json.loads((run_dir / "config.json").read_text()))
+    if "spacing" in given:
+        given["spacing"] = spacing_argument(given["spacing"])
+    if getattr(args, "paper_size", False):
+        given["network_config"] = {}
+    if "network" in given and "network_config" not in given and given["network"] != base["network"]:
+        base["network_config"] = None  # another network: its own preset
+    base.update(given)
+    config = TrainConfig.from_dict(base)
+    if not config.data_dir or not config.cache_dir:
+        raise SystemExit("train needs --data-dir and --cache-dir (or --resume with a run whose config.json has them).")
+    return config
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "prepare":
+        from .data import discover, prepare_cache
+
+        cases = discover(args.data_dir)
+        paths = prepare_cache(cases, args.cache_dir, spacing_argument(args.spacing), args.workers, args.overwrite)
+        print(f"{len(paths)} cases prepared in {Path(args.cache_dir)}")
+    elif args.command == "train":
+        from .train import train
+
+        result = train(train_config(args), resume=getattr(args, "resume", False),
+                       progress=not getattr(args, "quiet", False))
+        if int(os.environ.get("RANK", "0")) == 0:
+            best = result["best"] and f"; best {result['best']} (mean Dice {result['best_metric']['metric']:.4f})"
+            print(f"step {result['step']}; last checkpoint {result['last']}{best or ''}")
+    elif args.command == "evaluate":
+        from .evaluate import evaluate
+
+        drop = tuple(m for m in args.drop_modalities.split(",") if m)
+        result = evaluate(args.checkpoint, args.data_dir, args.split, args.output, args.device, drop,
+                          args.save_predictions)
+        means = result["means"]
+        print(f"{len(result['rows'])} cases -> {result['csv']}")
+        print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
+    elif args.command == "export":
+        from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
+
+        from .export import export
+
+        entry = export(args.checkpoint, args.name, args.catalogue or SHIPPED_CATALOGUE, args.title, args.metrics,
+                       args.dtype, args.size_limit_mb, args.data_description)
+        print(f"Exported '{entry['name']}' ({entry['weights']['file']}, sha256 {entry['weights']['sha256'][:12]}...) "
+              f"into {args.catalogue or SHIPPED_CATALOGUE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Evaluate a checkpoint with the library's own inference (what Slicer runs) on a split of the data.
+
+Each case is read by `file_io.read_case`, segmented by `pipeline.Pipeline` with a `Model` built from the
+checkpoint (preprocessing, sliding window, postprocessing back onto the case grid, exactly as in Slicer), and
+compared with its label map on the case grid: Dice and HD95 (mm, the case's voxel spacing) for WT, TC and ET.
+The CSV has one row per case and a last row `mean`.
+"""
+
+import csv
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from BrainTumorFusionLib.file_io import CaseFiles, read_case, write_labels
+from BrainTumorFusionLib.geometry import spacing_of
+from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.pipeline import Model, Pipeline
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid
+from .metrics import region_metrics
+from .models import build_network
+from .train import uses_modality_dropout
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = tuple(f"dice_{r}" for r in REGIONS) + tuple(f"hd95_{r}" for r in REGIONS)
+COLUMNS = ("case_id",) + METRIC_COLUMNS + ("seconds",)
+MEAN_ROW = "mean"
+
+
+def checkpoint_file(path):
+    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / ckpt.BEST, path / "checkpoints" / ckpt.LAST,
+                          path / ckpt.BEST, path / ckpt.LAST):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"No checkpoint (best.pt / last.pt) in {path}.")
+    return path
+
+
+def load_trained(path):
+    """(network in eval mode on the CPU, TrainConfig, checkpoint dict) of a checkpoint."""
+    state = ckpt.load(checkpoint_file(path))
+    config = TrainConfig.from_dict(state["config"])
+    network = build_network(config.network, config.network_config)
+    network.load_state_dict(state["model"], strict=True)
+    return network.eval(), config, state
+
+
+def model_from_checkpoint(path, name=None):
+    """A library pipeline Model (network, patch size, spacing, missing-modality support) from a checkpoint."""
+    network, config, _ = load_trained(path)
+    return Model(name=name or config.network, network=network, patch_size=tuple(config.patch_size),
+                 spacing_mm=tuple(config.spacing) if config.spacing else None, modalities=MODALITIES,
+                 handles_missing_modalities=bool(uses_modality_dropout(config)))
+
+
+def split_cases(state, data_dir, split):
+    """Case ids of `split`: validation / train (from the checkpoint's recorded split), all (every labelled case
+    in data_dir), or a comma-separated list of ids."""
+    if split in ("validation", "train"):
+        return list(state["split"][split])
+    if split == "all":
+        return sorted(discover(data_dir))
+    return [c for c in split.split(",") if c]
+
+
+def write_csv(rows, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".partial-{path.name}")
+    with open(temporary, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    temporary.replace(path)
+
+
+def read_means(path):
+    """{column: value} of the `mean` row of an evaluation CSV, plus `cases` (number of case rows)."""
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    mean = next((r for r in rows if r["case_id"] == MEAN_ROW), None)
+    if mean is None:
+        raise ValueError(f"{path} has no `{MEAN_ROW}` row; is it an evaluation CSV of Training.evaluate?")
+    out = {k: float(mean[k]) for k in METRIC_COLUMNS}
+    out["cases"] = len(rows) - 1
+    return out
+
+
+def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="auto", drop_modalities=(),
+             predictions_dir=None, progress=True):
+    """Segment the cases of `split` with the library pipeline; write per-case metrics and the means to CSV.
+
+    drop_modalities: roles (e.g. ("t1", "t2")) left out of every case, to measure a model trained for
+    missing modalities. Returns {"csv": path, "rows": [...], "means": {...}}.
+    """
+    from tqdm import tqdm
+
+    path = checkpoint_file(checkpoint)
+    state = ckpt.load(path)
+    model = model_from_checkpoint(path)
+    pipeline = Pipeline(model=None, device=device, segmenter=model)
+    cases = discover(data_dir)
+    case_ids = split_cases(state, data_dir, split)
+    missing = [c for c in case_ids if c not in cases]
+    if missing:
+        raise FileNotFoundError(f"Cases of the split not found (with labels) in {data_dir}: {', '.join(missing[:5])}")
+    if output_csv is None:
+        name = split if split in ("validation", "train", "all") else "cases"
+        suffix = f"_without_{'_'.join(drop_modalities)}" if drop_modalities else ""
+        output_csv = path.parent.parent / f"evaluation_{name}{suffix}.csv"
+    rows = []
+    for case_id in tqdm(case_ids, desc="Evaluating", unit="case", disable=not progress):
+        files = cases[case_id]
+        kept = CaseFiles(case_id, {r: p for r, p in files.files.items() if r not in set(drop_modalities)})
+        case, reference = read_case(kept)
+        start = time.perf_counter()
+        result = pipeline.run(case)
+        seconds = time.perf_counter() - start
+        truth = read_labels_on_case_grid(labels_file(case_folder(files)), case.image.shape[1:], case.ijk_to_ras)
+        row = {"case_id": case_id, **region_metrics(result.labels, truth, spacing_of(case.ijk_to_ras)),
+               "seconds": round(seconds, 2)}
+        rows.append(row)
+        if predictions_dir is not None:
+            Path(predictions_dir).mkdir(parents=True, exist_ok=True)
+            write_labels(result.labels, reference, Path(predictions_dir) / f"{case_id}_seg.nii.gz")
+    means = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_COLUMNS} if rows else {}
+    write_csv(rows + [{"case_id": MEAN_ROW, **means,
+                       "seconds": round(float(np.mean([r["seconds"] for r in rows])), 2) if rows else ""}], output_csv)
+    return {"csv": Path(output_csv), "rows": rows, "means": means}

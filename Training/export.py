@@ -1,0 +1,123 @@
+"""Export a checkpoint into a model catalogue: a weights file (the network's state_dict only) and an entry.
+
+The library loads an entry with `torch.load(weights_only=True)` + `load_state_dict(strict=True)` after checking
+the SHA-256, so the file holds exactly the plain network's state_dict: float32, or float16 when the float32 file
+would exceed `size_limit_mb` (load_state_dict casts back to the parameters' dtype). The entry is appended to,
+or replaces the entry of the same name in, the catalogue JSON; weights go next to it (or into
+Resources/Weights for the shipped catalogue, where the library looks for them). Keys as read by
+BrainTumorFusionLib.catalogue.ModelEntry.from_json; training, split and metrics are shown to users as they are.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, SHIPPED_WEIGHTS, ModelEntry, file_sha256, load_network
+
+from .data import REGIONS, write_json
+from .evaluate import checkpoint_file, load_trained, read_means
+from .models import library_has
+from .train import uses_modality_dropout
+
+log = logging.getLogger(__name__)
+
+SIZE_LIMIT_MB = 50.0
+
+
+def weights_folder(catalogue):
+    """Where the library looks for the weights of a catalogue's entries."""
+    catalogue = Path(catalogue)
+    if catalogue.resolve() == SHIPPED_CATALOGUE.resolve():
+        return SHIPPED_WEIGHTS
+    return catalogue.parent
+
+
+def export_state_dict(network, dtype="auto", size_limit_mb=SIZE_LIMIT_MB):
+    """(state_dict on the CPU, dtype name): floating tensors in float32, or float16 when dtype is 'float16' or
+    when 'auto' and the float32 tensors would exceed size_limit_mb."""
+    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    size_mb = sum(v.numel() * 4 for v in state.values() if v.is_floating_point()) / 2**20
+    if dtype == "auto":
+        dtype = "float16" if size_mb > size_limit_mb else "float32"
+    target = {"float32": torch.float32, "float16": torch.float16}[dtype]
+    return {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}, dtype
+
+
+def metrics_entry(csv_path):
+    means = read_means(csv_path)
+    return {"dice": {r: round(means[f"dice_{r}"], 4) for r in REGIONS},
+            "hd95_mm": {r: round(means[f"hd95_{r}"], 2) for r in REGIONS},
+            "cases": means["cases"], "evaluation": Path(csv_path).name}
+
+
+def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_csv=None, dtype="auto",
+           size_limit_mb=SIZE_LIMIT_MB, data_description=None):
+    """Write <name>.pt and the catalogue entry; returns the entry (dict). The written entry is loaded back
+    through the library (hash check, strict state_dict) when the library can build the network."""
+    path = checkpoint_file(checkpoint)
+    network, config, state = load_trained(path)
+    run_dir = path.parent.parent
+    if metrics_csv is None and (run_dir / "evaluation_validation.csv").is_file():
+        metrics_csv = run_dir / "evaluation_validation.csv"
+    catalogue = Path(catalogue)
+    folder = weights_folder(catalogue)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{name}.pt"
+    state_dict, dtype = export_state_dict(network, dtype, size_limit_mb)
+    temporary = folder / f".partial-{os.getpid()}-{weights.name}"
+    torch.save(state_dict, temporary)
+    os.replace(temporary, weights)
+
+    split = state["split"]
+    world = int(state.get("world_size", 1))
+    groups = sorted(set(split.get("groups", {}).get(c, "?") for c in split["train"]))
+    entry = {
+        "name": name,
+        "title": title or f"{config.network} ({Path(config.run_dir).name})",
+        "task": "segmentation",
+        "network": config.network,
+        "config": config.network_config,
+        "modalities": ["t1", "t1ce", "t2", "flair"],
+        "handles_missing_modalities": bool(uses_modality_dropout(config)),
+        "spacing_mm": list(config.spacing) if config.spacing else None,
+        "patch_size": list(config.patch_size),
+        "split": {"file": f"{run_dir.name}/split.json", "seed": split.get("seed"),
+                  "stratified_by": split.get("stratified_by"), "train": split["train"],
+                  "validation": split["validation"]},
+        "training": {
+            "hardware": state.get("hardware", ""),
+            "hours": round(float(state.get("elapsed_seconds", 0.0)) / 3600.0, 3),
+            "device_hours": round(float(state.get("elapsed_seconds", 0.0)) * world / 3600.0, 3),
+            "steps": int(state["step"]),
+            "data": data_description or (f"{len(split['train'])} training cases (BraTS; source groups "
+                                         f"{', '.join(groups)})"),
+            "batch_size": config.batch_size * world,
+            "optimizer": f"AdamW lr {config.lr} wd {config.weight_decay}, {config.schedule} schedule",
+            "loss": f"{config.dice_weight} Dice + {config.bce_weight} BCE"
+                    + (f" + {config.ssl_weight} self-supervision" if config.network == "hafb" and config.ssl_weight
+                       else ""),
+            "modality_dropout": bool(uses_modality_dropout(config)),
+            "seed": config.seed,
+            "weights_dtype": dtype,
+            "best_validation": state.get("best"),
+        },
+        "weights": {"file": weights.name, "sha256": file_sha256(weights)},
+    }
+    if metrics_csv is not None:
+        entry["metrics"] = metrics_entry(metrics_csv)
+    else:
+        log.warning("No evaluation CSV (run `python -m Training evaluate` first): the entry has no metrics.")
+
+    data = json.loads(catalogue.read_text()) if catalogue.is_file() else {"models": []}
+    data["models"] = [m for m in data.get("models", []) if m.get("name") != name] + [entry]
+    write_json(data, catalogue)
+
+    if library_has(config.network):
+        load_network(ModelEntry.from_json(entry, folder), "cpu")  # raises if file and entry disagree
+    else:
+        log.warning("The library's network registry has no '%s' yet: the entry is written but Slicer cannot load "
+                    "it until the network is registered in BrainTumorFusionLib.networks.", config.network)
+    return entry
