@@ -19,7 +19,6 @@ from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, SHIPPED_WEIGHTS, Mo
 
 from .data import REGIONS, write_json
 from .evaluate import checkpoint_file, load_trained, read_means
-from .models import library_has
 from .train import uses_modality_dropout
 
 log = logging.getLogger(__name__)
@@ -115,9 +114,5 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
     data["models"] = [m for m in data.get("models", []) if m.get("name") != name] + [entry]
     write_json(data, catalogue)
 
-    if library_has(config.network):
-        load_network(ModelEntry.from_json(entry, folder), "cpu")  # raises if file and entry disagree
-    else:
-        log.warning("The library's network registry has no '%s' yet: the entry is written but Slicer cannot load "
-                    "it until the network is registered in BrainTumorFusionLib.networks.", config.network)
+    load_network(ModelEntry.from_json(entry, folder), "cpu")  # raises if file and entry disagree
     return entry

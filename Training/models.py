@@ -1,19 +1,9 @@
-"""Networks for training: the library's zoo (`networks.build`) plus MONAI's SegResNet as the baseline.
-
-`segresnet` is built from the library registry when it is registered there (so exported SegResNet models load
-in Slicer); until then this module builds monai.networks.nets.SegResNet(spatial_dims=3, in_channels=4,
-out_channels=3, **config) itself. Its state_dict is exactly SegResNet's, so a library entry that builds the
-same class with these fixed arguments loads the exported weights with strict=True.
-"""
+"""Networks for training: the library's zoo (`networks.build`, which includes the SegResNet baseline)."""
 
 import inspect
-import logging
 
 import torch
 
-from BrainTumorFusionLib import networks
-
-log = logging.getLogger(__name__)
 
 SEGRESNET = "segresnet"
 
@@ -31,33 +21,16 @@ COMPACT = {
 MISSING_MODALITY_NETWORKS = {"hafb"}
 
 
-def library_has(name):
-    return name in networks.available()
-
-
 def network_factory(name):
-    """The class (or callable) building network `name`."""
-    if library_has(name):
-        from BrainTumorFusionLib.networks.registry import network_class
+    """The class building network `name` (KeyError naming the available ones)."""
+    from BrainTumorFusionLib.networks.registry import network_class
 
-        return network_class(name)
-    if name == SEGRESNET:
-        from monai.networks.nets import SegResNet
-
-        def segresnet(**config):
-            return SegResNet(spatial_dims=3, in_channels=4, out_channels=3, **config)
-
-        segresnet.accepts = set(inspect.signature(SegResNet.__init__).parameters) - {"self"}
-        return segresnet
-    known = ", ".join(sorted(set(networks.available()) | {SEGRESNET}))
-    raise KeyError(f"Unknown network '{name}'. Available: {known}.")
+    return network_class(name)
 
 
 def accepted_arguments(name):
     factory = network_factory(name)
-    if hasattr(factory, "accepts"):
-        return factory.accepts
-    return set(inspect.signature(factory.__init__ if inspect.isclass(factory) else factory).parameters) - {"self"}
+    return set(inspect.signature(factory.__init__).parameters) - {"self"}
 
 
 def resolve_config(name, config=None, patch_size=None):

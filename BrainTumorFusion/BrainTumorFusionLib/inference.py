@@ -31,10 +31,12 @@ def choose_device(requested="auto"):
 
 
 def window_count(shape, roi_size, overlap=OVERLAP):
-    """How many windows sliding_window_inference visits for an input of `shape` (for progress)."""
-    roi = [min(r, s) for r, s in zip(roi_size, shape)]
-    interval = [r if r == s else max(int(r * (1 - overlap)), 1) for r, s in zip(roi, shape)]
-    return len(dense_patch_slices(shape, roi, interval))
+    """How many windows sliding_window_inference visits for an input of `shape` (for progress).
+
+    Inputs smaller than the window are padded up to it first, as sliding_window_inference does."""
+    shape = [max(s, r) for s, r in zip(shape, roi_size)]
+    interval = [r if r == s else max(int(r * (1 - overlap)), 1) for r, s in zip(roi_size, shape)]
+    return len(dense_patch_slices(shape, roi_size, interval))
 
 
 class _Monitored(torch.nn.Module):
@@ -80,9 +82,9 @@ def _predict(network, image, roi_size, device, present, progress, should_cancel,
     mask = None
     if present is not None and not all(present):
         mask = torch.tensor([list(present)], dtype=torch.bool, device=device)
-    shape = image.shape[1:]
-    roi = tuple(min(r, s) for r, s in zip(roi_size, shape))
-    monitored = _Monitored(network, mask, window_count(shape, roi, overlap), progress, should_cancel)
+    # Windows keep the model's patch size (networks may need its divisibility); small inputs are padded.
+    roi = tuple(int(r) for r in roi_size)
+    monitored = _Monitored(network, mask, window_count(image.shape[1:], roi, overlap), progress, should_cancel)
     inputs = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
     with torch.inference_mode(), autocast:

@@ -35,8 +35,16 @@ def test_progress_counts_every_window(shape, roi):
     image = np.zeros((4,) + shape, np.float32)
     out = predict_regions(net, image, roi, "cpu", progress=lambda f, m: reports.append(f))
     assert out.shape == (3,) + shape and np.allclose(out, 0.5)
-    assert net.calls == window_count(shape, tuple(min(r, s) for r, s in zip(roi, shape))) == len(reports)
+    assert net.calls == window_count(shape, roi) == len(reports)
     assert reports[-1] == pytest.approx(1.0)
+
+
+def test_small_inputs_are_padded_to_the_window_not_the_window_shrunk():
+    net = CountingNet()
+    shapes = []
+    net.forward = lambda x, present=None: shapes.append(tuple(x.shape[2:])) or torch.zeros(x.shape[0], 3, *x.shape[2:])
+    out = predict_regions(net, np.zeros((4, 20, 30, 40), np.float32), (32, 32, 32), "cpu")
+    assert out.shape == (3, 20, 30, 40) and set(shapes) == {(32, 32, 32)}
 
 
 def test_cancel_stops_between_windows():

@@ -2,7 +2,6 @@
 
 import itertools
 
-import pytest
 import torch
 from network_checks import eval_deterministic, exports, forward_backward
 from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)

@@ -1,6 +1,5 @@
 """MISSU (networks/missu.py): shapes, gradients, MSF only in training, determinism, export, paper size."""
 
-import pytest
 import torch
 from network_checks import eval_deterministic, exports, forward_backward
 from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)

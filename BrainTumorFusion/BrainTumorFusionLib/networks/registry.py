@@ -9,6 +9,7 @@ _NETWORKS = {
     "transfuse": ("transfuse", "TransFuse3D", "segmentation"),
     "swinfuse": ("swinfuse", "SwinFUSE", "segmentation"),
     "cmg": ("cmg", "CrossModalityGuidedGrader", "grading"),
+    "segresnet": ("segresnet", "SegResNetBaseline", "segmentation"),  # MONAI baseline
 }
 _EXTRA = {}
 
