@@ -133,4 +133,4 @@ def check_writable_folder(folder):
         probe.unlink()
     except OSError as error:
         raise OutputError(f"Output folder {folder} cannot be written ({error.strerror}). "
-                          "Choose another folder or fix its permissions.") from None
+                          "Choose a folder you can write to, or fix its permissions.") from None

@@ -13,6 +13,7 @@ import slicer.util
 import vtk
 
 from .errors import InputError, OutputError
+from .file_io import check_writable_folder, write_atomically
 from .modalities import DISPLAY_NAMES, MODALITIES
 from .segments import SEGMENTS, VOLUME_COLUMNS
 
@@ -269,14 +270,7 @@ def save_seg_nrrd(result, path, reference_ijk_to_ras=None):
     if not path.lower().endswith(".nrrd"):
         raise OutputError(f"Cannot write '{path}': a segmentation file name must end in .seg.nrrd.")
     labels = _check_labels(result.labels)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"Cannot create the output folder '{folder}' ({error.strerror}). "
-                          "Choose a folder you can write to.") from error
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"The output folder '{folder}' is not writable. Choose a folder you can write to.")
+    check_writable_folder(os.path.dirname(os.path.abspath(path)))
     matrix = result.ijk_to_ras if reference_ijk_to_ras is None else reference_ijk_to_ras
     scene = slicer.vtkMRMLScene()
     # The segmentations logic registers the representation converters with a scene; a bare scene has none.
@@ -286,19 +280,16 @@ def save_seg_nrrd(result, path, reference_ijk_to_ras=None):
     seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{result.case_name} tumor")
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
     _fill_segmentation(seg_node, labelmap)
-    # Written beside the target, then renamed: an interrupted run never leaves a partial file at `path`.
-    partial = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial.seg.nrrd")
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(partial)
-    try:
+
+    def write(target):
+        storage.SetFileName(str(target))
         if not storage.WriteData(seg_node):
             raise OutputError(f"Slicer could not write '{path}'. Check free disk space and permissions, "
                               "or choose another folder.")
-        os.replace(partial, path)
-    except OSError as error:
-        raise OutputError(f"Cannot write '{path}' ({error.strerror}). Choose a folder you can write to.") from error
+
+    try:
+        write_atomically(write, path)  # an interrupted run never leaves a partial file at `path`
     finally:
-        if os.path.exists(partial):
-            os.remove(partial)
         scene.Clear(1)
     return path

@@ -84,3 +84,14 @@ def exports(net, x):
         got = program.module()(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     return program
+
+
+def absent_channel_is_ignored(net, x, present):
+    """Eval output does not depend on the content of channels `present` marks absent; returns the output."""
+    altered = x.clone()
+    altered[~present] = torch.randn_like(altered[~present]) * 5
+    net.eval()
+    with torch.no_grad():
+        expected, got = net(x, present), net(altered, present)
+    torch.testing.assert_close(got, expected)
+    return expected

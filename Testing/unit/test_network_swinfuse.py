@@ -13,7 +13,7 @@ from BrainTumorFusionLib.networks.swinfuse import (
     _from_windows,
     _to_windows,
 )
-from network_checks import eval_deterministic, exports, forward_backward
+from network_checks import absent_channel_is_ignored, eval_deterministic, exports, forward_backward
 from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
 
 
@@ -79,15 +79,8 @@ def test_odd_size_is_padded_and_cropped_back(net):
 
 def test_absent_modalities_are_ignored(net):
     x = real_input((64, 64, 64), batch=2)
-    present = torch.tensor([[True, True, True, True], [True, True, False, True]])
-    altered = x.clone()
-    altered[1, 2] = torch.randn_like(altered[1, 2]) * 5  # content of the absent T2 must not matter
-    net.eval()
-    with torch.no_grad():
-        a = net(x, present)
-        b = net(altered, present)
-    assert a.shape == (2, 3, 64, 64, 64)
-    torch.testing.assert_close(a, b)
+    present = torch.tensor([[True, True, True, True], [True, True, False, True]])  # T2 absent in sample 2
+    assert absent_channel_is_ignored(net, x, present).shape == (2, 3, 64, 64, 64)
 
 
 def test_view_b_is_the_modality_agnostic_average(net):

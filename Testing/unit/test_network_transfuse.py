@@ -5,7 +5,7 @@ import torch
 
 from BrainTumorFusionLib.networks import build
 from BrainTumorFusionLib.networks.outputs import TransFuseAux
-from network_checks import eval_deterministic, exports, forward_backward
+from network_checks import absent_channel_is_ignored, eval_deterministic, exports, forward_backward
 from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
 
 
@@ -72,15 +72,8 @@ def test_positional_embedding_interpolates_to_other_sizes(net):
 
 def test_absent_modalities_are_ignored(net):
     x = real_input((32, 32, 32), batch=2)
-    present = torch.tensor([[True, True, True, True], [True, False, True, True]])
-    altered = x.clone()
-    altered[1, 1] = torch.randn_like(altered[1, 1]) * 5  # content of the absent T1ce must not matter
-    net.eval()
-    with torch.no_grad():
-        a = net(x, present)
-        b = net(altered, present)
-    assert a.shape == (2, 3, 32, 32, 32)
-    torch.testing.assert_close(a, b)
+    present = torch.tensor([[True, True, True, True], [True, False, True, True]])  # T1ce absent in sample 2
+    assert absent_channel_is_ignored(net, x, present).shape == (2, 3, 32, 32, 32)
     logits, aux = forward_backward(net, x, present)
     check_aux(logits, aux, (2, 3, 32, 32, 32))
 
