@@ -1,4 +1,4 @@
-"""Command line: python -m Training prepare|train|evaluate|export (see Training/README.md)."""
+"""Command line: python -m Training prepare|train|pretrain|evaluate|export (see Training/README.md)."""
 
 import argparse
 import json
@@ -58,8 +58,9 @@ def build_parser():
     train.add_argument("--modality-dropout", action=argparse.BooleanOptionalAction,
                        help="randomly drop 0..--max-dropped modalities (default: on for hafb)")
     train.add_argument("--max-dropped", type=int)
-    train.add_argument("--ssl-weight", type=float, help="hafb masked-cube consistency weight (default 0.1)")
+    train.add_argument("--ssl-weight", type=float, help="weight of the auxiliary term (default: hafb masked-cube consistency 0.1, missu self-distillation 0.3)")
     train.add_argument("--ssl-cube-mm", type=float)
+    train.add_argument("--init-from", help="start from this checkpoint's weights (e.g. a pretraining run's last.pt)")
     train.add_argument("--checkpoint-every", type=int)
     train.add_argument("--validate-every", type=int, help="steps; 0 = never")
     train.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"))
@@ -72,6 +73,28 @@ def build_parser():
     train.add_argument("--log-every", type=int)
     train.add_argument("--resume", action="store_true", help="continue the run of --run-dir from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pretrain = commands.add_parser("pretrain", help="SwinFUSE self-supervised pretraining (single-modality views)",
+                                   argument_default=S)
+    pretrain.add_argument("--network", help="swinfuse (default)")
+    pretrain.add_argument("--network-config", type=json.loads, help="JSON of constructor arguments (default: compact)")
+    pretrain.add_argument("--data-dir", required=True)
+    pretrain.add_argument("--cache-dir", required=True)
+    pretrain.add_argument("--run-dir")
+    pretrain.add_argument("--split-file", required=True, help="split JSON; its training cases are the data")
+    pretrain.add_argument("--spacing", nargs="+", help="mm: one value, I J K, or 'native' (default 2)")
+    pretrain.add_argument("--patch-size", nargs=3, type=int)
+    pretrain.add_argument("--batch-size", type=int, help="crops per step, two views each (default 2)")
+    pretrain.add_argument("--steps", type=int)
+    pretrain.add_argument("--lr", type=float)
+    pretrain.add_argument("--warmup-steps", type=int)
+    pretrain.add_argument("--density-weight", type=float,
+                          help="weight of the KDE/JSD term, subtracted as in the paper (default 1; negative = match)")
+    pretrain.add_argument("--checkpoint-every", type=int)
+    pretrain.add_argument("--seed", type=int)
+    pretrain.add_argument("--threads", type=int)
+    pretrain.add_argument("--resume", action="store_true")
+    pretrain.add_argument("--quiet", action="store_true")
 
     evaluate = commands.add_parser("evaluate", help="segment a split with the library pipeline; Dice/HD95 CSV")
     evaluate.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder")
@@ -91,6 +114,10 @@ def build_parser():
     export.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16"))
     export.add_argument("--size-limit-mb", type=float, default=50.0, help="auto: float16 above this (default 50)")
     export.add_argument("--data-description", help="what the training data was, for the entry")
+
+    from .grading_cli import add_commands as add_grading_commands  # train-grader, evaluate-grader, export-grader
+
+    add_grading_commands(commands)
     return parser
 
 
@@ -131,6 +158,15 @@ def main(argv=None):
         if int(os.environ.get("RANK", "0")) == 0:
             best = result["best"] and f"; best {result['best']} (mean Dice {result['best_metric']['metric']:.4f})"
             print(f"step {result['step']}; last checkpoint {result['last']}{best or ''}")
+    elif args.command == "pretrain":
+        from .pretrain import PretrainConfig, pretrain
+
+        given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet")}
+        if "spacing" in given:
+            given["spacing"] = spacing_argument(given["spacing"])
+        result = pretrain(PretrainConfig.from_dict({**PretrainConfig().to_dict(), **given}),
+                          resume=getattr(args, "resume", False), progress=not getattr(args, "quiet", False))
+        print(f"step {result['step']}; last checkpoint {result['last']}")
     elif args.command == "evaluate":
         from .evaluate import evaluate
 
@@ -149,6 +185,10 @@ def main(argv=None):
                        args.dtype, args.size_limit_mb, args.data_description)
         print(f"Exported '{entry['name']}' ({entry['weights']['file']}, sha256 {entry['weights']['sha256'][:12]}...) "
               f"into {args.catalogue or SHIPPED_CATALOGUE}")
+    else:
+        from .grading_cli import run as run_grading
+
+        return run_grading(args)
     return 0
 
 

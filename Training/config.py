@@ -32,8 +32,10 @@ class TrainConfig:
     bce_weight: float = 0.5  # beta
     modality_dropout: Optional[bool] = None  # None = on for networks that handle missing modalities (hafb)
     max_dropped: int = 2
-    ssl_weight: float = 0.1  # weight of the network's self-supervised term (hafb: masked-cube consistency)
+    ssl_weight: Optional[float] = None  # weight of the network's auxiliary term; None = the recipe's
+    # (Training.losses.DEFAULT_AUX_WEIGHTS: hafb masked-cube consistency 0.1, missu self-distillation 0.3)
     ssl_cube_mm: float = 20.0
+    init_from: Optional[str] = None  # checkpoint whose weights start the run (e.g. SwinFUSE pretraining)
     pos_neg: list = field(default_factory=lambda: [2.0, 1.0])  # tumor : brain crop-centre ratio
     checkpoint_every: int = 200
     validate_every: int = 500  # 0 = never

@@ -19,11 +19,14 @@ from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, SHIPPED_WEIGHTS, Mo
 
 from .data import REGIONS, write_json
 from .evaluate import checkpoint_file, load_trained, read_means
+from .losses import aux_weight
 from .train import uses_modality_dropout
 
 log = logging.getLogger(__name__)
 
 SIZE_LIMIT_MB = 50.0
+# What each network's auxiliary term is, for the catalogue entry's loss description.
+AUX_TERMS = {"hafb": "masked-cube consistency", "missu": "self-distillation (attention maps, fused branch not detached)"}
 
 
 def weights_folder(catalogue):
@@ -61,18 +64,12 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
     run_dir = path.parent.parent
     if metrics_csv is None and (run_dir / "evaluation_validation.csv").is_file():
         metrics_csv = run_dir / "evaluation_validation.csv"
-    catalogue = Path(catalogue)
-    folder = weights_folder(catalogue)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / f"{name}.pt"
-    state_dict, dtype = export_state_dict(network, dtype, size_limit_mb)
-    temporary = folder / f".partial-{os.getpid()}-{weights.name}"
-    torch.save(state_dict, temporary)
-    os.replace(temporary, weights)
+    weights, dtype = write_weights(network, catalogue, name, dtype, size_limit_mb)
 
     split = state["split"]
     world = int(state.get("world_size", 1))
     groups = sorted(set(split.get("groups", {}).get(c, "?") for c in split["train"]))
+    weight = aux_weight(config.network, config.ssl_weight)
     entry = {
         "name": name,
         "title": title or f"{config.network} ({Path(config.run_dir).name})",
@@ -96,7 +93,8 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
             "batch_size": config.batch_size * world,
             "optimizer": f"AdamW lr {config.lr} wd {config.weight_decay}, {config.schedule} schedule",
             "loss": f"{config.dice_weight} Dice + {config.bce_weight} BCE"
-                    + (f" + {config.ssl_weight} self-supervision" if config.network == "hafb" and config.ssl_weight
+                    + (f" + {weight} x {AUX_TERMS[config.network]}" if weight else "")
+                    + (" (deep supervision 0.5 / 0.3 / 0.2 over the three heads)" if config.network == "transfuse"
                        else ""),
             "modality_dropout": bool(uses_modality_dropout(config)),
             "seed": config.seed,
@@ -110,9 +108,28 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
     else:
         log.warning("No evaluation CSV (run `python -m Training evaluate` first): the entry has no metrics.")
 
-    data = json.loads(catalogue.read_text()) if catalogue.is_file() else {"models": []}
-    data["models"] = [m for m in data.get("models", []) if m.get("name") != name] + [entry]
-    write_json(data, catalogue)
-
-    load_network(ModelEntry.from_json(entry, folder), "cpu")  # raises if file and entry disagree
+    add_to_catalogue(entry, catalogue)
     return entry
+
+
+def write_weights(network, catalogue, name, dtype="auto", size_limit_mb=SIZE_LIMIT_MB):
+    """Write <name>.pt (the network's state_dict, see export_state_dict) where the catalogue's weights live,
+    atomically; returns (path, dtype name)."""
+    folder = weights_folder(catalogue)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{name}.pt"
+    state_dict, dtype = export_state_dict(network, dtype, size_limit_mb)
+    temporary = folder / f".partial-{os.getpid()}-{weights.name}"
+    torch.save(state_dict, temporary)
+    os.replace(temporary, weights)
+    return weights, dtype
+
+
+def add_to_catalogue(entry, catalogue):
+    """Append the entry to the catalogue JSON (replacing one of the same name), then load it back through the
+    library (hash check, strict state_dict): raises if the weights file and the entry disagree."""
+    catalogue = Path(catalogue)
+    data = json.loads(catalogue.read_text()) if catalogue.is_file() else {"models": []}
+    data["models"] = [m for m in data.get("models", []) if m.get("name") != entry["name"]] + [entry]
+    write_json(data, catalogue)
+    load_network(ModelEntry.from_json(entry, weights_folder(catalogue)), "cpu")

@@ -5,15 +5,19 @@ total = alpha * Dice + beta * BCE (+ aux_weight * auxiliary term of the network,
 Auxiliary terms live in AUX_LOSSES, name -> function(aux, n_clean) -> scalar tensor, where `aux` is the
 network's training-mode output dataclass (BrainTumorFusionLib.networks.outputs) and `n_clean` the number of
 samples of the batch that are the clean training samples (the loop may append extra views after them, see
-MASKED_VIEW). Networks without an entry, or an `aux` of an unexpected type, add nothing. MISSU's
-self-distillation, TransFuse's deep supervision and SwinFUSE's DIM/SSL terms are to be added here.
+MASKED_VIEW). Networks without an entry, or an `aux` of an unexpected type, add nothing. DEFAULT_AUX_WEIGHTS
+holds each recipe's weight (hafb 0.1, missu 0.3).
+
+Deep supervision (TransFuse) is not an extra term: when the aux output carries weighted heads, the Dice + BCE
+term itself is the weighted sum over the heads (0.5 / 0.3 / 0.2), see `supervised_heads`.
+SwinFUSE's self-supervised losses belong to pretraining (Training.pretrain), not to this loss.
 """
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-from BrainTumorFusionLib.networks.outputs import HAFBAux
+from BrainTumorFusionLib.networks.outputs import HAFBAux, MISSUAux, TransFuseAux
 
 
 def hafb_masked_consistency(aux, n_clean):
@@ -55,7 +59,39 @@ def hafb_masked_view(network, aux, masked):
                    present=torch.cat([aux.present, aux.present]))
 
 
-AUX_LOSSES = {"hafb": hafb_masked_consistency}
+def attention_map(features):
+    """MISSU's attention map of a feature map (B, C, ...): A(F) = sum_c |F_c|, flattened, L2-normalised (B, N)."""
+    return F.normalize(features.float().abs().sum(1).flatten(1), dim=1, eps=1e-8)
+
+
+def missu_self_distillation(aux, n_clean):
+    """MISSU's self-distillation: sum over the skip levels of ||A(skip) - A(fused)||^2, averaged over samples.
+
+    The fused (multi-scale-fusion) branch is NOT detached: the MSF blocks exist only for this term, so a
+    detached teacher would stay at its random initialisation. With gradients on both sides the MSF blocks
+    learn a multi-scale view whose spatial attention the skips are pulled towards, as in the paper's
+    end-to-end training; the blocks are dropped at inference.
+    """
+    if not isinstance(aux, MISSUAux) or not aux.distillation_pairs:
+        return None
+    return sum((attention_map(skip[:n_clean]) - attention_map(fused[:n_clean])).square().sum(1).mean()
+               for skip, fused in aux.distillation_pairs)
+
+
+def supervised_heads(logits, aux):
+    """[(weight, logits)] that the Dice + BCE term covers: TransFuse's weighted heads, else the logits alone."""
+    if isinstance(aux, TransFuseAux) and aux.heads:
+        return list(zip(aux.weights, aux.heads))
+    return [(1.0, logits)]
+
+
+AUX_LOSSES = {"hafb": hafb_masked_consistency, "missu": missu_self_distillation}
+DEFAULT_AUX_WEIGHTS = {"hafb": 0.1, "missu": 0.3}
+
+
+def aux_weight(network, weight=None):
+    """The weight of `network`'s auxiliary term: `weight` when given, else its recipe's (0 without one)."""
+    return DEFAULT_AUX_WEIGHTS.get(network, 0.0) if weight is None else float(weight)
 # Networks whose auxiliary term needs a masked copy of the batch (a cube zeroed in every modality): name ->
 # function(network, aux of the clean batch, masked input) -> aux extended with what the term needs from the
 # masked input. It runs inside the training forward pass (so inside DistributedDataParallel's forward).
@@ -75,11 +111,14 @@ class SegmentationLoss(torch.nn.Module):
     def forward(self, logits, target, aux=None, n_clean=None):
         """(total, parts): parts are detached floats for logging (dice, bce, aux, total)."""
         n_clean = logits.shape[0] if n_clean is None else n_clean
-        logits = logits[:n_clean].float()
         target = target[:n_clean].float()
-        dice, bce = self.dice(logits, target), self.bce(logits, target)
-        total = self.alpha * dice + self.beta * bce
-        parts = {"dice": float(dice.detach()), "bce": float(bce.detach())}
+        total, parts = 0.0, {}
+        for i, (weight, head) in enumerate(supervised_heads(logits, aux)):
+            head = head[:n_clean].float()
+            dice, bce = self.dice(head, target), self.bce(head, target)
+            total = total + weight * (self.alpha * dice + self.beta * bce)
+            if i == 0:  # the main output's terms, for the logs
+                parts = {"dice": float(dice.detach()), "bce": float(bce.detach())}
         term = AUX_LOSSES.get(self.network)
         if term is not None and aux is not None and self.aux_weight:
             value = term(aux, n_clean)

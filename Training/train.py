@@ -31,7 +31,7 @@ from . import distributed
 from .config import TrainConfig
 from .data import (REGIONS, cache_path, discover, load_cached, load_or_make_split, prepare_cache, regions_from_labels,
                    source_groups, write_json)
-from .losses import MASKED_VIEW, SegmentationLoss
+from .losses import MASKED_VIEW, SegmentationLoss, aux_weight
 from .metrics import dice
 from .models import MISSING_MODALITY_NETWORKS, build_network, resolve_config, run_network, unwrap
 from .transforms import PatchDataset, StepSampler, cube_voxels, mask_cubes
@@ -52,7 +52,7 @@ def uses_modality_dropout(config):
 
 
 def uses_masked_view(config):
-    return config.network in MASKED_VIEW and config.ssl_weight > 0
+    return config.network in MASKED_VIEW and aux_weight(config.network, config.ssl_weight) > 0
 
 
 def accepts_present(network):
@@ -292,7 +292,14 @@ def _train(config, context, resume, progress, callback):
         raise RuntimeError(f"{run_dir / 'split.json'} differs from the split of the checkpoint; restore it to resume.")
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    network = build_network(config.network, config.network_config).to(context.device)
+    network = build_network(config.network, config.network_config)
+    if config.init_from and state is None:
+        from .pretrain import load_pretrained
+
+        loaded = load_pretrained(network, config.init_from)
+        if context.main:
+            log.info("Initialised %d of %d tensors from %s.", loaded, len(network.state_dict()), config.init_from)
+    network = network.to(context.device)
     channels_last = config.channels_last and context.device.type == "cuda"
     if channels_last:
         network = network.to(memory_format=torch.channels_last_3d)
@@ -339,7 +346,8 @@ def _train(config, context, resume, progress, callback):
         num_workers=config.workers, worker_init_fn=_worker_init if config.workers else None,
         generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG stream untouched
         pin_memory=context.device.type == "cuda", persistent_workers=False)
-    criterion = SegmentationLoss(config.network, config.dice_weight, config.bce_weight, config.ssl_weight)
+    criterion = SegmentationLoss(config.network, config.dice_weight, config.bce_weight,
+                                 aux_weight(config.network, config.ssl_weight))
     give_present = accepts_present(network)
 
     writer, metrics_file = None, None

@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from training_support import TINY_HAFB, one_thread  # noqa: F401
 
 from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.networks.outputs import HAFBAux, MISSUAux
+from BrainTumorFusionLib.networks.outputs import HAFBAux, MISSUAux, TransFuseAux
 from Training import losses
-from Training.losses import SegmentationLoss, hafb_masked_consistency, hafb_masked_view
+from Training.losses import (SegmentationLoss, aux_weight, attention_map, hafb_masked_consistency, hafb_masked_view,
+                             missu_self_distillation)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,14 +66,64 @@ def test_consistency_trains_the_masked_branch_only():
 def test_auxiliary_terms_are_pluggable_and_unknown_ones_ignored(monkeypatch):
     y = target()
     logits = torch.randn(y.shape)
-    plain, _ = SegmentationLoss("missu", aux_weight=0.3)(logits, y)
+    plain, _ = SegmentationLoss("segresnet", aux_weight=0.3)(logits, y)
     aux = MISSUAux(distillation_pairs=[(torch.ones(1), torch.zeros(1))])
-    unknown, parts = SegmentationLoss("missu", aux_weight=0.3)(logits, y, aux)
+    unknown, parts = SegmentationLoss("segresnet", aux_weight=0.3)(logits, y, aux)
     assert torch.equal(plain, unknown) and "aux" not in parts
-    monkeypatch.setitem(losses.AUX_LOSSES, "missu",
+    monkeypatch.setitem(losses.AUX_LOSSES, "segresnet",
                         lambda aux, n: sum((a - b).square().mean() for a, b in aux.distillation_pairs))
-    plugged, parts = SegmentationLoss("missu", aux_weight=0.3)(logits, y, aux)
+    plugged, parts = SegmentationLoss("segresnet", aux_weight=0.3)(logits, y, aux)
     assert parts["aux"] == pytest.approx(1.0) and plugged.item() == pytest.approx(plain.item() + 0.3)
+
+
+def test_recipe_weights():
+    assert aux_weight("hafb") == 0.1 and aux_weight("missu") == 0.3 and aux_weight("transfuse") == 0.0
+    assert aux_weight("missu", 0.05) == 0.05
+
+
+def test_missu_attention_map_is_normalised_sum_of_absolute_channels():
+    features = torch.randn(2, 5, 3, 4, 2)
+    a = attention_map(features)
+    expected = features.abs().sum(1).flatten(1)
+    torch.testing.assert_close(a, expected / expected.norm(dim=1, keepdim=True))
+    assert a.shape == (2, 24)
+
+
+def test_missu_self_distillation_sums_squared_distances_over_levels_and_trains_both_sides():
+    skips = [torch.randn(2, c, s, s, s, requires_grad=True) for c, s in ((4, 8), (8, 4), (16, 2))]
+    fused = [torch.randn(f.shape, requires_grad=True) for f in skips]
+    value = missu_self_distillation(MISSUAux(distillation_pairs=list(zip(skips, fused))), 2)
+    by_levels = sum((attention_map(a) - attention_map(b)).square().sum(1).mean() for a, b in zip(skips, fused))
+    torch.testing.assert_close(value, by_levels)
+    value.backward()
+    # Not detached: the multi-scale-fusion teacher learns from this term too (it has no other).
+    assert all(t.grad.abs().sum() > 0 for t in skips + fused)
+    same = MISSUAux(distillation_pairs=[(f, 3 * f) for f in skips])  # same attention map up to scale
+    assert float(missu_self_distillation(same, 2)) == pytest.approx(0.0, abs=1e-10)
+    assert missu_self_distillation(MISSUAux(), 2) is None
+
+
+def test_missu_network_training_adds_the_weighted_distillation_and_reaches_the_msf_blocks():
+    torch.manual_seed(0)
+    net = networks.build("missu", widths=(4, 8, 8, 16), hidden_size=32, num_heads=4, mlp_dim=32, num_layers=1,
+                         img_size=32).train()
+    logits, aux = net(torch.randn(1, 4, 32, 32, 32))
+    y = target((1, 3, 32, 32, 32))
+    total, parts = SegmentationLoss("missu", aux_weight=aux_weight("missu"))(logits, y, aux)
+    assert parts["total"] == pytest.approx(parts["dice"] + 0.5 * parts["bce"] + 0.3 * parts["aux"], rel=1e-5)
+    total.backward()
+    msf = [p.grad for name, p in net.named_parameters() if name.startswith("msf.")]
+    assert msf and all(g is not None and g.abs().sum() > 0 for g in msf)
+
+
+def test_transfuse_deep_supervision_weights_the_three_heads():
+    y = target()
+    heads = [torch.randn(y.shape, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    aux = TransFuseAux(heads=heads, weights=(0.5, 0.3, 0.2))
+    total, parts = SegmentationLoss("transfuse")(heads[0], y, aux)
+    expected = sum(w * by_hand(h, y) for w, h in zip((0.5, 0.3, 0.2), heads))
+    torch.testing.assert_close(total, expected)
+    assert parts["dice"] + 0.5 * parts["bce"] == pytest.approx(by_hand(heads[0], y).item(), rel=1e-5)
 
 
 def test_masked_view_runs_the_hafb_encoders_and_feeds_the_consistency_term():

@@ -134,7 +134,7 @@ def test_pretrain_forward_single_modality_views_and_ssl_gradients(net):
     assert out.rotation_logits.shape == (2, 4)
     assert out.projection.shape == (2, 128)
     assert out.reconstruction.shape == views.shape  # (2, 1, 40, 40, 40), padded inside, cropped back
-    assert out.pooled.shape == (2, 16 * 12)
+    assert out.deepest.shape == (2, 16 * 12, 2, 2, 2)  # 40^3 padded to 64^3, then 1/32
     loss = (
         torch.nn.functional.cross_entropy(out.rotation_logits, torch.tensor([0, 2]))
         + out.projection.square().mean()

@@ -31,7 +31,7 @@ Design choices and deviations:
   rotation (4 classes) and contrastive projection (MLP to `projection_dim`) on the globally averaged
   deepest Swin features (the released code reads single tokens), reconstruction by a conv/upsample head from
   the deepest features back to the input channels. The paper's KDE/JSD density-matching term is a loss on
-  features and is computed by the training code (see `SwinFUSEAux`, `SwinFUSEPretrainOutput.pooled`).
+  features and is computed by the training code (Training/ssl_losses.py, on `SwinFUSEPretrainOutput.deepest`).
 - Sizes that are not multiples of 32 (Swin UNETR's five halvings), or are below 64 (a 1-voxel bottleneck
   breaks Swin UNETR's instance norms), are zero-padded at the end of each axis and the outputs cropped back.
 - `present` (B, 4) bool zeroes absent channels and excludes them from view B's average.
@@ -61,13 +61,14 @@ class SwinFUSEPretrainOutput:
     rotation_logits: (B, 4) logits of the rotation class (0, 90, 180, 270 degrees).
     projection: (B, projection_dim) contrastive embedding (not normalized).
     reconstruction: inpainting reconstruction, same shape as the pretraining input.
-    pooled: (B, 16 * feature_size) globally averaged deepest Swin features (for density matching).
+    deepest: (B, 16 * feature_size, d, h, w) deepest Swin features; their voxels are the samples of the
+        density-matching (KDE) term.
     """
 
     rotation_logits: torch.Tensor
     projection: torch.Tensor
     reconstruction: torch.Tensor
-    pooled: torch.Tensor
+    deepest: torch.Tensor
 
 
 def _to_windows(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -139,9 +140,9 @@ class SSLHeads(nn.Module):
         layers.append(Convolution(3, width, out_channels, kernel_size=1, conv_only=True))
         self.reconstruction = nn.Sequential(*layers)
 
-    def forward(self, deepest: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, deepest: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pooled = deepest.mean(dim=(2, 3, 4))
-        return self.rotation(pooled), self.projection(pooled), self.reconstruction(deepest), pooled
+        return self.rotation(pooled), self.projection(pooled), self.reconstruction(deepest)
 
 
 class SwinFUSE(nn.Module):
@@ -257,11 +258,11 @@ class SwinFUSE(nn.Module):
             raise ValueError(f"pretrain_forward takes 1 or {self.in_channels} channels, got {channels}.")
         x, size = _pad(x)
         hidden, _, _, _ = self._encode(x, None)
-        rotation, projection, reconstruction, pooled = self.ssl(hidden[4])
+        rotation, projection, reconstruction = self.ssl(hidden[4])
         reconstruction = reconstruction[:, :, : size[0], : size[1], : size[2]]
         if channels == 1:
             reconstruction = reconstruction.mean(dim=1, keepdim=True)
-        return SwinFUSEPretrainOutput(rotation, projection, reconstruction, pooled)
+        return SwinFUSEPretrainOutput(rotation, projection, reconstruction, hidden[4])
 
 
 def _pad(x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
