@@ -7,7 +7,7 @@ CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
 MODEL ?= hafb
 DEMO_DIR := out/demo
 
-.PHONY: setup test demo bench-zoo clean
+.PHONY: setup test demo bench-zoo bench-models clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: setup
 
 bench-zoo: setup
 	$(PY) Testing/benchmarks/bench_zoo.py
+
+# Every shipped model end to end on real validation cases: CPU seconds per case against segresnet.
+bench-models: setup
+	$(PY) Testing/benchmarks/bench_models.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

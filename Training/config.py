@@ -49,7 +49,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per rank; 0 = leave torch's default
     device: str = "auto"
     log_every: int = 10
-    find_unused_parameters: Optional[bool] = None  # DDP; None = only for networks without their aux loss yet
+    find_unused_parameters: Optional[bool] = None  # DDP; None = only for swinfuse (SSL heads unused)
 
     def to_dict(self):
         return asdict(self)

@@ -328,7 +328,7 @@ def _train(config, context, resume, progress, callback):
 
     find_unused = config.find_unused_parameters
     if find_unused is None:
-        find_unused = config.network not in ("hafb", "segresnet")
+        find_unused = config.network == "swinfuse"  # its SSL heads have no part in fine-tuning
     masked_view = uses_masked_view(config)
     model = WithMaskedView(network, MASKED_VIEW[config.network]) if masked_view else network
     if context.distributed:
