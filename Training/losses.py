@@ -90,7 +90,9 @@ DEFAULT_AUX_WEIGHTS = {"hafb": 0.1, "missu": 0.3}
 
 
 def aux_weight(network, weight=None):
-    """The weight of `network`'s auxiliary term: `weight` when given, else its recipe's (0 without one)."""
+    """The weight of `network`'s auxiliary term: `weight` when given, else its recipe's; 0 without a term."""
+    if network not in AUX_LOSSES:
+        return 0.0
     return DEFAULT_AUX_WEIGHTS.get(network, 0.0) if weight is None else float(weight)
 # Networks whose auxiliary term needs a masked copy of the batch (a cube zeroed in every modality): name ->
 # function(network, aux of the clean batch, masked input) -> aux extended with what the term needs from the

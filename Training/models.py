@@ -16,6 +16,7 @@ COMPACT = {
                   "vit_heads": 4, "vit_mlp_dim": 128},
     "swinfuse": {"feature_size": 12, "depths": [1, 1, 1, 1], "window_size": 4},
     SEGRESNET: {"init_filters": 8},
+    "cmg": {"widths": [8, 16, 32, 64], "blocks": [1, 1, 1, 1]},  # grading (Training/grading.py)
 }
 # Networks that take the (B, 4) present mask and are trained with modality dropout by default.
 MISSING_MODALITY_NETWORKS = {"hafb"}

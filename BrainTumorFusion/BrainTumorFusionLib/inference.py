@@ -93,11 +93,18 @@ def _predict(network, image, roi_size, device, present, progress, should_cancel,
     return torch.sigmoid(logits[0].float()).numpy()
 
 
+def resize_for_classifier(image, size):
+    """(1, C, *size) float32 tensor: a whole (C, D, H, W) image resized (trilinear) to a grading network's input
+    size. Training resizes its grading inputs with this function too, so both see the same input."""
+    inputs = torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32))
+    return torch.nn.functional.interpolate(inputs, size=tuple(int(s) for s in size), mode="trilinear",
+                                           align_corners=False)
+
+
 def classify(network, image, size, device, present=None):
     """Class probabilities (softmax) of a grading network on the whole (4, D, H, W) image resized to `size`."""
     device = torch.device(device)
-    inputs = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(image[None])),
-                                             size=tuple(size), mode="trilinear", align_corners=False)
+    inputs = resize_for_classifier(image, size)
     mask = None if present is None or all(present) else torch.tensor([list(present)], dtype=torch.bool)
     network = network.to(device).eval()
     with torch.inference_mode():

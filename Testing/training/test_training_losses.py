@@ -78,7 +78,7 @@ def test_auxiliary_terms_are_pluggable_and_unknown_ones_ignored(monkeypatch):
 
 def test_recipe_weights():
     assert aux_weight("hafb") == 0.1 and aux_weight("missu") == 0.3 and aux_weight("transfuse") == 0.0
-    assert aux_weight("missu", 0.05) == 0.05
+    assert aux_weight("missu", 0.05) == 0.05 and aux_weight("segresnet", 0.1) == 0.0  # no term, no weight
 
 
 def test_missu_attention_map_is_normalised_sum_of_absolute_channels():

@@ -1,0 +1,118 @@
+"""Command line of the grading recipe: python -m Training train-grader | evaluate-grader | export-grader."""
+
+import argparse
+import json
+from pathlib import Path
+
+COMMANDS = ("train-grader", "evaluate-grader", "export-grader")
+S = argparse.SUPPRESS  # options left out keep the defaults (or, with --resume, the run's config.json)
+
+
+def add_commands(commands):
+    """Add the grading sub-commands to Training's sub-parsers."""
+    train = commands.add_parser("train-grader", argument_default=S,
+                                help="train the cmg glioma grader (stage 1 T1ce branch, stage 2 guided multi-modal)")
+    train.add_argument("--data-dir", help="folder with one sub-folder per case (BraTS naming)")
+    train.add_argument("--cache-dir", help="prepared-case cache, shared with `train` (made on first use)")
+    train.add_argument("--run-dir", help="checkpoints, split.json, config.json, metrics.jsonl (default runs/cmg)")
+    train.add_argument("--labels-table", help="CSV with case_id and grade (HGG/LGG) (default <data-dir>/cases.csv)")
+    train.add_argument("--split-file",
+                       help="use this split JSON (e.g. Training/splits/brats-shared-grading-seed0.json)")
+    train.add_argument("--val-fraction", type=float, help="per grade (default 0.2)")
+    train.add_argument("--network-config", type=json.loads,
+                       help="JSON of CrossModalityGuidedGrader arguments (default Training.models.COMPACT['cmg'])")
+    train.add_argument("--paper-size", action="store_true", help="the library's paper-sized network (config {})")
+    train.add_argument("--spacing", nargs="+", help="mm: one value, I J K, or 'native' (default 2)")
+    train.add_argument("--patch-size", nargs=3, type=int, help="network input D H W: the resized brain crop "
+                                                               "(default 64 64 64)")
+    train.add_argument("--stage1-steps", type=int, help="steps of stage 1, T1ce branch alone (default 700)")
+    train.add_argument("--stage2-steps", type=int, help="steps of stage 2, whole network (default 800)")
+    train.add_argument("--batch-size", type=int, help="default 2")
+    train.add_argument("--lr", type=float, help="AdamW learning rate of both stages (default 3e-4)")
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--schedule", choices=("cosine", "poly", "constant"), help="per stage (default cosine)")
+    train.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1)")
+    train.add_argument("--checkpoint-every", type=int, help="steps (default 50; also at the end of each stage)")
+    train.add_argument("--validate-every", type=int, help="steps (default 100; also at the end of each stage)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--log-every", type=int)
+    train.add_argument("--resume", action="store_true", help="continue the run of --run-dir from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("evaluate-grader", help="grade a split with the library pipeline; CSV + metrics")
+    evaluate.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder")
+    evaluate.add_argument("--data-dir", required=True, type=Path)
+    evaluate.add_argument("--split", default="validation", help="validation, train, all, or comma-separated ids")
+    evaluate.add_argument("--labels-table", type=Path,
+                          help="grades for --split all / ids (default <data-dir>/cases.csv)")
+    evaluate.add_argument("--output", type=Path, help="CSV (default <run>/grading_<split>.csv; metrics next to it)")
+    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    export = commands.add_parser("export-grader", help="weights file + grading catalogue entry")
+    export.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder")
+    export.add_argument("--name", required=True, help="catalogue name of the model (e.g. cmg)")
+    export.add_argument("--catalogue", type=Path, help="catalogue JSON (default: the module's Resources/models.json)")
+    export.add_argument("--title")
+    export.add_argument("--metrics", type=Path, help="metrics JSON (default <run>/grading_validation.json)")
+    export.add_argument("--notes", help="the entry's caveat (default: generated when a grade has few cases)")
+    export.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16"))
+    export.add_argument("--size-limit-mb", type=float, default=50.0, help="auto: float16 above this (default 50)")
+    export.add_argument("--data-description", help="what the training data was, for the entry")
+
+
+def grading_config(args):
+    """GradingConfig: defaults, then the run's config.json when resuming, then the options given."""
+    from .__main__ import spacing_argument
+    from .grading import GradingConfig
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet", "paper_size")}
+    base = GradingConfig().to_dict()
+    run_dir = Path(given.get("run_dir", base["run_dir"]))
+    if getattr(args, "resume", False) and (run_dir / "config.json").is_file():
+        base.update(json.loads((run_dir / "config.json").read_text()))
+    if "spacing" in given:
+        given["spacing"] = spacing_argument(given["spacing"])
+    if getattr(args, "paper_size", False):
+        given["network_config"] = {}
+    base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()})
+    return GradingConfig.from_dict(base)
+
+
+def run(args):
+    """Run a grading sub-command; returns the exit status."""
+    if args.command == "train-grader":
+        from .grading import train_grader
+
+        result = train_grader(grading_config(args), resume=getattr(args, "resume", False),
+                              progress=not getattr(args, "quiet", False))
+        weights = ", ".join(f"{g} {w:.4f}" for g, w in result["class_weights"].items())
+        print(f"step {result['step']}; last checkpoint {result['last']}; class weights {weights}")
+    elif args.command == "evaluate-grader":
+        from .grading_evaluate import evaluate_grader
+
+        result = evaluate_grader(args.checkpoint, args.data_dir, args.split, args.output, args.device,
+                                 args.labels_table)
+        for row in result["rows"]:
+            print(f"{row['case_id']}: {row['grade']}  p(HGG) {row['p_HGG']:.4f}  p(LGG) {row['p_LGG']:.4f}  "
+                  f"-> {row['predicted']}")
+        metrics = result["metrics"]
+        shown = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "auc")}
+        print(f"{metrics['cases']} cases {metrics['counts']} -> {result['csv']}")
+        print("  ".join(f"{k} {'n/a (one grade only)' if v is None else f'{v:.4f}'}" for k, v in shown.items()))
+    elif args.command == "export-grader":
+        from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
+
+        from .grading_evaluate import export_grader
+
+        catalogue = args.catalogue or SHIPPED_CATALOGUE
+        entry = export_grader(args.checkpoint, args.name, catalogue, args.title, args.metrics, args.dtype,
+                              args.size_limit_mb, args.data_description, args.notes)
+        print(f"Exported '{entry['name']}' ({entry['weights']['file']}, sha256 {entry['weights']['sha256'][:12]}...) "
+              f"into {catalogue}")
+        if entry.get("notes"):
+            print(f"Note: {entry['notes']}")
+    else:
+        raise SystemExit(f"Unknown command {args.command}.")
+    return 0
