@@ -17,11 +17,12 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue
 from BrainTumorFusionLib.errors import BrainTumorFusionError
 from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.process_runner import parse_progress
+from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE
 
 
 class BrainTumorFusion(ScriptedLoadableModule):
@@ -34,9 +35,11 @@ class BrainTumorFusion(ScriptedLoadableModule):
             "Segments a brain tumor into necrotic/non-enhancing core, edema and enhancing tumor from four "
             "co-registered MRI volumes (T1, T1ce, T2, FLAIR), and optionally grades the glioma (HGG/LGG).<br>"
             "<b>GUI</b>: pick the four volumes (filled from their names), a model and a device, press Apply. "
+            "Model 'ensemble' averages the models listed in Members (empty: the default ones shown there).<br>"
             "The result is a segmentation node '&lt;case&gt; tumor' and a table of volumes (mL).<br>"
             "<b>Python console</b>: <code>logic = slicer.util.getModuleLogic('BrainTumorFusion')</code>; "
-            "<code>seg = logic.segment(t1=n1, t1ce=n2, t2=n3, flair=n4, model='hafb', device='auto')</code>; "
+            "<code>seg = logic.segment(t1=n1, t1ce=n2, t2=n3, flair=n4, model='hafb', device='auto')</code> "
+            "(or <code>model='ensemble', members='hafb,segresnet'</code>); "
             "<code>logic.grade(t1=n1, t1ce=n2, t2=n3, flair=n4)</code>.<br>"
             "<b>Batch</b>: <code>Slicer --no-main-window --python-script "
             "&lt;module&gt;/BrainTumorFusionLib/__main__.py segment --input-dir DIR --output-dir OUT</code>.")
@@ -55,6 +58,7 @@ class BrainTumorFusionParameterNode:
     t2: vtkMRMLScalarVolumeNode
     flair: vtkMRMLScalarVolumeNode
     model: str = "hafb"
+    members: str = ""
     device: str = "auto"
     grade: bool = False
 
@@ -84,7 +88,9 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.autoAssignButton.connect("clicked(bool)", self.assignFromNames)
+        self.ui.modelComboBox.connect("currentTextChanged(QString)", self.showMembers)
         self.initializeParameterNode()
+        self.showMembers()
 
     def fillModels(self):
         try:
@@ -93,10 +99,17 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelInfoLabel.text = str(error)
             return
         names = catalogue.names("segmentation")
-        self.ui.modelComboBox.addItems(names)
+        self.ui.modelComboBox.addItems(catalogue.segmentation_choices())
+        self.ui.membersLineEdit.placeholderText = ", ".join(catalogue.default_ensemble())
         self.ui.modelInfoLabel.text = "" if names else _(
             "No trained model is installed yet: reinstall the extension or add a model catalogue.")
         self.ui.gradeCheckBox.enabled = bool(catalogue.names("grading"))
+
+    def showMembers(self, model=None):
+        """The member list only matters, and is only shown, for the ensemble."""
+        ensemble = self.ui.modelComboBox.currentText == ENSEMBLE
+        self.ui.membersLabel.visible = ensemble
+        self.ui.membersLineEdit.visible = ensemble
 
     def cleanup(self):
         self.cancelRun()
@@ -168,7 +181,8 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             ensure_installed(confirm=slicer.util.confirmOkCancelDisplay)
             self.run = self.logic.start_segmentation(t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair,
-                                                     model=p.model, device=p.device, grade=p.grade)
+                                                     model=p.model, device=p.device, grade=p.grade,
+                                                     members=p.members if p.model == ENSEMBLE else None)
         except BrainTumorFusionError as error:
             slicer.util.errorDisplay(str(error))
             return
@@ -198,7 +212,8 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not import the result."), waitCursor=True):
             segmentation, volumes, grade = self.logic.finish_segmentation(run)
             segmentation.CreateClosedSurfaceRepresentation()
-            self.ui.statusLabel.text = _("Done: {name}").format(name=segmentation.GetName())
+            self.ui.statusLabel.text = _("Done: {name} ({model})").format(
+                name=segmentation.GetName(), model=segmentation.GetAttribute(MODEL_ATTRIBUTE))
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID((grade or volumes).GetID())
 
     def cancelRun(self):

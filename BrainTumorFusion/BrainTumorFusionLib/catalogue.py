@@ -3,7 +3,7 @@
 Entries live in Resources/models.json (shipped models) and in any extra catalogue JSON a user passes (their
 own trained models; weight paths in such a file are relative to it). Each entry records: name, title, task
 (segmentation | grading), network, config, modalities (the ones it needs), handles_missing_modalities,
-spacing_mm (I, J, K), patch_size (D, H, W), weights {file, sha256}, training and metrics.
+spacing_mm (I, J, K), patch_size (D, H, W), weights {file, sha256}, training, metrics and notes (e.g. caveats).
 """
 
 import hashlib
@@ -17,6 +17,9 @@ from .errors import ModelError
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
 SHIPPED_CATALOGUE = RESOURCES / "models.json"
 SHIPPED_WEIGHTS = RESOURCES / "Weights"
+# Reserved model name: averages the region probabilities of several segmentation models. An entry with
+# "default_ensemble": false is left out of the default members (it can still be named as a member).
+ENSEMBLE = "ensemble"
 
 
 def cache_folder():
@@ -41,8 +44,9 @@ class ModelEntry:
     handles_missing_modalities: bool = False
     spacing_mm: tuple = None
     patch_size: tuple = (128, 128, 128)
+    in_default_ensemble: bool = True
     folder: Path = SHIPPED_WEIGHTS
-    details: dict = field(default_factory=dict)  # training, split, metrics: shown, never interpreted
+    details: dict = field(default_factory=dict)  # training, split, metrics, notes: shown, never interpreted
 
     @classmethod
     def from_json(cls, data, folder):
@@ -52,9 +56,10 @@ class ModelEntry:
                        title=data.get("title", data["name"]), config=data.get("config", {}),
                        modalities=tuple(data.get("modalities", cls.modalities)),
                        handles_missing_modalities=bool(data.get("handles_missing_modalities", False)),
+                       in_default_ensemble=bool(data.get("default_ensemble", True)),
                        spacing_mm=tuple(data["spacing_mm"]) if data.get("spacing_mm") else None,
                        patch_size=tuple(data.get("patch_size", cls.patch_size)), folder=Path(folder),
-                       details={k: data[k] for k in ("training", "metrics", "split") if k in data})
+                       details={k: data[k] for k in ("training", "metrics", "split", "notes") if k in data})
         except (KeyError, TypeError, AttributeError) as error:
             raise ModelError(f"Catalogue entry {data.get('name', '?') if isinstance(data, dict) else data!r} "
                              f"is incomplete ({error}). Re-export it with Training's export command.") from None
@@ -108,6 +113,49 @@ class Catalogue:
             known = ", ".join(self.names(task)) or "none yet (no trained weights are installed)"
             raise ModelError(f"Unknown {task or ''} model '{name}'. Available: {known}.".replace("  ", " "))
         return entry
+
+    def segmentation_choices(self):
+        """What a user can pick to segment: every segmentation model, plus "ensemble" when two or more exist."""
+        names = self.names("segmentation")
+        return names + [ENSEMBLE] if len(names) >= 2 else names
+
+    def default_ensemble(self):
+        """The ensemble's members when none are named: every segmentation model, except entries that opt out.
+
+        So models added to the catalogue later join the default ensemble without code changes."""
+        return [name for name in self.names("segmentation") if self.entries[name].in_default_ensemble]
+
+    def ensemble_members(self, names=None):
+        """Entries of an ensemble's members, in the given order (default_ensemble() when none are named).
+
+        `names` is a list or a comma-separated string. Raises ModelError saying what to choose instead."""
+        names = member_names(names) or self.default_ensemble()
+        available = ", ".join(self.names("segmentation")) or "none"
+        for index, name in enumerate(names):
+            entry = self.entries.get(name)
+            if name == ENSEMBLE:
+                raise ModelError(f"'{ENSEMBLE}' cannot be a member of an ensemble. List segmentation models: "
+                                 f"{available}.")
+            if entry is None:
+                raise ModelError(f"Unknown ensemble member '{name}'. Available segmentation models: {available}.")
+            if entry.task != "segmentation":
+                raise ModelError(f"'{name}' is a {entry.task} model and cannot be an ensemble member. Choose "
+                                 f"segmentation models: {available}.")
+            if name in names[:index]:
+                raise ModelError(f"Ensemble member '{name}' is listed twice. List each model once.")
+        if len(names) < 2:
+            raise ModelError(f"An ensemble needs at least 2 segmentation models, got {len(names)} "
+                             f"({', '.join(names) or 'none'}). Choose two or more of: {available}; or choose a "
+                             f"single model instead of '{ENSEMBLE}'.")
+        return [self.entries[name] for name in names]
+
+
+def member_names(members):
+    """Ensemble member names from a list or a comma-separated string ("hafb, segresnet"); [] for none."""
+    if not members:
+        return []
+    items = members.split(",") if isinstance(members, str) else members
+    return [name.strip() for name in items if name.strip()]
 
 
 def load_network(entry, device="cpu"):

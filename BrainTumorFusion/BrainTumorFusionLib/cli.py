@@ -18,7 +18,11 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_model_options(command):
-        command.add_argument("--model", default="hafb", help="segmentation model from the catalogue (default hafb)")
+        command.add_argument("--model", default="hafb", help="segmentation model from the catalogue (default hafb), "
+                             "or 'ensemble' to average several")
+        command.add_argument("--members", metavar="A,B,...",
+                             help="with --model ensemble: comma-separated segmentation models to average (default: "
+                             "every segmentation model of the catalogue; see the models command)")
         command.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         command.add_argument("--grade", action="store_true", help="also grade the glioma (HGG vs LGG)")
         command.add_argument("--grading-model", default="cmg")
@@ -48,7 +52,7 @@ def make_pipeline(args):
     from .pipeline import Pipeline
 
     return Pipeline(model=args.model, device=args.device, grade=args.grade, grading_model=args.grading_model,
-                    catalogue=Catalogue.load(args.catalogue))
+                    catalogue=Catalogue.load(args.catalogue), members=args.members)
 
 
 def run_segment(args):
@@ -67,9 +71,10 @@ def run_predict(args):
     from .file_io import CaseFiles, check_writable_folder, read_case, write_atomically, write_labels
 
     files = {role: getattr(args, role) for role in MODALITIES if getattr(args, role) is not None}
-    check_writable_folder(args.output_dir)
     case, reference = read_case(CaseFiles(args.name, files))
     pipeline = make_pipeline(args)
+    pipeline.check_modalities(case)  # input and model errors come before the output folder is made
+    check_writable_folder(args.output_dir)
     result = pipeline.run(case, lambda fraction, message: print(format_progress(fraction, message), flush=True))
     write_labels(result.labels, reference, args.output_dir / "labels.nrrd")
     summary = {"case_name": result.case_name, "volumes_ml": result.volumes_ml,
@@ -81,7 +86,7 @@ def run_predict(args):
 
 
 def run_models(args):
-    from .catalogue import Catalogue
+    from .catalogue import ENSEMBLE, Catalogue
 
     catalogue = Catalogue.load(args.catalogue)
     if not catalogue.entries:
@@ -90,6 +95,9 @@ def run_models(args):
         entry = catalogue.entries[name]
         print(f"{name:12s} {entry.task:13s} network={entry.network} modalities={','.join(entry.modalities)} "
               f"{entry.details.get('metrics', '')}")
+    if ENSEMBLE in catalogue.segmentation_choices():
+        print(f"{ENSEMBLE:12s} {'segmentation':13s} mean of --members (default: "
+              f"{','.join(catalogue.default_ensemble())})")
     return 0
 
 

@@ -53,10 +53,12 @@ class SceneLogic:
         return {role: nodes.get(name) for role, name in assign_roles(list(nodes)[::-1]).items()}
 
     def segment(self, t1=None, t1ce=None, t2=None, flair=None, model="hafb", device="auto", grade=False,
-                progress=None, should_cancel=None, catalogue_files=(), pipeline=None):
-        """Segment in this process; returns the new segmentation node (tables are added beside it)."""
+                progress=None, should_cancel=None, catalogue_files=(), pipeline=None, members=None):
+        """Segment in this process; returns the new segmentation node (tables are added beside it).
+
+        model="ensemble" averages the segmentation models in `members` (list or "a,b"; default: all)."""
         result = self._run(t1, t1ce, t2, flair, model, device, grade, progress, should_cancel, catalogue_files,
-                           pipeline)
+                           pipeline, members)
         return scene_adapter.write_result_to_scene(result, self._reference({"t1": t1, "t1ce": t1ce, "t2": t2,
                                                                             "flair": flair}), self.scene)[0]
 
@@ -71,12 +73,13 @@ class SceneLogic:
                             catalogue=Catalogue.load(catalogue_files))
         return pipeline.grade(case)
 
-    def _run(self, t1, t1ce, t2, flair, model, device, grade, progress, should_cancel, catalogue_files, pipeline):
+    def _run(self, t1, t1ce, t2, flair, model, device, grade, progress, should_cancel, catalogue_files, pipeline,
+             members):
         from .catalogue import Catalogue
         from .pipeline import Pipeline
 
         case = scene_adapter.case_from_nodes(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
-        pipeline = pipeline or Pipeline(model=model, device=device, grade=grade,
+        pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
                                         catalogue=Catalogue.load(catalogue_files))
         return pipeline.run(case, progress, should_cancel)
 
@@ -85,12 +88,17 @@ class SceneLogic:
         return next(nodes[role] for role in MODALITIES if nodes.get(role) is not None)
 
     def start_segmentation(self, t1=None, t1ce=None, t2=None, flair=None, model="hafb", device="auto",
-                           grade=False, catalogue_files=()):
+                           grade=False, catalogue_files=(), members=None):
         """Write the inputs to temporary NRRD files and start the `predict` command on them."""
+        from .catalogue import ENSEMBLE, Catalogue, member_names
+
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
         scene_adapter.case_from_nodes(**nodes)  # validate here, so bad input fails before any process starts
+        if model == ENSEMBLE:  # check the members here too, and pass the defaults on by name
+            members = [entry.name for entry in Catalogue.load(catalogue_files).ensemble_members(members)]
         folder = Path(tempfile.mkdtemp(prefix="BrainTumorFusion-"))
         arguments = ["predict", "--output-dir", str(folder / "output"), "--model", model, "--device", device]
+        arguments += ["--members", ",".join(member_names(members))] if members else []
         for role, node in nodes.items():
             if node is not None:
                 array, ijk_to_ras = scene_adapter.volume_from_node(node, role)

@@ -1,11 +1,15 @@
-"""One case through the core: check modalities, preprocess, run the network(s), postprocess, measure."""
+"""One case through the core: check modalities, preprocess, run the network(s), postprocess, measure.
+
+The segmenter is a Model (one network) or an Ensemble (several models whose region probabilities are
+averaged on the case's brain crop before thresholding).
+"""
 
 import time
 from dataclasses import dataclass
 
 from .case import Result
-from .catalogue import Catalogue, load_network
-from .errors import InputError
+from .catalogue import ENSEMBLE, Catalogue, load_network, member_names
+from .errors import Cancelled, InputError, ModelError
 from .inference import choose_device, classify, predict_regions
 from .modalities import DISPLAY_NAMES, MODALITIES
 from .postprocessing import probabilities_on_case_grid, regions_to_labels, region_volumes, uncrop
@@ -27,29 +31,118 @@ class Model:
 
     @classmethod
     def from_catalogue(cls, name, task, device, catalogue=None):
-        entry = (catalogue or Catalogue.load()).entry(name, task)
+        return cls.from_entry((catalogue or Catalogue.load()).entry(name, task), device)
+
+    @classmethod
+    def from_entry(cls, entry, device):
         return cls(name=entry.name, network=load_network(entry, device), patch_size=entry.patch_size,
                    spacing_mm=entry.spacing_mm, modalities=entry.modalities,
                    handles_missing_modalities=entry.handles_missing_modalities)
 
+    def missing_modalities(self, case):
+        """Display names of the modalities this model needs and the case lacks (none if it handles that)."""
+        if self.handles_missing_modalities:
+            return []
+        return [DISPLAY_NAMES[m] for m in self.modalities if not case.present[MODALITIES.index(m)]]
+
     def check_modalities(self, case):
-        missing = [m for m in self.modalities if not case.present[MODALITIES.index(m)]]
-        if missing and not self.handles_missing_modalities:
-            names = ", ".join(DISPLAY_NAMES[m] for m in missing)
-            raise InputError(f"Model '{self.name}' needs {names}, which is not selected. Select it, or choose a "
-                             "model whose catalogue entry says it handles missing modalities.")
+        missing = self.missing_modalities(case)
+        if missing:
+            raise InputError(f"Model '{self.name}' needs {', '.join(missing)}, which is not selected. Select it, "
+                             "or choose a model whose catalogue entry says it handles missing modalities.")
+
+    def crop_probabilities(self, case, device, progress, should_cancel=None):
+        """(Region probabilities (3, ...) on the grid of the case's brain crop, the crop's slices).
+
+        The network sees the crop at its own spacing; its output is resampled back onto the crop's grid."""
+        progress(0.0, "Preprocessing")
+        prepared = prepare(case, self.spacing_mm)
+        present = case.present if self.handles_missing_modalities else None
+        probabilities = predict_regions(self.network, prepared.image, self.patch_size, device, present,
+                                        share(progress, 0.05, 1.0), should_cancel)
+        return probabilities_on_case_grid(probabilities, prepared), prepared.crop
+
+
+class Ensemble:
+    """Several segmentation Models whose region probabilities (WT, TC, ET) are averaged before thresholding.
+
+    Members run one after the other, each at its own spacing and patch size; only one member's probabilities
+    and the running sum are held at a time. Members wait in CPU memory and visit the GPU one at a time.
+    """
+
+    def __init__(self, members):
+        self.members = list(members)
+        if len(self.members) < 2:
+            raise ModelError(f"An ensemble needs at least 2 segmentation models, got {len(self.members)}. Give "
+                             "two or more, or use the single model on its own.")
+        self.name = f"{ENSEMBLE} ({' + '.join(member.name for member in self.members)})"
+
+    @classmethod
+    def from_catalogue(cls, names=None, catalogue=None):
+        """Members named in `names` (list or "a,b"); the catalogue's default members when none are named."""
+        entries = (catalogue or Catalogue.load()).ensemble_members(names)
+        return cls(Model.from_entry(entry, "cpu") for entry in entries)
+
+    def check_modalities(self, case):
+        lacking = {member.name: member.missing_modalities(case) for member in self.members}
+        lacking = {name: missing for name, missing in lacking.items() if missing}
+        if lacking:
+            needs = "; ".join(f"'{name}' needs {', '.join(missing)}" for name, missing in lacking.items())
+            volumes = [name for name in DISPLAY_NAMES.values() if any(name in m for m in lacking.values())]
+            raise InputError(f"Ensemble members cannot run without volumes that are not selected: {needs}. "
+                             f"Deselect {', '.join(lacking)} from the members, or select {', '.join(volumes)}.")
+
+    def crop_probabilities(self, case, device, progress, should_cancel=None):
+        """Mean of the members' region probabilities on the case's brain crop grid, and the crop's slices."""
+        total = crop = None
+        count = len(self.members)
+        for index, member in enumerate(self.members):
+            if should_cancel and should_cancel():
+                raise Cancelled("Cancelled by the user; nothing was written.")
+            label = f"{member.name}, {index + 1} of {count}"
+            probabilities, member_crop = member.crop_probabilities(
+                case, device, share(progress, index / count, (index + 1) / count, label), should_cancel)
+            member.network.to("cpu")  # free the GPU for the next member
+            if total is None:
+                total, crop = probabilities, member_crop
+            elif member_crop != crop:  # every member must be averaged on the same grid
+                raise RuntimeError(f"Member '{member.name}' cropped the case differently ({member_crop} instead "
+                                   f"of {crop}); the probabilities cannot be averaged.")
+            else:
+                total += probabilities
+            del probabilities  # only the running sum stays alive while the next member runs
+        total /= count
+        return total, crop
+
+
+def share(progress, start, end, label=None):
+    """Progress callback mapping [0, 1] of a part of the work onto [start, end] of the whole."""
+    def report(fraction, message):
+        progress(start + (end - start) * fraction, f"{message} ({label})" if label else message)
+    return report
+
+
+def segmentation_model(name, members, device, catalogue):
+    """The segmenter a pipeline uses for a catalogue name ("ensemble" with `members`, or one model)."""
+    if name == ENSEMBLE:
+        return Ensemble.from_catalogue(members, catalogue)
+    if members:
+        raise ModelError(f"Members ({', '.join(member_names(members))}) only apply to the model '{ENSEMBLE}'; "
+                         f"choose model '{ENSEMBLE}' or leave the members out.")
+    return Model.from_catalogue(name, "segmentation", device, catalogue)
 
 
 class Pipeline:
     """Segment (and optionally grade) cases with models from the catalogue or injected Model objects.
 
-    model=None makes a grading-only pipeline (use `grade`).
+    model=None makes a grading-only pipeline (use `grade`). model="ensemble" averages the models named in
+    `members` (a list or "a,b"; default: the catalogue's default_ensemble()).
     """
 
     def __init__(self, model="hafb", device="auto", grade=False, catalogue=None, segmenter=None, grader=None,
-                 grading_model="cmg"):
+                 grading_model="cmg", members=None):
         self.device = choose_device(device)
-        self.segmenter = segmenter or (Model.from_catalogue(model, "segmentation", self.device, catalogue)
+        self.segmenter = segmenter or (segmentation_model(model, members, self.device, catalogue)
                                        if model else None)
         self.grader = grader or (Model.from_catalogue(grading_model, "grading", self.device, catalogue)
                                  if grade else None)
@@ -58,23 +151,22 @@ class Pipeline:
         """Result for one Case. progress(fraction, message) is called as work advances."""
         report = progress or (lambda fraction, message: None)
         start = time.perf_counter()
-        for model in filter(None, (self.segmenter, self.grader)):
-            model.check_modalities(case)
-        report(0.0, "Preprocessing")
-        prepared = prepare(case, self.segmenter.spacing_mm)
-        present = case.present if self.segmenter.handles_missing_modalities else None
-        probabilities = predict_regions(
-            self.segmenter.network, prepared.image, self.segmenter.patch_size, self.device, present,
-            lambda fraction, message: report(0.05 + 0.85 * fraction, message), should_cancel)
+        self.check_modalities(case)
+        probabilities, crop = self.segmenter.crop_probabilities(case, self.device, share(report, 0.0, 0.9),
+                                                                should_cancel)
         report(0.9, "Postprocessing")
-        labels = regions_to_labels(probabilities_on_case_grid(probabilities, prepared))
-        labels = uncrop(labels, prepared.crop, case.image.shape[1:])
+        labels = uncrop(regions_to_labels(probabilities), crop, case.image.shape[1:])
         grades = self.grade(case) if self.grader else None
         report(1.0, "Done")
         return Result(case_name=case.name, labels=labels, ijk_to_ras=case.ijk_to_ras,
                       volumes_ml=region_volumes(labels, case.voxel_volume_ml), grade_probabilities=grades,
                       model=self.segmenter.name, device=str(self.device),
                       seconds=round(time.perf_counter() - start, 2), warnings=list(case.warnings))
+
+    def check_modalities(self, case):
+        """InputError saying what to select (or deselect) if a model of this pipeline cannot run on the case."""
+        for model in filter(None, (self.segmenter, self.grader)):
+            model.check_modalities(case)
 
     def grade(self, case):
         """{"HGG": p, "LGG": p} from the grading model on the brain crop resized to its input size."""

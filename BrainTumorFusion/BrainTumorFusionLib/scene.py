@@ -19,6 +19,8 @@ from .segments import SEGMENTS, VOLUME_COLUMNS
 
 # Modality suffixes stripped from a node name to get the case name ("Brats18_X_1_t1ce" -> "Brats18_X_1").
 _SUFFIX = re.compile(r"[ _.\-]+(t1ce|t1gd|t1c|t1n|t1w|t1|t2f|t2w|t2|flair)$", re.IGNORECASE)
+# Node attribute that records which model made a result, e.g. "hafb" or "ensemble (hafb + segresnet)".
+MODEL_ATTRIBUTE = "BrainTumorFusion.Model"
 
 
 def _describe(node, role=None):
@@ -248,11 +250,14 @@ def write_tables(result, scene, parent_like=None):
 
 
 def write_result_to_scene(result, reference_node, scene):
-    """Segmentation + tables; on any failure every node added here is removed again."""
+    """Segmentation + tables (each with the model in MODEL_ATTRIBUTE); on any failure every node added here is
+    removed again."""
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     try:
         seg_node = write_segmentation(result, reference_node, scene)
         volumes_table, grade_table = write_tables(result, scene, parent_like=reference_node)
+        for node in filter(None, (seg_node, volumes_table, grade_table)):
+            node.SetAttribute(MODEL_ATTRIBUTE, result.model)
     except BaseException:
         added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
         _remove_nodes(scene, [node for node in reversed(added) if node.GetID() not in before])

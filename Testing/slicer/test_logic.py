@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.errors import InputError
+from BrainTumorFusionLib.errors import InputError, ModelError
 from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Model, Pipeline
+from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE
 from plumbing import ConstantGrader, intensity_model, write_catalogue
 
 CASE = "Brats18_CBICA_ABM_1"
@@ -108,4 +109,48 @@ def test_cancelled_background_run_leaves_scene_and_disk_clean(kit, real_nodes, r
     time.sleep(1.0)
     run.cancel()
     assert run.process.process.returncode is not None and not run.folder.exists()
+    assert kit.state() == before
+
+
+@pytest.fixture
+def ensemble_catalogue(tmp_path):
+    """Two randomly initialised compact hafb networks in a user catalogue, on different coarse grids (fast):
+    plumbing only, never shipped."""
+    for seed, (name, spacing) in enumerate((("random-a", 4.0), ("random-b", 3.0))):
+        torch.manual_seed(seed)
+        network = networks.build("hafb", widths=(4, 8, 8, 16, 16))
+        path = write_catalogue(tmp_path, "hafb", network.state_dict(), name=name, config={"widths": [4, 8, 8, 16, 16]},
+                               spacing_mm=[spacing] * 3, patch_size=[32, 32, 32])
+    return path
+
+
+def test_ensemble_background_run_matches_in_process_and_records_the_members(kit, real_nodes, ensemble_catalogue):
+    logic = SceneLogic(kit.scene, python_executable=sys.executable)
+    run = logic.start_segmentation(**real_nodes, model="ensemble", members="random-a, random-b", device="cpu",
+                                   catalogue_files=[ensemble_catalogue])
+    code, lines = wait(run)
+    assert code == 0, lines
+    assert any("(random-b, 2 of 2)" in line for line in lines) and lines[-1].startswith("PROGRESS 1.000")
+    segmentation, volumes, _ = logic.finish_segmentation(run)
+    in_process = logic.segment(**real_nodes, model="ensemble", members=["random-a", "random-b"], device="cpu",
+                               catalogue_files=[ensemble_catalogue])
+    for node in (segmentation, volumes, in_process):
+        assert node.GetAttribute(MODEL_ATTRIBUTE) == "ensemble (random-a + random-b)"
+    reference = real_nodes["t1"]
+    np.testing.assert_array_equal(kit.labels_on(segmentation, reference), kit.labels_on(in_process, reference))
+
+
+def test_ensemble_errors_leave_the_scene_unchanged(kit, real_nodes, ensemble_catalogue):
+    logic = SceneLogic(kit.scene, python_executable=sys.executable)
+    before = kit.state()
+    catalogue = {"catalogue_files": [ensemble_catalogue], "device": "cpu", "model": "ensemble"}
+    with pytest.raises(ModelError, match="at least 2 segmentation models, got 1"):
+        logic.segment(**real_nodes, members="random-a", **catalogue)
+    with pytest.raises(ModelError, match="Unknown ensemble member 'nope'. Available segmentation models: .*"
+                                         "random-a, random-b"):
+        logic.start_segmentation(**real_nodes, members="random-a,nope", **catalogue)  # no process is started
+    no_t1ce = {role: node for role, node in real_nodes.items() if role != "t1ce"}
+    with pytest.raises(InputError, match="'random-a' needs T1ce; 'random-b' needs T1ce. Deselect random-a, "
+                                         "random-b from the members, or select T1ce."):
+        logic.segment(**no_t1ce, members="random-a,random-b", **catalogue)
     assert kit.state() == before
