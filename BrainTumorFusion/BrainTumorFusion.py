@@ -103,7 +103,12 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.membersLineEdit.placeholderText = ", ".join(catalogue.default_ensemble())
         self.ui.modelInfoLabel.text = "" if names else _(
             "No trained model is installed yet: reinstall the extension or add a model catalogue.")
-        self.ui.gradeCheckBox.enabled = bool(catalogue.names("grading"))
+        graders = catalogue.names("grading")
+        self.ui.gradeCheckBox.enabled = bool(graders)
+        # A grader's caveat (e.g. too few low-grade training cases) shows where the user turns grading on.
+        self.ui.gradeCheckBox.toolTip = "\n".join(
+            f"{name}: {catalogue.entries[name].details['notes']}" for name in graders
+            if catalogue.entries[name].details.get("notes"))
 
     def showMembers(self, model=None):
         """The member list only matters, and is only shown, for the ensemble."""

@@ -95,6 +95,8 @@ def run_models(args):
         entry = catalogue.entries[name]
         print(f"{name:12s} {entry.task:13s} network={entry.network} modalities={','.join(entry.modalities)} "
               f"{entry.details.get('metrics', '')}")
+        if entry.details.get("notes"):
+            print(f"{'':12s} note: {entry.details['notes']}")
     if ENSEMBLE in catalogue.segmentation_choices():
         print(f"{ENSEMBLE:12s} {'segmentation':13s} mean of --members (default: "
               f"{','.join(catalogue.default_ensemble())})")

@@ -28,6 +28,7 @@ class Model:
     spacing_mm: tuple = None
     modalities: tuple = MODALITIES
     handles_missing_modalities: bool = False
+    notes: str = ""  # the catalogue entry's caveat, passed on with its results
 
     @classmethod
     def from_catalogue(cls, name, task, device, catalogue=None):
@@ -37,7 +38,8 @@ class Model:
     def from_entry(cls, entry, device):
         return cls(name=entry.name, network=load_network(entry, device), patch_size=entry.patch_size,
                    spacing_mm=entry.spacing_mm, modalities=entry.modalities,
-                   handles_missing_modalities=entry.handles_missing_modalities)
+                   handles_missing_modalities=entry.handles_missing_modalities,
+                   notes=entry.details.get("notes", ""))
 
     def missing_modalities(self, case):
         """Display names of the modalities this model needs and the case lacks (none if it handles that)."""
@@ -157,11 +159,12 @@ class Pipeline:
         report(0.9, "Postprocessing")
         labels = uncrop(regions_to_labels(probabilities), crop, case.image.shape[1:])
         grades = self.grade(case) if self.grader else None
+        notes = [f"Grading model '{self.grader.name}': {self.grader.notes}"] if grades and self.grader.notes else []
         report(1.0, "Done")
         return Result(case_name=case.name, labels=labels, ijk_to_ras=case.ijk_to_ras,
                       volumes_ml=region_volumes(labels, case.voxel_volume_ml), grade_probabilities=grades,
                       model=self.segmenter.name, device=str(self.device),
-                      seconds=round(time.perf_counter() - start, 2), warnings=list(case.warnings))
+                      seconds=round(time.perf_counter() - start, 2), warnings=list(case.warnings) + notes)
 
     def check_modalities(self, case):
         """InputError saying what to select (or deselect) if a model of this pipeline cannot run on the case."""

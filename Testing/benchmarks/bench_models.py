@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "BrainTumorFusion"))
 
-from BrainTumorFusionLib.catalogue import Catalogue, load_network  # noqa: E402
+from BrainTumorFusionLib.catalogue import Catalogue  # noqa: E402
 from BrainTumorFusionLib.file_io import find_cases, read_case  # noqa: E402
 from BrainTumorFusionLib.pipeline import Model, Pipeline  # noqa: E402
 
@@ -67,11 +67,9 @@ def main():
         entry = catalogue.entry(name)
         before = peak_mb()
         start = time.perf_counter()
-        network = load_network(entry, "cpu")
+        model = Model.from_entry(entry, "cpu")
         load_seconds = time.perf_counter() - start
-        params = sum(p.numel() for p in network.parameters())
-        model = Model(name=name, network=network, patch_size=entry.patch_size, spacing_mm=entry.spacing_mm,
-                      modalities=entry.modalities, handles_missing_modalities=entry.handles_missing_modalities)
+        params = sum(p.numel() for p in model.network.parameters())
         cases = validation_cases(entry, args.data_dir, args.cases) or reference_cases
         if entry.task == "grading":
             pipeline = Pipeline(model=None, device="cpu", grader=model)

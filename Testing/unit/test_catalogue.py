@@ -2,12 +2,16 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from BrainTumorFusionLib.case import Case
 from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, Catalogue, cache_folder, load_network
 from BrainTumorFusionLib.errors import ModelError
-from plumbing import IntensityNet, write_catalogue
+from BrainTumorFusionLib.pipeline import Pipeline
+from plumbing import ConstantGrader, IntensityNet, intensity_model, write_catalogue
+from realdata import real_crop
 
 
 def test_shipped_catalogue_entries_are_complete_and_hashes_match():
@@ -75,3 +79,19 @@ def test_missing_weights_and_incomplete_entry(tmp_path, monkeypatch):
     path.write_text("{")
     with pytest.raises(ModelError, match="not valid JSON"):
         Catalogue.load([path])
+
+
+def test_a_graders_caveat_reaches_the_result_warnings(tmp_path):
+    """The catalogue's notes of a grading model (e.g. too few low-grade cases) travel with every grade it gives."""
+    caveat = "Only 2 LGG cases: not a validated grader."
+    path = write_catalogue(tmp_path, "constant_grader", ConstantGrader().state_dict(), name="grader",
+                           task="grading", notes=caveat)
+    catalogue = Catalogue.load([path])
+    assert catalogue.entry("grader", "grading").details["notes"] == caveat
+    image = np.pad(real_crop((48, 48, 48))[0], [(0, 0)] + [(6, 6)] * 3).astype(np.float32)
+    case = Case("real-crop", image, np.eye(4), (True,) * 4)
+    result = Pipeline(device="cpu", segmenter=intensity_model(), grade=True, grading_model="grader",
+                      catalogue=catalogue).run(case)
+    assert result.grade_probabilities and f"Grading model 'grader': {caveat}" in result.warnings
+    plain = Pipeline(device="cpu", segmenter=intensity_model()).run(case)
+    assert not any("Grading model" in warning for warning in plain.warnings)
