@@ -97,7 +97,10 @@ def build_parser():
     pretrain.add_argument("--quiet", action="store_true")
 
     evaluate = commands.add_parser("evaluate", help="segment a split with the library pipeline; Dice/HD95 CSV")
-    evaluate.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder")
+    evaluated = evaluate.add_mutually_exclusive_group(required=True)
+    evaluated.add_argument("--checkpoint", type=Path, help="checkpoint file or run folder")
+    evaluated.add_argument("--model", help="a catalogue model instead (e.g. ensemble), on its recorded split")
+    evaluate.add_argument("--members", help="with --model ensemble: comma-separated models (default: all)")
     evaluate.add_argument("--data-dir", required=True, type=Path)
     evaluate.add_argument("--split", default="validation", help="validation, train, all, or comma-separated ids")
     evaluate.add_argument("--output", type=Path, help="CSV (default <run>/evaluation_<split>.csv)")
@@ -172,7 +175,7 @@ def main(argv=None):
 
         drop = tuple(m for m in args.drop_modalities.split(",") if m)
         result = evaluate(args.checkpoint, args.data_dir, args.split, args.output, args.device, drop,
-                          args.save_predictions)
+                          args.save_predictions, model=args.model, members=args.members)
         means = result["means"]
         print(f"{len(result['rows'])} cases -> {result['csv']}")
         print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))

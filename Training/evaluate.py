@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint with the library's own inference (what Slicer runs) on a split of the data.
+"""Evaluate a checkpoint, or a catalogue model (an ensemble too), with the library's own inference (what Slicer
+runs) on a split of the data.
 
 Each case is read by `file_io.read_case`, segmented by `pipeline.Pipeline` with a `Model` built from the
 checkpoint (preprocessing, sliding window, postprocessing back onto the case grid, exactly as in Slicer), and
@@ -7,16 +8,18 @@ The CSV has one row per case and a last row `mean`.
 """
 
 import csv
+import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
+from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue
 from BrainTumorFusionLib.file_io import CaseFiles, read_case, write_labels
 from BrainTumorFusionLib.geometry import spacing_of
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.pipeline import Model, Pipeline
+from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -61,6 +64,23 @@ def model_from_checkpoint(path, name=None):
                  handles_missing_modalities=bool(uses_modality_dropout(config)))
 
 
+def catalogue_segmenter(name, members=None, catalogue=None):
+    """(segmenter, recorded split) of catalogue model `name`, or of the ensemble of `members` (whose entries
+    must record the same validation cases, else there is no common held-out set to score the ensemble on)."""
+    catalogue = catalogue or Catalogue.load()
+    if name == ENSEMBLE:
+        entries = catalogue.ensemble_members(members)
+        segmenter = Ensemble([Model.from_entry(entry, "cpu") for entry in entries])
+    else:
+        entries = [catalogue.entry(name, "segmentation")]
+        segmenter = Model.from_entry(entries[0], "cpu")
+    splits = {json.dumps(entry.details.get("split", {}).get("validation")) for entry in entries}
+    if len(splits) != 1 or "split" not in entries[0].details:
+        raise ValueError(f"The models of '{name}' do not record one common validation split; evaluate them one by "
+                         "one or give the cases with --split.")
+    return segmenter, entries[0].details["split"]
+
+
 def split_cases(state, data_dir, split):
     """Case ids of `split`: validation / train (from the checkpoint's recorded split), all (every labelled case
     in data_dir), or a comma-separated list of ids."""
@@ -96,18 +116,25 @@ def read_means(path):
 
 
 def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="auto", drop_modalities=(),
-             predictions_dir=None, progress=True):
+             predictions_dir=None, progress=True, model=None, members=None, catalogue=None):
     """Segment the cases of `split` with the library pipeline; write per-case metrics and the means to CSV.
 
+    checkpoint: a checkpoint file or run folder; or None and `model`, a catalogue model name ("ensemble" with
+    `members`) of `catalogue` (default: the shipped one), whose entry gives the split (CSV default:
+    runs/<model>/evaluation_<split>.csv).
     drop_modalities: roles (e.g. ("t1", "t2")) left out of every case, to measure a model trained for
     missing modalities. Returns {"csv": path, "rows": [...], "means": {...}}.
     """
     from tqdm import tqdm
 
-    path = checkpoint_file(checkpoint)
-    state = ckpt.load(path)
-    model = model_from_checkpoint(path)
-    pipeline = Pipeline(model=None, device=device, segmenter=model)
+    if checkpoint is not None:
+        path = checkpoint_file(checkpoint)
+        state = ckpt.load(path)
+        segmenter, run_dir = model_from_checkpoint(path), path.parent.parent
+    else:
+        segmenter, recorded = catalogue_segmenter(model, members, catalogue)
+        state, run_dir = {"split": recorded}, Path("runs") / model
+    pipeline = Pipeline(model=None, device=device, segmenter=segmenter)
     cases = discover(data_dir)
     case_ids = split_cases(state, data_dir, split)
     missing = [c for c in case_ids if c not in cases]
@@ -116,7 +143,7 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
     if output_csv is None:
         name = split if split in ("validation", "train", "all") else "cases"
         suffix = f"_without_{'_'.join(drop_modalities)}" if drop_modalities else ""
-        output_csv = path.parent.parent / f"evaluation_{name}{suffix}.csv"
+        output_csv = run_dir / f"evaluation_{name}{suffix}.csv"
     rows = []
     for case_id in tqdm(case_ids, desc="Evaluating", unit="case", disable=not progress):
         files = cases[case_id]

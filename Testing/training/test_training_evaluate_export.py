@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from plumbing import IntensityNet
+from plumbing import IntensityNet, write_catalogue
 from training_support import CASES, brats_case_dir, one_thread, tiny_config, workspace  # noqa: F401
 
 from BrainTumorFusionLib.catalogue import Catalogue, ModelEntry, file_sha256, load_network
@@ -17,7 +17,7 @@ from Training import checkpoint as ckpt
 from Training.__main__ import main
 from Training.config import TrainConfig
 from Training.data import regions_from_labels
-from Training.evaluate import COLUMNS, load_trained, read_means
+from Training.evaluate import COLUMNS, evaluate, load_trained, read_means
 from Training.export import export
 from Training.metrics import _hd95_torch, dice, hd95
 from Training.train import train
@@ -107,6 +107,26 @@ def test_evaluate_runs_the_library_pipeline_and_writes_dice_and_hd95(intensity_c
         assert values[f"dice_{region}"] == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()), abs=1e-4)
     means = read_means(out)
     assert means["cases"] == 1 and means["dice_WT"] == pytest.approx(values["dice_WT"])
+
+
+def test_evaluate_scores_a_catalogue_ensemble_on_its_members_common_split(tmp_path):
+    input_dir, _ = workspace()
+    split = {"train": list(CASES[1:]), "validation": [CASE]}
+    for name in ("bright", "dim"):
+        path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), name=name, split=split,
+                               spacing_mm=[2.0, 2.0, 2.0])
+    catalogue = Catalogue.load([path])
+    result = evaluate(None, input_dir, output_csv=tmp_path / "ensemble.csv", device="cpu", progress=False,
+                      model="ensemble", members="bright,dim", catalogue=catalogue)
+    single = evaluate(None, input_dir, output_csv=tmp_path / "bright.csv", device="cpu", progress=False,
+                      model="bright", catalogue=catalogue)
+    assert [r["case_id"] for r in result["rows"]] == [CASE]
+    assert result["means"]["dice_WT"] == pytest.approx(single["means"]["dice_WT"])  # two identical members
+    write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), name="dim",
+                    split={"train": [CASE], "validation": list(CASES[1:])})
+    with pytest.raises(ValueError, match="one common validation split"):
+        evaluate(None, input_dir, device="cpu", model="ensemble", members="bright,dim",
+                 catalogue=Catalogue.load([path]))
 
 
 # ---------------------------------------------------------------------------------------------- export
