@@ -55,6 +55,20 @@ def metrics_entry(csv_path):
             "cases": means["cases"], "evaluation": Path(csv_path).name}
 
 
+def initialisation(config):
+    """{"initialised_from": ...} for a run started from another checkpoint (e.g. SwinFUSE pretraining), else {}."""
+    if not config.init_from:
+        return {}
+    record = {"checkpoint": str(config.init_from)}
+    try:
+        source = torch.load(config.init_from, map_location="cpu", weights_only=True)
+        record.update(kind=source.get("kind", "training"), steps=int(source["step"]),
+                      hours=round(float(source.get("elapsed_seconds", 0.0)) / 3600.0, 3))
+    except (OSError, RuntimeError, KeyError):
+        record["note"] = "the checkpoint could not be read at export time"
+    return {"initialised_from": record}
+
+
 def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_csv=None, dtype="auto",
            size_limit_mb=SIZE_LIMIT_MB, data_description=None):
     """Write <name>.pt and the catalogue entry; returns the entry (dict). The written entry is loaded back
@@ -100,6 +114,7 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
             "seed": config.seed,
             "weights_dtype": dtype,
             "best_validation": state.get("best"),
+            **initialisation(config),
         },
         "weights": {"file": weights.name, "sha256": file_sha256(weights)},
     }

@@ -56,3 +56,23 @@ def test_shipped_model_reproduces_the_dice_of_its_catalogue_entry(name):
 
 def test_the_default_model_is_shipped():
     assert set(MINIMUM_WT_DICE) <= set(SHIPPED)
+
+
+GRADERS = Catalogue.load().names("grading")
+
+
+@pytest.mark.parametrize("name", GRADERS)
+def test_shipped_grader_reproduces_its_catalogue_accuracy_and_carries_its_caveat(name):
+    catalogue = Catalogue.load()
+    entry = catalogue.entry(name, "grading")
+    split = entry.details["split"]
+    assert not set(split["validation"]) & set(split["train"])
+    assert "NOT a validated grader" in entry.details["notes"]  # only 2 LGG cases exist in the shared data
+    pipeline = Pipeline(model=None, device="cpu", grade=True, grading_model=name, catalogue=catalogue)
+    correct = []
+    for case_id in split["validation"]:
+        case, _ = read_case(case_files_in(brats_case_dir(case_id)))
+        probabilities = pipeline.grade(case)
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+        correct.append(max(probabilities, key=probabilities.get) == split["grades"][case_id])
+    assert np.mean(correct) == pytest.approx(entry.details["metrics"]["accuracy"], abs=1e-4)
