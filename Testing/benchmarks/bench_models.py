@@ -3,12 +3,13 @@
 Usage:  .venv/bin/python Testing/benchmarks/bench_models.py [--cases 3] [--threads 2] [--models a,b,...]
                                                             [--data-dir ../shared/data/brats]
 
-Each segmentation model of Resources/models.json (and the `ensemble` of the default members, and the grading
-model through `Pipeline.grade`) runs `Pipeline.run` on the first --cases validation cases of its catalogue
-entry's split (reading the case from disk is not timed; model loading is timed once, separately). It prints a
+Each model of Resources/models.json (segmentation models through `Pipeline.run`, the grading model through
+`Pipeline.grade`; then the `ensemble` of the default members when no --models are given) runs on the first
+--cases validation cases of its catalogue entry's split (the ensemble on the baseline's cases; reading a case
+from disk is not timed, nor is one warm-up run; model loading is timed once, separately). It prints a
 markdown table: parameters, load seconds, median seconds per case, ratio to the `segresnet` baseline measured in
 the same run, and the peak resident memory growth of the process while the model ran (ru_maxrss, so only growth
-beyond the previous peak shows; models run in catalogue order).
+beyond the previous peak shows; the baseline runs first, then catalogue order).
 """
 
 import argparse
@@ -23,9 +24,9 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "BrainTumorFusion"))
 
-from BrainTumorFusionLib.catalogue import Catalogue  # noqa: E402
+from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue  # noqa: E402
 from BrainTumorFusionLib.file_io import find_cases, read_case  # noqa: E402
-from BrainTumorFusionLib.pipeline import Model, Pipeline  # noqa: E402
+from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline  # noqa: E402
 
 BASELINE = "segresnet"
 
@@ -35,15 +36,17 @@ def peak_mb():
 
 
 def validation_cases(entry, data_dir, count):
-    available = find_cases(data_dir)
+    available = {case.case_id: case for case in find_cases(data_dir)}
     ids = [c for c in entry.details.get("split", {}).get("validation", []) if c in available]
     return [available[c] for c in ids[:count]]
 
 
 def time_runs(run, cases):
+    """Median seconds of run(case) over `cases`, after one untimed warm-up run on the first."""
     seconds = []
+    run(read_case(cases[0])[0])
     for files in cases:
-        case = read_case(files)
+        case, _ = read_case(files)
         start = time.perf_counter()
         run(case)
         seconds.append(time.perf_counter() - start)
@@ -79,6 +82,13 @@ def main():
             seconds = time_runs(pipeline.run, cases)
         rows.append((name, entry.task, params, load_seconds, seconds, peak_mb() - before))
         print(f"{name}: {seconds:.2f} s/case", file=sys.stderr, flush=True)
+    if not args.models and len(catalogue.default_ensemble()) >= 2:
+        before, start = peak_mb(), time.perf_counter()
+        ensemble = Ensemble.from_catalogue(None, catalogue)
+        load_seconds = time.perf_counter() - start
+        params = sum(p.numel() for m in ensemble.members for p in m.network.parameters())
+        seconds = time_runs(Pipeline(device="cpu", segmenter=ensemble).run, reference_cases)
+        rows.append((ENSEMBLE, "segmentation", params, load_seconds, seconds, peak_mb() - before))
     baseline = next((r[4] for r in rows if r[0] == BASELINE), None)
     print(f"\n{args.cases} validation cases per model, median, torch {torch.__version__}, {args.threads} thread(s)\n")
     print("| model | task | params (M) | load (s) | s / case | x segresnet | peak RSS growth (MB) |")
