@@ -99,7 +99,7 @@ def test_missu_self_distillation_sums_squared_distances_over_levels_and_trains_b
     # Not detached: the multi-scale-fusion teacher learns from this term too (it has no other).
     assert all(t.grad.abs().sum() > 0 for t in skips + fused)
     same = MISSUAux(distillation_pairs=[(f, 3 * f) for f in skips])  # same attention map up to scale
-    assert float(missu_self_distillation(same, 2)) == pytest.approx(0.0, abs=1e-10)
+    assert missu_self_distillation(same, 2).item() == pytest.approx(0.0, abs=1e-10)
     assert missu_self_distillation(MISSUAux(), 2) is None
 
 
