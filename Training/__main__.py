@@ -124,10 +124,12 @@ def build_parser():
     return parser
 
 
-def train_config(args):
-    """TrainConfig: defaults, then the run's config.json when resuming, then the options given."""
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet", "paper_size")}
-    base = TrainConfig().to_dict()
+def config_from_args(config_class, args):
+    """A run configuration (TrainConfig, PretrainConfig, GradingConfig): its defaults, then the run's config.json
+    when resuming, then the options given (paths as strings, --spacing parsed, --paper-size = config {})."""
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+             if k not in ("command", "resume", "quiet", "paper_size")}
+    base = config_class().to_dict()
     run_dir = Path(given.get("run_dir", base["run_dir"]))
     if getattr(args, "resume", False) and (run_dir / "config.json").is_file():
         base.update(json.loads((run_dir / "config.json").read_text()))
@@ -138,7 +140,12 @@ def train_config(args):
     if "network" in given and "network_config" not in given and given["network"] != base["network"]:
         base["network_config"] = None  # another network: its own preset
     base.update(given)
-    config = TrainConfig.from_dict(base)
+    return config_class.from_dict(base)
+
+
+def train_config(args):
+    """TrainConfig from the options (see config_from_args); it needs somewhere to read data and cache it."""
+    config = config_from_args(TrainConfig, args)
     if not config.data_dir or not config.cache_dir:
         raise SystemExit("train needs --data-dir and --cache-dir (or --resume with a run whose config.json has them).")
     return config
@@ -164,11 +171,7 @@ def main(argv=None):
     elif args.command == "pretrain":
         from .pretrain import PretrainConfig, pretrain
 
-        given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet")}
-        if "spacing" in given:
-            given["spacing"] = spacing_argument(given["spacing"])
-        result = pretrain(PretrainConfig.from_dict({**PretrainConfig().to_dict(), **given}),
-                          resume=getattr(args, "resume", False), progress=not getattr(args, "quiet", False))
+        result = pretrain(config_from_args(PretrainConfig, args), resume=getattr(args, "resume", False), progress=not getattr(args, "quiet", False))
         print(f"step {result['step']}; last checkpoint {result['last']}")
     elif args.command == "evaluate":
         from .evaluate import evaluate

@@ -6,6 +6,7 @@ A checkpoint is a dict saved with torch.save and readable with torch.load(weight
     elapsed_seconds (training wall time so far), hardware (what it ran on).
 """
 
+import json
 import os
 import random
 from pathlib import Path
@@ -56,3 +57,12 @@ def save(checkpoint, path):
 
 def load(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def metrics_log(run_dir, step):
+    """run_dir/metrics.jsonl opened for appending, without the records a killed run wrote after `step`."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+    return open(path, "a")

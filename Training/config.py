@@ -8,8 +8,21 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 
+class RecordedConfig:
+    """to_dict / from_dict of a run configuration dataclass (checkpoints and config.json hold the dict; fields a
+    newer version removed are ignored when reading)."""
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RecordedConfig):
     network: str = "hafb"
     network_config: Optional[dict] = None  # None = the network's compact preset (Training.models.COMPACT)
     data_dir: str = ""
@@ -50,11 +63,3 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10
     find_unused_parameters: Optional[bool] = None  # DDP; None = only for swinfuse (SSL heads unused)
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data):
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})

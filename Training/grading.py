@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
@@ -47,6 +47,7 @@ from BrainTumorFusionLib.inference import choose_device, resize_for_classifier
 from BrainTumorFusionLib.pipeline import GRADES
 
 from . import checkpoint as ckpt
+from .config import RecordedConfig
 from .data import GROUPS_FILE, cache_path, discover, load_cached, prepare_cache, write_json
 from .models import build_network, resolve_config
 
@@ -59,7 +60,7 @@ RUNTIME_FIELDS = {"data_dir", "cache_dir", "checkpoint_every", "validate_every",
 
 
 @dataclass
-class GradingConfig:
+class GradingConfig(RecordedConfig):
     """A grading run, recorded in run/config.json and in every checkpoint."""
 
     network: str = "cmg"
@@ -87,14 +88,6 @@ class GradingConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"
     log_every: int = 10
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data):
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
     def total_steps(self):
@@ -368,15 +361,6 @@ def hardware_of(device):
     return hardware(SimpleNamespace(device=device, world_size=1))
 
 
-def metrics_log(run_dir, step):
-    """run_dir/metrics.jsonl opened for appending, without the records a killed run wrote after `step`."""
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
-    return open(path, "a")
-
-
 def train_grader(config, resume=False, progress=True, callback=None):
     """Train (or continue) a grading run: stage 1 then stage 2. Returns {"step", "last", "stage1", "losses",
     "validation", "class_weights"}; `losses` are the total losses of the steps run in this call.
@@ -420,7 +404,7 @@ def train_grader(config, resume=False, progress=True, callback=None):
         ckpt.set_rng_state(state["rng"])
         validations = list(state.get("validation", []))
         log.info("Resuming %s at step %d.", run_dir, step)
-    metrics_file = metrics_log(run_dir, step)
+    metrics_file = ckpt.metrics_log(run_dir, step)
     started = time.perf_counter()
     stages = {1: (0, config.stage1_steps), 2: (config.stage1_steps, config.total_steps)}
     training_ids = sorted(split["train"])

@@ -62,30 +62,13 @@ def add_commands(commands):
     export.add_argument("--data-description", help="what the training data was, for the entry")
 
 
-def grading_config(args):
-    """GradingConfig: defaults, then the run's config.json when resuming, then the options given."""
-    from .__main__ import spacing_argument
-    from .grading import GradingConfig
-
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet", "paper_size")}
-    base = GradingConfig().to_dict()
-    run_dir = Path(given.get("run_dir", base["run_dir"]))
-    if getattr(args, "resume", False) and (run_dir / "config.json").is_file():
-        base.update(json.loads((run_dir / "config.json").read_text()))
-    if "spacing" in given:
-        given["spacing"] = spacing_argument(given["spacing"])
-    if getattr(args, "paper_size", False):
-        given["network_config"] = {}
-    base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()})
-    return GradingConfig.from_dict(base)
-
-
 def run(args):
     """Run a grading sub-command; returns the exit status."""
     if args.command == "train-grader":
-        from .grading import train_grader
+        from .__main__ import config_from_args
+        from .grading import GradingConfig, train_grader
 
-        result = train_grader(grading_config(args), resume=getattr(args, "resume", False),
+        result = train_grader(config_from_args(GradingConfig, args), resume=getattr(args, "resume", False),
                               progress=not getattr(args, "quiet", False))
         weights = ", ".join(f"{g} {w:.4f}" for g, w in result["class_weights"].items())
         print(f"step {result['step']}; last checkpoint {result['last']}; class weights {weights}")

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from .config import RecordedConfig
 from .data import cache_path, discover, load_cached, prepare_cache, write_json
 from .models import build_network, resolve_config
 from .ssl_losses import kde_jsd, nt_xent, voxel_features
@@ -42,7 +43,7 @@ RUNTIME_FIELDS = {"data_dir", "cache_dir", "steps", "checkpoint_every", "threads
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RecordedConfig):
     network: str = "swinfuse"
     network_config: Optional[dict] = None  # None = the compact preset (Training.models.COMPACT)
     data_dir: str = ""
@@ -68,14 +69,6 @@ class PretrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 0
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data):
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # ---------------------------------------------------------------------------------------------- views
@@ -210,10 +203,6 @@ def pretrain(config, resume=False, progress=True, callback=None):
         log.info("Resuming %s at step %d.", run_dir, step)
     cube = tuple(max(int(round(config.mask_cube_mm / s)), 1) for s in reversed(config.spacing or (1, 1, 1)))
 
-    metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.is_file():  # drop records a killed run wrote after its last checkpoint
-        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
     started, losses, window = time.perf_counter(), [], []
 
     def save():
@@ -224,7 +213,7 @@ def pretrain(config, resume=False, progress=True, callback=None):
                    "hardware": f"CPU {cpu_name()} ({torch.get_num_threads()} threads)"}, last)
 
     network.train()
-    with open(metrics_path, "a") as metrics, tqdm(total=config.steps, initial=step, unit="step",
+    with ckpt.metrics_log(run_dir, step) as metrics, tqdm(total=config.steps, initial=step, unit="step",
                                                    desc=f"Pretraining {config.network}", disable=not progress) as bar:
         while step < config.steps:
             batch = pretraining_batch(config, cases, step, cube)

@@ -353,11 +353,7 @@ def _train(config, context, resume, progress, callback):
     writer, metrics_file = None, None
     if context.main:
         writer = summary_writer(run_dir / "tensorboard")
-        metrics_path = run_dir / "metrics.jsonl"
-        if metrics_path.is_file():  # drop records a killed run wrote after its last checkpoint
-            kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
-        metrics_file = open(metrics_path, "a")
+        metrics_file = ckpt.metrics_log(run_dir, step)
 
     def record(values):
         if metrics_file is not None:
