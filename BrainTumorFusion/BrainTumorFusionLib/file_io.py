@@ -2,6 +2,7 @@
 
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,12 +109,18 @@ def write_labels(labels, reference_image, path):
 
 
 def write_atomically(write, path):
-    """Write through a temporary name in the same folder, then rename, so an interrupted run leaves no
-    half-written file under the final name."""
+    """Write through a unique temporary name in the same folder, flush it to disk, then rename, so an interrupted
+    run never leaves a half-written file under the final name and two writers never share a temporary file.
+
+    `write(temporary)` writes the file; the temporary name keeps the final name's extension (writers such as
+    SimpleITK choose the format by it) and is removed if anything fails."""
     path = Path(path)
-    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    extension = "".join(path.suffixes[-2:]) if path.name.lower().endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    temporary = path.with_name(f".partial-{uuid.uuid4().hex[:12]}{extension}")
     try:
         write(temporary)
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
         os.replace(temporary, path)
     except (OSError, RuntimeError) as error:  # SimpleITK's writers raise RuntimeError
         raise OutputError(f"Cannot write {path}: {str(error).strip().splitlines()[-1]}. Choose a folder you can "
