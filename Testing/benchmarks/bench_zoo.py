@@ -3,8 +3,8 @@
 Usage:  .venv/bin/python Testing/benchmarks/bench_zoo.py [--size 128] [--repeats 3] [--threads N]
                                                          [--networks hafb,missu,...]
 
-For each zoo network (paper-sized variant, ``networks.build(name)``) and for MONAI's SegResNet
-(spatial_dims=3, init_filters=16, in_channels=4, out_channels=3) as the reference, it prints a
+For each zoo network (paper-sized variant, ``networks.build(name)``) and for the registry's
+``segresnet`` (MONAI's SegResNet, init_filters=16, 4 inputs, 3 outputs) as the reference, it prints a
 markdown table with the parameter count, the FLOPs of one forward pass at 1 x 4 x size^3 (counted
 with torch.utils.flop_counter.FlopCounterMode during the warm-up run), and the median CPU time of
 ``--repeats`` eval-mode forward passes under ``torch.no_grad()`` after that warm-up, with its ratio
@@ -32,18 +32,10 @@ ZOO = ("hafb", "missu", "transfuse", "swinfuse", "cmg")
 REFERENCE = "segresnet"
 
 
-def network_class(name):
-    if name == REFERENCE:
-        from monai.networks.nets import SegResNet
-
-        return lambda: SegResNet(spatial_dims=3, init_filters=16, in_channels=4, out_channels=3)
-    return registry.network_class(name)
-
-
 def measure(name, size, repeats):
     """Returns a dict with params, flops, seconds, or status ("not available" / "failed ...")."""
     try:
-        cls = network_class(name)
+        cls = registry.network_class(name)
     except Exception as error:  # noqa: BLE001 - module missing, half-written or without the class
         return {"status": "not available", "detail": f"{type(error).__name__}: {error}"}
     try:

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.errors import Cancelled, InputError
-from BrainTumorFusionLib.inference import choose_device, classify, predict_regions, window_count
+from BrainTumorFusionLib.inference import _window_size, choose_device, classify, predict_regions, window_count
 from plumbing import ConstantGrader, IntensityNet
 
 
@@ -45,6 +47,23 @@ def test_small_inputs_are_padded_to_the_window_not_the_window_shrunk():
     net.forward = lambda x, present=None: shapes.append(tuple(x.shape[2:])) or torch.zeros(x.shape[0], 3, *x.shape[2:])
     out = predict_regions(net, np.zeros((4, 20, 30, 40), np.float32), (32, 32, 32), "cpu")
     assert out.shape == (3, 20, 30, 40) and set(shapes) == {(32, 32, 32)}
+
+
+def test_window_not_a_multiple_of_the_networks_size_multiple_is_refused():
+    net = CountingNet()
+    net.size_multiple = 16
+    image = np.zeros((4, 40, 40, 40), np.float32)
+    with pytest.raises(ValueError, match=r"Window size \(24, 32, 32\) .* CountingNet.* multiples of 16"):
+        predict_regions(net, image, (24, 32, 32), "cpu")
+    assert net.calls == 0  # refused before any window ran
+    assert predict_regions(net, image, (32, 32, 16), "cpu").shape == (3, 40, 40, 40)
+
+
+def test_every_shipped_patch_size_suits_its_network():
+    catalogue = Catalogue.load()
+    for entry in catalogue.entries.values():
+        network = networks.build(entry.network, **entry.config)  # no weights needed for the size check
+        assert _window_size(network, entry.patch_size) == tuple(entry.patch_size), entry.name
 
 
 def test_cancel_stops_between_windows():

@@ -28,6 +28,37 @@ def test_forward_backward_on_real_crops(size):
     assert not torch.equal(logits, aux.primary_logits)
 
 
+def test_primary_logits_equal_the_training_aux_without_running_the_secondary_streams():
+    torch.manual_seed(0)
+    net = networks.build("cmg", **COMPACT, dropout=0.0).train()
+    x = real_input((32, 64, 64), batch=2)
+    with torch.no_grad():
+        _, aux = net(x)
+        calls = []
+        handles = [net.streams[i].register_forward_pre_hook(lambda *_: calls.append(1)) for i in net.secondaries]
+        try:
+            primary = net.primary_logits(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert calls == []
+    assert primary.shape == (2, 2)
+    assert torch.equal(primary, aux.primary_logits)
+
+
+def test_primary_parameters_are_exactly_the_primary_stream_attention_and_head():
+    net = compact()
+    prefixes = (f"streams.{T1CE}.", f"attention.{T1CE}.", "primary_head.")
+    expected = {name for name, _ in net.named_parameters() if name.startswith(prefixes)}
+    names = {id(p): name for name, p in net.named_parameters()}
+    got = [names[id(p)] for p in net.primary_parameters()]
+    assert len(got) == len(set(got)) and set(got) == expected
+    assert any(n.startswith("streams.") for n in got) and any(n.startswith("attention.") for n in got)
+    assert any(n.startswith("primary_head.") for n in got)
+    # Nothing of the secondary streams, their guidance or the fused head.
+    assert len(expected) < len(names)
+
+
 def test_eval_at_the_larger_size_and_batch():
     net = compact().eval()
     with torch.no_grad():

@@ -39,6 +39,25 @@ def test_forward_backward_on_an_odd_size():
     assert aux.modality_features.shape == (1, 4, 16, 3, 3, 3)
 
 
+def test_encode_modalities_is_the_training_aux_bottleneck():
+    net = compact()
+    x = real_input(ODD, batch=2)
+    net.train()
+    with torch.no_grad():
+        _, aux = net(x)
+        features = net.encode_modalities(x)
+    assert features.shape == (2, 4, 16, 3, 3, 3)  # padded internally to 48^3 like forward
+    assert torch.equal(features, aux.modality_features)
+    # Each modality's slot depends on its own channel only (one encoder per modality, no fusion).
+    changed = x.clone()
+    changed[:, 2] = torch.flip(changed[:, 2], dims=(-1,))
+    net.eval()
+    with torch.no_grad():
+        before, after = net.encode_modalities(x), net.encode_modalities(changed)
+    assert torch.equal(before[:, [0, 1, 3]], after[:, [0, 1, 3]])
+    assert not torch.allclose(before[:, 2], after[:, 2])
+
+
 def test_training_with_missing_modalities_reports_the_mask():
     net = compact()
     present = torch.tensor([[False, True, False, True], [True, True, True, False]])

@@ -41,7 +41,7 @@ channels in four streams; ``stem_stride=2`` (halving D too) about halves that. A
 ``CrossModalityGuidedGrader(widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))``.
 """
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, UnetResBlock
 
 from ..modalities import MODALITIES
-from .blocks import as_tuple3, present_mask
+from .blocks import present_mask, tuple3
 from .outputs import CMGAux
 
 NormType = Union[str, Tuple]
@@ -58,7 +58,14 @@ NormType = Union[str, Tuple]
 class MixedConvResNet(nn.Module):
     """mc3-18-shaped 3D ResNet on one modality: ``stem`` then ``stages`` (lists kept for guided use)."""
 
-    def __init__(self, widths: Sequence[int], blocks: Sequence[int], stem_kernel, stem_stride, norm: NormType):
+    def __init__(
+        self,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        stem_kernel: Sequence[int],
+        stem_stride: Sequence[int],
+        norm: NormType,
+    ):
         super().__init__()
         self.stem = Convolution(3, 1, widths[0], strides=stem_stride, kernel_size=stem_kernel, norm=norm, act="relu")
         self.stages = nn.ModuleList()
@@ -120,7 +127,12 @@ class CrossModalityGuidedGrader(nn.Module):
         num_classes: grades (2: HGG, LGG).
         norm: norm of the backbone.
         primary: the primary modality.
+
+    ``primary_logits(x)`` and ``primary_parameters()`` expose the primary branch alone for the first
+    training stage.
     """
+
+    size_multiple = 1  # any size works: the guidance is resized and the heads pool globally
 
     def __init__(
         self,
@@ -141,7 +153,7 @@ class CrossModalityGuidedGrader(nn.Module):
             raise ValueError("widths and blocks need 4 values, blocks at least 1 each")
         if guide_stage not in (1, 2, 3):
             raise ValueError(f"guide_stage must be 1, 2 or 3, got {guide_stage}")
-        stem_kernel, stem_stride = as_tuple3(stem_kernel, "stem_kernel"), as_tuple3(stem_stride, "stem_stride")
+        stem_kernel, stem_stride = tuple3(stem_kernel, "stem_kernel"), tuple3(stem_stride, "stem_stride")
         self.primary = MODALITIES.index(primary)
         self.secondaries = [i for i in range(len(MODALITIES)) if i != self.primary]
         self.guide_stage = guide_stage
@@ -160,29 +172,45 @@ class CrossModalityGuidedGrader(nn.Module):
         self.primary_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(widths[-1], num_classes))
         self.fused_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(len(MODALITIES) * widths[-1], num_classes))
 
+    def _stream(self, index: int, x: torch.Tensor, guide: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Last-stage features of modality ``index``'s stream; ``guide`` (the primary's) joins after guide_stage."""
+        stream = self.streams[index]
+        y = stream.stem(x[:, index : index + 1])
+        for s, stage in enumerate(stream.stages, start=1):
+            y = stage(y)
+            if guide is not None and s == self.guide_stage:
+                up = F.interpolate(guide, size=tuple(y.shape[2:]), mode="trilinear", align_corners=False)
+                y = self.guidance[str(index)](torch.cat([y, up], dim=1))
+        return y
+
     def _pooled(self, index: int, features: torch.Tensor) -> torch.Tensor:
+        """Dual attention of stream ``index``, then global average pooling: (B, C)."""
         return self.attention[index](features).mean(dim=(2, 3, 4))
 
-    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
+    def primary_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Grade logits (B, 2) of the primary (T1ce) branch alone - stream, dual attention, pooling, primary
+        head - without running the secondary streams (as ``CMGAux.primary_logits`` of a training forward)."""
+        p = self.primary
+        return self.primary_head(self._pooled(p, self._stream(p, x)))
+
+    def primary_parameters(self) -> List[nn.Parameter]:
+        """The parameters of the primary branch (its stream, its dual attention, the primary head): what the
+        first training stage trains before the secondary streams join."""
+        p = self.primary
+        modules = (self.streams[p], self.attention[p], self.primary_head)
+        return [parameter for module in modules for parameter in module.parameters()]
+
+    def forward(
+        self, x: torch.Tensor, present: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, CMGAux]]:
         """x: (B, 4, D, H, W) in MODALITIES order; present: optional (B, 4) bool (T1ce must be present)."""
         mask = present_mask(present, x)
         p = self.primary
-        stream = self.streams[p]
-        y = stream.stem(x[:, p : p + 1])
-        for stage in stream.stages:
-            y = stage(y)
-        guide = y
+        guide = self._stream(p, x)
         pooled = [None] * len(MODALITIES)
         pooled[p] = self._pooled(p, guide)
         for i in self.secondaries:
-            stream = self.streams[i]
-            y = stream.stem(x[:, i : i + 1])
-            for s, stage in enumerate(stream.stages, start=1):
-                y = stage(y)
-                if s == self.guide_stage:
-                    up = F.interpolate(guide, size=tuple(y.shape[2:]), mode="trilinear", align_corners=False)
-                    y = self.guidance[str(i)](torch.cat([y, up], dim=1))
-            pooled[i] = self._pooled(i, y)
+            pooled[i] = self._pooled(i, self._stream(i, x, guide))
         weights = mask.to(x.dtype)
         fused_features = torch.cat([pooled[i] * weights[:, i : i + 1] for i in range(len(MODALITIES))], dim=1)
         fused = self.fused_head(fused_features)

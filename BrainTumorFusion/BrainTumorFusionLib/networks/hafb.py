@@ -172,9 +172,12 @@ class HAFBNet(nn.Module):
         aspp_dilations: dilations of the dilated 3x3x3 ASPP branches at the bottleneck.
         norm: norm of encoder, ASPP and decoder blocks ("batch" as the paper, or e.g. "instance").
         out_channels: number of region logits (3: WT, TC, ET).
+
+    ``encode_modalities(x)`` gives the per-modality bottleneck features alone (for the self-supervised
+    loss on a masked input, without the fusion and decoder).
     """
 
-    stride = 16
+    size_multiple = 16  # four stride-2 stages; other sizes are padded up to it inside
 
     def __init__(
         self,
@@ -201,13 +204,25 @@ class HAFBNet(nn.Module):
         self.final_block = UnetResBlock(3, widths[0], widths[0], kernel_size=3, stride=1, norm_name=norm, act_name=act)
         self.head = Convolution(3, widths[0], out_channels, kernel_size=1, conv_only=True)
 
-    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
+    def _encoder_levels(self, x: torch.Tensor) -> List[Tuple[torch.Tensor, ...]]:
+        """Per level (stem, 1/2, ..., 1/16), the four modality encoders' outputs for an already padded x."""
+        per_modality = [encoder(x[:, i : i + 1]) for i, encoder in enumerate(self.encoders)]
+        return list(zip(*per_modality))
+
+    def encode_modalities(self, x: torch.Tensor) -> torch.Tensor:
+        """Bottleneck (1/16) features of each modality encoder, before fusion: (B, 4, C, d, h, w) in MODALITIES
+        order for x (B, 4, D, H, W), padded like :meth:`forward` (what ``HAFBAux.modality_features`` holds)."""
+        x, _ = pad_to_multiple(x, self.size_multiple)
+        return torch.stack(self._encoder_levels(x)[-1], dim=1)
+
+    def forward(
+        self, x: torch.Tensor, present: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, HAFBAux]]:
         """x: (B, 4, D, H, W) in MODALITIES order; present: optional (B, 4) bool mask (None = all present)."""
         mask = present_mask(present, x)
-        x, spatial = pad_to_multiple(x, self.stride)
-        per_modality = [encoder(x[:, i : i + 1]) for i, encoder in enumerate(self.encoders)]
+        x, spatial = pad_to_multiple(x, self.size_multiple)
         # (B, 4, C, ...) per level 1/2, 1/4, 1/8, 1/16 (the full-resolution stem output is not fused).
-        stacked = [torch.stack(level, dim=1) for level in list(zip(*per_modality))[1:]]
+        stacked = [torch.stack(level, dim=1) for level in self._encoder_levels(x)[1:]]
         fused = [fusion(features, mask) for fusion, features in zip(self.fusions, stacked)]
         y = self.aspp(fused[-1])
         for block, skip in zip(self.up_blocks, reversed(fused[:-1])):

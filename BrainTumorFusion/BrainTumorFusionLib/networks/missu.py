@@ -61,7 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, TransformerBlock, UnetResBlock
 
-from .blocks import as_tuple3, crop_to, pad_to_multiple
+from .blocks import crop_to, learned_position_grid, pad_to_multiple, position_grid_for, tuple3
 from .outputs import MISSUAux
 
 NormType = Union[str, Tuple]
@@ -106,7 +106,7 @@ class MISSU(nn.Module):
         norm: norm of the CNN blocks.
     """
 
-    stride = 8
+    size_multiple = 8  # three stride-2 downsamplings; other sizes are padded up to it inside
 
     def __init__(
         self,
@@ -126,9 +126,9 @@ class MISSU(nn.Module):
         widths, depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
         if len(widths) != 4 or len(depths) != 4:
             raise ValueError("widths and depths need 4 values (1, 1/2, 1/4, 1/8 resolution)")
-        img_size = as_tuple3(img_size, "img_size")
-        if any(s % self.stride for s in img_size):
-            raise ValueError(f"img_size must be a multiple of {self.stride}, got {img_size}")
+        img_size = tuple3(img_size, "img_size")
+        if any(s % self.size_multiple for s in img_size):
+            raise ValueError(f"img_size must be a multiple of {self.size_multiple}, got {img_size}")
         act = "relu"
         block = lambda c_in, c_out: UnetResBlock(3, c_in, c_out, kernel_size=3, stride=1, norm_name=norm, act_name=act)
 
@@ -140,9 +140,7 @@ class MISSU(nn.Module):
             self.stages.append(nn.Sequential(*layers))
 
         self.project = Convolution(3, widths[3], hidden_size, kernel_size=3, conv_only=True)
-        grid = tuple(s // self.stride for s in img_size)
-        self.position = nn.Parameter(torch.zeros(1, hidden_size, *grid))
-        nn.init.trunc_normal_(self.position, std=0.02)
+        self.position = learned_position_grid(hidden_size, [s // self.size_multiple for s in img_size])
         self.token_dropout = nn.Dropout(dropout)
         self.transformer = nn.ModuleList(
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate=dropout) for _ in range(num_layers)
@@ -173,15 +171,14 @@ class MISSU(nn.Module):
 
     def position_embedding(self, grid: Sequence[int]) -> torch.Tensor:
         """The positional embedding as (1, N, hidden) tokens for a token grid, interpolated if needed."""
-        position = self.position
-        if tuple(grid) != tuple(position.shape[2:]):
-            position = F.interpolate(position, size=tuple(grid), mode="trilinear", align_corners=False)
-        return position.flatten(2).transpose(1, 2)
+        return position_grid_for(self.position, grid).flatten(2).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
+    def forward(
+        self, x: torch.Tensor, present: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, MISSUAux]]:
         """x: (B, 4, D, H, W) in MODALITIES order. ``present`` is accepted for the common interface and
         ignored: MISSU has no missing-modality mechanism (absent modalities are expected as zeros)."""
-        x, spatial = pad_to_multiple(x, self.stride)
+        x, spatial = pad_to_multiple(x, self.size_multiple)
         y = self.stem(x)
         skips = []
         for stage in self.stages:

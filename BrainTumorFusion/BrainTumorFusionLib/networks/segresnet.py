@@ -1,5 +1,8 @@
 """MONAI SegResNet (Myronenko, BraTS 2018) as the project's baseline, behind the zoo's interface."""
 
+from typing import Optional, Tuple, Union
+
+import torch
 from monai.networks.nets import SegResNet
 
 
@@ -12,7 +15,12 @@ class SegResNetBaseline(SegResNet):
 
     def __init__(self, init_filters: int = 16, **config):
         super().__init__(spatial_dims=3, in_channels=4, out_channels=3, init_filters=init_filters, **config)
+        # Every down level but the first halves the size and the decoder adds skips back without padding,
+        # so input sizes must be multiples of this (8 with the default blocks_down).
+        self.size_multiple = 2 ** (len(self.blocks_down) - 1)
 
-    def forward(self, x, present=None):
+    def forward(
+        self, x: torch.Tensor, present: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, None]]:
         logits = super().forward(x)
         return (logits, None) if self.training else logits

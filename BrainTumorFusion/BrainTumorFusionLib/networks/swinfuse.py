@@ -40,14 +40,14 @@ Design choices and deviations:
 """
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from monai.networks.blocks import Convolution, CrossAttentionBlock, PatchEmbed
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
+from .blocks import crop_to, pad_to_multiple
 from .outputs import SwinFUSEAux
 
 SIZE_MULTIPLE = 32  # patch size 2, then four 2x patch mergings
@@ -163,7 +163,7 @@ class SwinFUSE(nn.Module):
         dropout_path_rate: stochastic depth of the Swin encoder.
     """
 
-    size_multiple = SIZE_MULTIPLE
+    size_multiple = SIZE_MULTIPLE  # other sizes are padded up to it (and to MIN_SIZE) inside
 
     def __init__(
         self,
@@ -200,7 +200,9 @@ class SwinFUSE(nn.Module):
         self.dim = DomainInvarianceModule(feature_size, dim_heads or num_heads[0], dim_window_size)
         self.ssl = SSLHeads(16 * feature_size, in_channels, projection_dim)
 
-    def _encode(self, x: torch.Tensor, present: Optional[torch.Tensor]):
+    def _encode(
+        self, x: torch.Tensor, present: Optional[torch.Tensor]
+    ) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Both DIM views, the DIM, the Swin stages. Returns (hidden states, view_a, view_b, fused)."""
         swin = self.backbone.swinViT
         b, m = x.shape[:2]
@@ -221,14 +223,16 @@ class SwinFUSE(nn.Module):
             hidden.append(swin.proj_out(h, True))
         return hidden, view_a, view_b, fused
 
-    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
+    def forward(
+        self, x: torch.Tensor, present: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, SwinFUSEAux]]:
         """x (B, 4, D, H, W) in MODALITIES order; present optional (B, 4) bool.
 
         Eval: logits (B, 3, D, H, W). Training: (logits, SwinFUSEAux).
         """
         if present is not None:
             x = x * present.to(x.dtype)[:, :, None, None, None]
-        x, size = _pad(x)
+        x, size = pad_to_multiple(x, SIZE_MULTIPLE, MIN_SIZE)
         hidden, view_a, view_b, fused = self._encode(x, present)
         net = self.backbone
         enc0 = net.encoder1(x)
@@ -240,7 +244,7 @@ class SwinFUSE(nn.Module):
         dec2 = net.decoder4(dec3, enc3)
         dec1 = net.decoder3(dec2, enc2)
         dec0 = net.decoder2(dec1, enc1)
-        logits = net.out(net.decoder1(dec0, enc0))[:, :, : size[0], : size[1], : size[2]]
+        logits = crop_to(net.out(net.decoder1(dec0, enc0)), size)
         if not self.training:
             return logits
         return logits, SwinFUSEAux(view_a=view_a, view_b=view_b, fused=fused, bottleneck=hidden[4])
@@ -256,19 +260,10 @@ class SwinFUSE(nn.Module):
             x = x.expand(-1, self.in_channels, -1, -1, -1)
         elif channels != self.in_channels:
             raise ValueError(f"pretrain_forward takes 1 or {self.in_channels} channels, got {channels}.")
-        x, size = _pad(x)
+        x, size = pad_to_multiple(x, SIZE_MULTIPLE, MIN_SIZE)
         hidden, _, _, _ = self._encode(x, None)
         rotation, projection, reconstruction = self.ssl(hidden[4])
-        reconstruction = reconstruction[:, :, : size[0], : size[1], : size[2]]
+        reconstruction = crop_to(reconstruction, size)
         if channels == 1:
             reconstruction = reconstruction.mean(dim=1, keepdim=True)
         return SwinFUSEPretrainOutput(rotation, projection, reconstruction, hidden[4])
-
-
-def _pad(x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """Zero-pad spatial dims at their ends to multiples of 32, at least 64; return the original size too."""
-    size = tuple(int(s) for s in x.shape[2:])
-    extra = [max((-s) % SIZE_MULTIPLE, MIN_SIZE - s) for s in size]
-    if any(extra):
-        x = F.pad(x, (0, extra[2], 0, extra[1], 0, extra[0]))
-    return x, size

@@ -30,22 +30,15 @@ Design choices and deviations from the 2D paper:
 - Like the paper, the final prediction is made at 1/4 resolution and upsampled; no full-resolution skip.
 """
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import crop_to, pad_to_multiple
 from .outputs import TransFuseAux
-from .transfuse_blocks import (
-    BiFusion3D,
-    ResNetBranch3D,
-    SegHead3D,
-    TokenTransformer3D,
-    UpBlock3D,
-    crop_to,
-    pad_to_multiple,
-)
+from .transfuse_blocks import BiFusion3D, ResNetBranch3D, SegHead3D, TokenTransformer3D, UpBlock3D
 
 PATCH_SIZE = 16  # ViT patch edge; equals the CNN branch's deepest stride, so t^0 and g^0 align.
 
@@ -71,7 +64,7 @@ class TransFuse3D(nn.Module):
     """
 
     deep_supervision_weights = (0.5, 0.3, 0.2)
-    size_multiple = PATCH_SIZE
+    size_multiple = PATCH_SIZE  # other sizes are padded up to it inside
 
     def __init__(
         self,
@@ -107,7 +100,9 @@ class TransFuse3D(nn.Module):
         self.head_fused16 = SegHead3D(w16, w4, out_channels, norm)
         self.drop = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
+    def forward(
+        self, x: torch.Tensor, present: Optional[torch.Tensor] = None
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, TransFuseAux]]:
         """x (B, 4, D, H, W) in MODALITIES order; present optional (B, 4) bool.
 
         Eval: logits (B, 3, D, H, W). Training: (logits, TransFuseAux(heads, weights)).
@@ -139,7 +134,7 @@ class TransFuse3D(nn.Module):
         return logits, TransFuseAux(heads=heads, weights=tuple(self.deep_supervision_weights))
 
     @staticmethod
-    def _to_input(logits: torch.Tensor, padded, size) -> torch.Tensor:
+    def _to_input(logits: torch.Tensor, padded: Sequence[int], size: Sequence[int]) -> torch.Tensor:
         """Upsample head logits to the padded input size, then crop to the original size."""
         logits = F.interpolate(logits, size=padded, mode="trilinear", align_corners=False)
         return crop_to(logits, size)

@@ -15,23 +15,7 @@ from monai.networks.blocks import ChannelSELayer, Convolution, TransformerBlock,
 from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
 
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """Zero-pad the spatial dims of (B, C, D, H, W) at their ends to multiples of `multiple`.
-
-    Returns the padded tensor and the original spatial size (for `crop_to`). Zero is the background of
-    z-scored MRI, so end-padding with zeros adds only background.
-    """
-    size = tuple(int(s) for s in x.shape[2:])
-    extra = [(-s) % multiple for s in size]
-    if any(extra):
-        x = F.pad(x, (0, extra[2], 0, extra[1], 0, extra[0]))
-    return x, size
-
-
-def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Crop (B, C, D, H, W) back to spatial `size` (undoes `pad_to_multiple`)."""
-    return x[:, :, : size[0], : size[1], : size[2]]
+from .blocks import learned_position_grid, position_grid_for, tuple3
 
 
 class ResNetBranch3D(nn.Module):
@@ -112,13 +96,12 @@ class TokenTransformer3D(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        size = (img_size,) * 3 if isinstance(img_size, int) else tuple(img_size)
+        size = tuple3(img_size, "img_size")
         if any(s % patch_size for s in size):
             raise ValueError(f"img_size {size} must be a multiple of patch_size {patch_size}.")
         self.patch_size = patch_size
         self.embed = nn.Conv3d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, hidden_size, *(s // patch_size for s in size)))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.pos_embed = learned_position_grid(hidden_size, [s // patch_size for s in size])
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate=dropout, qkv_bias=True) for _ in range(depth)
@@ -131,9 +114,7 @@ class TokenTransformer3D(nn.Module):
 
     def position_embedding(self, grid: Sequence[int]) -> torch.Tensor:
         """The positional embedding for a token grid, interpolated from the built grid when it differs."""
-        if tuple(grid) == tuple(self.pos_embed.shape[2:]):
-            return self.pos_embed
-        return F.interpolate(self.pos_embed, size=tuple(grid), mode="trilinear", align_corners=False)
+        return position_grid_for(self.pos_embed, grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(x)
