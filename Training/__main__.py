@@ -7,19 +7,17 @@ import os
 import sys
 from pathlib import Path
 
-from .config import TrainConfig
+from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
+
+from . import grading_cli
+from .config import TrainConfig, config_from_args, spacing_argument
+from .data import discover, prepare_cache
+from .evaluate import evaluate
+from .export import export
+from .pretraining import PretrainConfig, pretrain
+from .segmentation import train
 
 S = argparse.SUPPRESS  # train options left out keep the defaults (or, with --resume, the run's config.json)
-
-
-def spacing_argument(values):
-    if values in (None, ["native"]):
-        return None
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise SystemExit("--spacing takes one value, three values (I J K, mm) or 'native'.")
-    return [float(v) for v in values]
 
 
 def build_parser():
@@ -38,7 +36,7 @@ def build_parser():
                                 argument_default=S)
     train.add_argument("--network", help="hafb, missu, transfuse, swinfuse or segresnet (default hafb)")
     train.add_argument("--network-config", type=json.loads,
-                       help="JSON of constructor arguments (default: the compact preset of Training.models.COMPACT)")
+                       help="JSON of constructor arguments (default: the compact preset of Training.network_recipes)")
     train.add_argument("--paper-size", action="store_true", help="the library's paper-sized network (config {})")
     train.add_argument("--data-dir", help="folder with one sub-folder per case (BraTS naming, `_seg` labels)")
     train.add_argument("--cache-dir", help="prepared-case cache (made on first use)")
@@ -118,29 +116,8 @@ def build_parser():
     export.add_argument("--size-limit-mb", type=float, default=50.0, help="auto: float16 above this (default 50)")
     export.add_argument("--data-description", help="what the training data was, for the entry")
 
-    from .grading_cli import add_commands as add_grading_commands  # train-grader, evaluate-grader, export-grader
-
-    add_grading_commands(commands)
+    grading_cli.add_commands(commands)  # train-grader, evaluate-grader, export-grader
     return parser
-
-
-def config_from_args(config_class, args):
-    """A run configuration (TrainConfig, PretrainConfig, GradingConfig): its defaults, then the run's config.json
-    when resuming, then the options given (paths as strings, --spacing parsed, --paper-size = config {})."""
-    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-             if k not in ("command", "resume", "quiet", "paper_size")}
-    base = config_class().to_dict()
-    run_dir = Path(given.get("run_dir", base["run_dir"]))
-    if getattr(args, "resume", False) and (run_dir / "config.json").is_file():
-        base.update(json.loads((run_dir / "config.json").read_text()))
-    if "spacing" in given:
-        given["spacing"] = spacing_argument(given["spacing"])
-    if getattr(args, "paper_size", False):
-        given["network_config"] = {}
-    if "network" in given and "network_config" not in given and given["network"] != base["network"]:
-        base["network_config"] = None  # another network: its own preset
-    base.update(given)
-    return config_class.from_dict(base)
 
 
 def train_config(args):
@@ -155,27 +132,19 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "prepare":
-        from .data import discover, prepare_cache
-
         cases = discover(args.data_dir)
         paths = prepare_cache(cases, args.cache_dir, spacing_argument(args.spacing), args.workers, args.overwrite)
         print(f"{len(paths)} cases prepared in {Path(args.cache_dir)}")
     elif args.command == "train":
-        from .train import train
-
         result = train(train_config(args), resume=getattr(args, "resume", False),
                        progress=not getattr(args, "quiet", False))
         if int(os.environ.get("RANK", "0")) == 0:
             best = result["best"] and f"; best {result['best']} (mean Dice {result['best_metric']['metric']:.4f})"
             print(f"step {result['step']}; last checkpoint {result['last']}{best or ''}")
     elif args.command == "pretrain":
-        from .pretrain import PretrainConfig, pretrain
-
         result = pretrain(config_from_args(PretrainConfig, args), resume=getattr(args, "resume", False), progress=not getattr(args, "quiet", False))
         print(f"step {result['step']}; last checkpoint {result['last']}")
     elif args.command == "evaluate":
-        from .evaluate import evaluate
-
         drop = tuple(m for m in args.drop_modalities.split(",") if m)
         result = evaluate(args.checkpoint, args.data_dir, args.split, args.output, args.device, drop,
                           args.save_predictions, model=args.model, members=args.members)
@@ -183,18 +152,12 @@ def main(argv=None):
         print(f"{len(result['rows'])} cases -> {result['csv']}")
         print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
     elif args.command == "export":
-        from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
-
-        from .export import export
-
         entry = export(args.checkpoint, args.name, args.catalogue or SHIPPED_CATALOGUE, args.title, args.metrics,
                        args.dtype, args.size_limit_mb, args.data_description)
         print(f"Exported '{entry['name']}' ({entry['weights']['file']}, sha256 {entry['weights']['sha256'][:12]}...) "
               f"into {args.catalogue or SHIPPED_CATALOGUE}")
     else:
-        from .grading_cli import run as run_grading
-
-        return run_grading(args)
+        return grading_cli.run(args)
     return 0
 
 

@@ -14,7 +14,6 @@ Each prepared case is cached as `<cache>/<spacing tag>/<case id>.npz` (compresse
 import csv
 import json
 import logging
-import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import find_cases, read_case, strip_extension
+from BrainTumorFusionLib.file_io import find_cases, read_case, strip_extension, write_atomically
 from BrainTumorFusionLib.geometry import ijk_to_ras_of, resample_onto, same_grid
 from BrainTumorFusionLib.postprocessing import brats_labels
 from BrainTumorFusionLib.preprocessing import prepare, resample_channels
@@ -145,12 +144,24 @@ def make_split(groups, val_fraction=0.2, seed=0):
 
 
 def write_json(data, path):
-    """Write JSON atomically (temporary name in the same folder, then rename)."""
+    """Write JSON atomically (the library's write: unique temporary name, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    temporary.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(temporary, path)
+    write_atomically(lambda temporary: Path(temporary).write_text(json.dumps(data, indent=1) + "\n"), path)
+
+
+def write_csv(rows, columns, path):
+    """Write rows (dicts) as CSV atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(temporary):
+        with open(temporary, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(write, path)
 
 
 def load_or_make_split(path, groups, val_fraction=0.2, seed=0):
@@ -242,11 +253,14 @@ def cache_case(case_files, cache_dir, spacing, overwrite=False):
             pass  # unreadable or from an older layout: prepare again
     arrays = prepare_case(case_files, spacing)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    with open(temporary, "wb") as stream:
-        np.savez_compressed(stream, image=arrays["image"].astype(np.float16), regions=arrays["regions"],
-                            present=arrays["present"], ijk_to_ras=arrays["ijk_to_ras"], source=np.array(signature))
-    os.replace(temporary, path)
+
+    def write(temporary):
+        with open(temporary, "wb") as stream:
+            np.savez_compressed(stream, image=arrays["image"].astype(np.float16), regions=arrays["regions"],
+                                present=arrays["present"], ijk_to_ras=arrays["ijk_to_ras"],
+                                source=np.array(signature))
+
+    write_atomically(write, path)
     return path
 
 

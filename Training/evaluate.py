@@ -22,29 +22,17 @@ from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline
 
 from . import checkpoint as ckpt
+from .checkpoint import checkpoint_file
 from .config import TrainConfig
-from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid
+from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid, write_csv
 from .metrics import region_metrics
-from .models import build_network
-from .train import uses_modality_dropout
+from .network_recipes import build_network, uses_modality_dropout
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = tuple(f"dice_{r}" for r in REGIONS) + tuple(f"hd95_{r}" for r in REGIONS)
 COLUMNS = ("case_id",) + METRIC_COLUMNS + ("seconds",)
 MEAN_ROW = "mean"
-
-
-def checkpoint_file(path):
-    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / ckpt.BEST, path / "checkpoints" / ckpt.LAST,
-                          path / ckpt.BEST, path / ckpt.LAST):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"No checkpoint (best.pt / last.pt) in {path}.")
-    return path
 
 
 def load_trained(path):
@@ -89,18 +77,6 @@ def split_cases(state, data_dir, split):
     if split == "all":
         return sorted(discover(data_dir))
     return [c for c in split.split(",") if c]
-
-
-def write_csv(rows, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".partial-{path.name}")
-    with open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    temporary.replace(path)
 
 
 def read_means(path):
@@ -160,6 +136,7 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
             Path(predictions_dir).mkdir(parents=True, exist_ok=True)
             write_labels(result.labels, reference, Path(predictions_dir) / f"{case_id}_seg.nii.gz")
     means = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_COLUMNS} if rows else {}
-    write_csv(rows + [{"case_id": MEAN_ROW, **means,
-                       "seconds": round(float(np.mean([r["seconds"] for r in rows])), 2) if rows else ""}], output_csv)
+    mean_row = {"case_id": MEAN_ROW, **means, "seconds": round(float(np.mean([r["seconds"] for r in rows])), 2) if rows else ""}
+    write_csv([{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows + [mean_row]],
+              COLUMNS, output_csv)
     return {"csv": Path(output_csv), "rows": rows, "means": means}

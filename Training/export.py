@@ -10,23 +10,22 @@ BrainTumorFusionLib.catalogue.ModelEntry.from_json; training, split and metrics 
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, SHIPPED_WEIGHTS, ModelEntry, file_sha256, load_network
+from BrainTumorFusionLib.file_io import write_atomically
+from BrainTumorFusionLib.modalities import MODALITIES
 
+from .checkpoint import checkpoint_file
 from .data import REGIONS, write_json
-from .evaluate import checkpoint_file, load_trained, read_means
-from .losses import aux_weight
-from .train import uses_modality_dropout
+from .evaluate import load_trained, read_means
+from .network_recipes import aux_weight, recipe_of, uses_modality_dropout
 
 log = logging.getLogger(__name__)
 
 SIZE_LIMIT_MB = 50.0
-# What each network's auxiliary term is, for the catalogue entry's loss description.
-AUX_TERMS = {"hafb": "masked-cube consistency", "missu": "self-distillation (attention maps, fused branch not detached)"}
 
 
 def weights_folder(catalogue):
@@ -83,14 +82,14 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
     split = state["split"]
     world = int(state.get("world_size", 1))
     groups = sorted(set(split.get("groups", {}).get(c, "?") for c in split["train"]))
-    weight = aux_weight(config.network, config.ssl_weight)
+    recipe, weight = recipe_of(config.network), aux_weight(config)
     entry = {
         "name": name,
         "title": title or f"{config.network} ({Path(config.run_dir).name})",
         "task": "segmentation",
         "network": config.network,
         "config": config.network_config,
-        "modalities": ["t1", "t1ce", "t2", "flair"],
+        "modalities": list(MODALITIES),
         "handles_missing_modalities": bool(uses_modality_dropout(config)),
         "spacing_mm": list(config.spacing) if config.spacing else None,
         "patch_size": list(config.patch_size),
@@ -107,9 +106,8 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
             "batch_size": config.batch_size * world,
             "optimizer": f"AdamW lr {config.lr} wd {config.weight_decay}, {config.schedule} schedule",
             "loss": f"{config.dice_weight} Dice + {config.bce_weight} BCE"
-                    + (f" + {weight} x {AUX_TERMS[config.network]}" if weight else "")
-                    + (" (deep supervision 0.5 / 0.3 / 0.2 over the three heads)" if config.network == "transfuse"
-                       else ""),
+                    + (f" + {weight} x {recipe.aux_description}" if weight else ""),
+            **recipe.notes,
             "modality_dropout": bool(uses_modality_dropout(config)),
             "seed": config.seed,
             "weights_dtype": dtype,
@@ -134,9 +132,7 @@ def write_weights(network, catalogue, name, dtype="auto", size_limit_mb=SIZE_LIM
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name}.pt"
     state_dict, dtype = export_state_dict(network, dtype, size_limit_mb)
-    temporary = folder / f".partial-{os.getpid()}-{weights.name}"
-    torch.save(state_dict, temporary)
-    os.replace(temporary, weights)
+    write_atomically(lambda temporary: torch.save(state_dict, temporary), weights)
     return weights, dtype
 
 

@@ -1,10 +1,10 @@
 """Glioma grading (HGG vs LGG) with the cross-modality guided grader `cmg` (arXiv 2401.09029): grade labels, the
-grade-stratified split, the network inputs, the two-stage recipe and its training loop.
+grade-stratified split, the network inputs and the two-stage recipe that runs in the shared loop (Training.loop).
 
 The recipe (`python -m Training train-grader`, both stages in one run):
 
 * Stage 1, `stage1_steps`: the T1ce (primary) branch alone. Only the primary stream, its dual attention and the
-  primary head run (`primary_logits`) and only their parameters are in the optimizer; class-weighted
+  primary head run (the network's `primary_logits`) and only their parameters are in the optimizer; class-weighted
   cross-entropy on the primary logits. The secondary streams are never computed, so their weights and
   BatchNorm statistics stay as initialised.
 * Stage 2, `stage2_steps`: the whole guided multi-modal network, continuing from the stage-1 weights with a fresh
@@ -31,63 +31,47 @@ of each grade, at least one and never all when a grade has two or more cases.
 import csv
 import json
 import logging
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from monai.metrics import compute_roc_auc
+
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.inference import choose_device, resize_for_classifier
+from BrainTumorFusionLib.inference import resize_for_classifier
 from BrainTumorFusionLib.pipeline import GRADES
 
-from . import checkpoint as ckpt
-from .config import RecordedConfig
+from . import distributed
+from .config import RunConfig
 from .data import GROUPS_FILE, cache_path, discover, load_cached, prepare_cache, write_json
-from .models import build_network, resolve_config
+from .loop import MethodAsForward, Recipe, Stage, run
 
 log = logging.getLogger(__name__)
 
 GRADE_COLUMN = "grade"
-STAGE1 = "stage1.pt"  # the weights stage 2 starts from, kept for the record
-# Fields that may change when a run is resumed (where and how it runs); the others define the run.
-RUNTIME_FIELDS = {"data_dir", "cache_dir", "checkpoint_every", "validate_every", "threads", "device", "log_every"}
 
 
 @dataclass
-class GradingConfig(RecordedConfig):
+class GradingConfig(RunConfig):
     """A grading run, recorded in run/config.json and in every checkpoint."""
 
     network: str = "cmg"
-    network_config: Optional[dict] = None  # None = the compact preset (Training.models.COMPACT["cmg"])
-    data_dir: str = ""
-    cache_dir: str = ""
     run_dir: str = "runs/cmg"
     labels_table: Optional[str] = None  # CSV with case_id and grade; default <data_dir>/cases.csv
     split_file: Optional[str] = None  # an existing split to use; default <run_dir>/split.json (made if absent)
     val_fraction: float = 0.2
-    spacing: Optional[list] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # mm (I, J, K); None = native
-    patch_size: list = field(default_factory=lambda: [64, 64, 64])  # network input (D, H, W): the resized crop
-    batch_size: int = 2
     stage1_steps: int = 700
     stage2_steps: int = 800
-    lr: float = 3e-4
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # per stage: cosine | poly | constant (Training.train.lr_factor)
-    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
+    schedule: str = "cosine"  # per stage: cosine | poly | constant
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     checkpoint_every: int = 50
-    validate_every: int = 100  # steps; validation also runs at the end of each stage; 0 = only there
-    seed: int = 0
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    device: str = "auto"
-    log_every: int = 10
+    validate_every: int = 100  # steps; validation also runs at the end of each stage; 0 = never
 
     @property
     def total_steps(self):
@@ -227,35 +211,18 @@ def training_batch(inputs, grades, case_ids, stage_step, config, stage):
 # ---------------------------------------------------------------------------------------------- network, loss
 
 
-def primary_logits(network, x):
-    """Grade logits of the T1ce branch alone (primary stream, its dual attention, primary head) without running
-    the secondary streams: what the network returns as CMGAux.primary_logits in training mode."""
-    p = network.primary
-    stream = network.streams[p]
-    y = stream.stem(x[:, p:p + 1])
-    for stage in stream.stages:
-        y = stage(y)
-    return network.primary_head(network._pooled(p, y))
-
-
-def primary_parameters(network):
-    """The parameters stage 1 trains: primary stream, its dual attention and the primary head."""
-    p = network.primary
-    modules = (network.streams[p], network.attention[p], network.primary_head)
-    return [parameter for module in modules for parameter in module.parameters()]
-
-
 def cumulative_alpha(t, total):
     """Weight of the primary head's loss at stage-2 step t (0 .. total-1): 1 - (t / total)^2."""
     return 1.0 - (t / total) ** 2
 
 
-def stage_loss(network, x, y, weights, stage, alpha=1.0):
-    """(loss, parts) of a batch: stage 1 CE(primary); stage 2 alpha CE(primary) + (1 - alpha) CE(fused)."""
-    if stage == 1:
-        loss = F.cross_entropy(primary_logits(network, x), y, weight=weights)
+def stage_loss(model, x, y, weights, stage, alpha=1.0):
+    """(loss, parts) of a batch: stage 1 (index 0) CE(primary), `model` the primary branch; stage 2
+    alpha CE(primary) + (1 - alpha) CE(fused), `model` the whole network in training mode."""
+    if stage == 0:
+        loss = F.cross_entropy(model(x), y, weight=weights)
         return loss, {"total": loss.item(), "ce_primary": loss.item()}
-    fused, aux = network(x)
+    fused, aux = model(x)
     ce_primary = F.cross_entropy(aux.primary_logits, y, weight=weights)
     ce_fused = F.cross_entropy(fused, y, weight=weights)
     loss = alpha * ce_primary + (1.0 - alpha) * ce_fused
@@ -266,10 +233,11 @@ def stage_loss(network, x, y, weights, stage, alpha=1.0):
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def roc_auc(positive_scores, negative_scores):
-    """Area under the ROC curve: the probability that a positive scores above a negative (ties count 1/2)."""
-    pairs = [(p > n) + 0.5 * (p == n) for p in positive_scores for n in negative_scores]
-    return float(np.mean(pairs)) if pairs else None
+def lgg_auc(lgg_scores, hgg_scores):
+    """Area under the ROC curve of p(LGG) for LGG (positive) against HGG cases (MONAI's compute_roc_auc)."""
+    scores = torch.tensor(list(lgg_scores) + list(hgg_scores), dtype=torch.float64)
+    truth = torch.tensor([1] * len(lgg_scores) + [0] * len(hgg_scores))
+    return float(compute_roc_auc(scores, truth))
 
 
 def grading_metrics(true_grades, probabilities):
@@ -290,39 +258,28 @@ def grading_metrics(true_grades, probabilities):
         "accuracy": correct / len(true_grades) if true_grades else None,
         "balanced_accuracy": float(np.mean(list(recalls.values()))) if recalls else None,
         "recall": recalls,
-        "auc": roc_auc(scores["LGG"], scores["HGG"]) if all(scores.values()) else None,
+        "auc": lgg_auc(scores["LGG"], scores["HGG"]) if all(scores.values()) else None,
     }
 
 
 def validate(network, inputs, grades, case_ids, device, stage):
-    """Grading metrics plus unweighted mean CE over case_ids, without augmentation; stage 1 scores the primary
-    head, stage 2 the fused head (what inference returns)."""
+    """Grading metrics plus unweighted mean CE over case_ids, without augmentation; stage 1 (index 0) scores the
+    primary head, stage 2 the fused head (what inference returns)."""
     network.eval()
     probabilities, losses = [], []
     with torch.no_grad():
         for case_id in case_ids:
             x = inputs[case_id][None].to(device)
-            logits = primary_logits(network, x) if stage == 1 else network(x)
+            logits = network.primary_logits(x) if stage == 0 else network(x)
             target = torch.tensor([GRADES.index(grades[case_id])], device=device)
             losses.append(float(F.cross_entropy(logits, target)))
             probabilities.append(torch.softmax(logits.float(), dim=1)[0].cpu().numpy())
-    network.train()
     metrics = grading_metrics([grades[c] for c in case_ids], probabilities)
     metrics["loss"] = float(np.mean(losses))
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------- the run
-
-
-def resumed_config(config, state):
-    """The checkpoint's configuration with this call's runtime fields (warning about other changes)."""
-    stored = GradingConfig.from_dict(state["config"])
-    changed = [f for f, v in config.to_dict().items()
-               if f not in RUNTIME_FIELDS and f != "network_config" and v != getattr(stored, f)]
-    if changed:
-        log.warning("Resuming with the checkpoint's settings; ignoring changed %s.", ", ".join(changed))
-    return GradingConfig.from_dict({**stored.to_dict(), **{f: getattr(config, f) for f in RUNTIME_FIELDS}})
+# ---------------------------------------------------------------------------------------------- the recipe
 
 
 def prepare_grading_data(config, run_dir):
@@ -347,137 +304,62 @@ def prepare_grading_data(config, run_dir):
     return split, split["grades"], load_inputs(needed, paths, config.patch_size)
 
 
-def stage_schedule(config, stage):
-    """LambdaLR factor of a stage: Training.train's schedules over the stage's own steps, no warm-up."""
-    from .train import lr_factor
+class GradingRecipe(Recipe):
+    kind = "grading"
 
-    steps = config.stage1_steps if stage == 1 else config.stage2_steps
-    return lr_factor(SimpleNamespace(steps=steps, warmup_steps=0, schedule=config.schedule, poly_power=0.9))
+    def __init__(self, config: GradingConfig):
+        super().__init__(config)
+        check_config(config)
 
+    def prepare(self, context, run_dir):
+        """Grades, split and inputs on every rank (each reads the small resized inputs itself)."""
+        if context.main:
+            self.split, self.grades, self.inputs = prepare_grading_data(self.config, run_dir)
+        distributed.barrier(context)
+        if not context.main:
+            self.split, self.grades, self.inputs = prepare_grading_data(self.config, run_dir)
+        self.class_weights = class_weights([self.grades[c] for c in self.split["train"]])
+        self.weights = torch.tensor(self.class_weights, device=context.device)
+        self.training_ids = sorted(self.split["train"])
+        log.info("Class weights %s; %d training cases, %d validation cases.",
+                 {g: round(w, 4) for g, w in zip(GRADES, self.class_weights)}, len(self.split["train"]),
+                 len(self.split["validation"]))
 
-def hardware_of(device):
-    from .train import hardware
+    def stages(self, network):
+        return [Stage("stage1", self.config.stage1_steps, parameters=network.primary_parameters(),
+                      find_unused_parameters=True, keep=True),
+                Stage("stage2", self.config.stage2_steps)]
 
-    return hardware(SimpleNamespace(device=device, world_size=1))
+    def wrap(self, network, stage):
+        return MethodAsForward(network, "primary_logits") if stage == 0 else network
+
+    def batches(self, stage, start, stop, context):
+        for stage_step in range(start, stop):
+            x, y = training_batch(self.inputs, self.grades, self.training_ids, stage_step * context.world_size
+                                  + context.rank, self.config, stage + 1)
+            yield {"x": x, "y": y}
+
+    def loss(self, model, batch, stage, stage_step):
+        alpha = cumulative_alpha(stage_step, self.config.stage2_steps) if stage == 1 else 1.0
+        return stage_loss(model, batch["x"], batch["y"], self.weights, stage, alpha)
+
+    def validate(self, network, stage, context):
+        if not self.split["validation"]:
+            return None
+        result = validate(network, self.inputs, self.grades, self.split["validation"], context.device, stage)
+        result["message"] = (f"validation accuracy {result['accuracy']:.3f}, balanced "
+                             f"{result['balanced_accuracy']:.3f}, loss {result['loss']:.4f}")
+        return result
+
+    def checkpoint_extras(self):
+        return {"class_weights": dict(zip(GRADES, self.class_weights))}
 
 
 def train_grader(config, resume=False, progress=True, callback=None):
-    """Train (or continue) a grading run: stage 1 then stage 2. Returns {"step", "last", "stage1", "losses",
-    "validation", "class_weights"}; `losses` are the total losses of the steps run in this call.
-
-    callback(step, network, parts), if given, runs after each step (after its checkpoint); an exception it raises
-    stops the run there, as a kill would.
-    """
-    from tqdm import tqdm
-
-    if isinstance(config, dict):
-        config = GradingConfig.from_dict(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run_dir, state = Path(config.run_dir), None
-    checkpoints = run_dir / "checkpoints"
-    if resume and (checkpoints / ckpt.LAST).is_file():
-        state = ckpt.load(checkpoints / ckpt.LAST)
-        config = resumed_config(config, state)
-    elif resume:
-        log.warning("No checkpoint in %s: starting from step 0.", checkpoints)
-    check_config(config)
-    device = choose_device(config.device)
-    config.network_config = resolve_config(config.network, config.network_config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config.to_dict(), run_dir / "config.json")
-    split, grades, inputs = prepare_grading_data(config, run_dir)
-    if state is not None and state["split"]["train"] != split["train"]:
-        raise InputError(f"{run_dir / 'split.json'} differs from the split of the checkpoint; restore it to resume.")
-    weights_list = class_weights([grades[c] for c in split["train"]])
-    weights = torch.tensor(weights_list, device=device)
-    log.info("Class weights %s; %d training cases, %d validation cases.",
-             {g: round(w, 4) for g, w in zip(GRADES, weights_list)}, len(split["train"]), len(split["validation"]))
-
-    torch.manual_seed(config.seed)
-    network = build_network(config.network, config.network_config).to(device)
-    torch.manual_seed(config.seed + 1)  # dropout stream
-    step, elapsed, validations = 0, 0.0, []
-    if state is not None:
-        network.load_state_dict(state["model"])
-        step, elapsed = int(state["step"]), float(state["elapsed_seconds"])
-        ckpt.set_rng_state(state["rng"])
-        validations = list(state.get("validation", []))
-        log.info("Resuming %s at step %d.", run_dir, step)
-    metrics_file = ckpt.metrics_log(run_dir, step)
-    started = time.perf_counter()
-    stages = {1: (0, config.stage1_steps), 2: (config.stage1_steps, config.total_steps)}
-    training_ids = sorted(split["train"])
-    losses = []
-
-    def save(name, stage, optimizer, scheduler):
-        payload = {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "stage": stage, "step": step, "rng": ckpt.rng_state(),
-                   "config": config.to_dict(), "split": split, "class_weights": dict(zip(GRADES, weights_list)),
-                   "validation": validations, "elapsed_seconds": elapsed + time.perf_counter() - started,
-                   "hardware": hardware_of(device), "task": "grading",
-                   "versions": {"torch": str(torch.__version__)}}
-        ckpt.save(payload, checkpoints / name)
-
-    def record(values):
-        metrics_file.write(json.dumps(values) + "\n")
-        metrics_file.flush()
-
-    bar = tqdm(total=config.total_steps, initial=step, desc="Grading", unit="step", disable=not progress,
-               dynamic_ncols=True)
-    network.train()
-    try:
-        for stage, (start, stop) in stages.items():
-            if step >= stop:
-                continue
-            parameters = primary_parameters(network) if stage == 1 else list(network.parameters())
-            optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, stage_schedule(config, stage))
-            if state is not None and state.get("stage") == stage and step > start:
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-            bar.set_description(f"Grading, stage {stage}")
-            window = []
-            while step < stop:
-                step_start = time.perf_counter()
-                x, y = training_batch(inputs, grades, training_ids, step - start, config, stage)
-                alpha = cumulative_alpha(step - start, stop - start) if stage == 2 else 1.0
-                loss, parts = stage_loss(network, x.to(device), y.to(device), weights, stage, alpha)
-                if not math.isfinite(parts["total"]):
-                    raise FloatingPointError(f"The loss is {parts['total']}; lower the learning rate (--lr).")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip))
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                losses.append(parts["total"])
-                window.append({**parts, "seconds": time.perf_counter() - step_start})
-                bar.update()
-                bar.set_postfix(loss=f"{parts['total']:.4f}")
-                if step % config.log_every == 0 or step == stop:
-                    means = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
-                    record({"step": step, "stage": stage, "lr": optimizer.param_groups[0]["lr"],
-                            **{f"train/{k}": v for k, v in means.items()}})
-                    window = []
-                if split["validation"] and (step == stop or (config.validate_every
-                                                             and step % config.validate_every == 0)):
-                    result = validate(network, inputs, grades, split["validation"], device, stage)
-                    validations.append({"step": step, "stage": stage, **result})
-                    record({"step": step, "stage": stage, **{f"val/{k}": result[k] for k in
-                                                              ("loss", "accuracy", "balanced_accuracy", "auc")}})
-                    bar.write(f"step {step} (stage {stage}): validation accuracy {result['accuracy']:.3f}, balanced "
-                              f"{result['balanced_accuracy']:.3f}, loss {result['loss']:.4f}")
-                if step % config.checkpoint_every == 0 or step == stop:
-                    save(ckpt.LAST, stage, optimizer, scheduler)
-                if stage == 1 and step == stop:
-                    save(STAGE1, stage, optimizer, scheduler)
-                if callback is not None:
-                    callback(step, network, parts)
-    finally:
-        bar.close()
-        metrics_file.close()
-    return {"step": step, "last": checkpoints / ckpt.LAST,
-            "stage1": checkpoints / STAGE1 if (checkpoints / STAGE1).is_file() else None, "losses": losses,
-            "validation": validations, "class_weights": dict(zip(GRADES, weights_list))}
+    """Train (or continue) a grading run: stage 1 then stage 2 (see Training.loop.run for the result and the
+    callback); the result adds "stage1" (the kept stage-1 weights) and "class_weights"."""
+    config = GradingConfig.from_dict(config) if isinstance(config, dict) else config
+    result = run(GradingRecipe, config, resume, progress, callback)
+    stage1 = Path(config.run_dir) / "checkpoints" / "stage1.pt"
+    return {**result, "stage1": stage1 if stage1.is_file() else None,
+            "class_weights": dict(zip(GRADES, result["recipe"].class_weights))}

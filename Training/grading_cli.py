@@ -4,6 +4,12 @@ import argparse
 import json
 from pathlib import Path
 
+from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
+
+from .config import config_from_args
+from .grading import GradingConfig, train_grader
+from .grading_evaluate import evaluate_grader, export_grader
+
 COMMANDS = ("train-grader", "evaluate-grader", "export-grader")
 S = argparse.SUPPRESS  # options left out keep the defaults (or, with --resume, the run's config.json)
 
@@ -20,7 +26,7 @@ def add_commands(commands):
                        help="use this split JSON (e.g. Training/splits/brats-shared-grading-seed0.json)")
     train.add_argument("--val-fraction", type=float, help="per grade (default 0.2)")
     train.add_argument("--network-config", type=json.loads,
-                       help="JSON of CrossModalityGuidedGrader arguments (default Training.models.COMPACT['cmg'])")
+                       help="JSON of CrossModalityGuidedGrader arguments (default: the compact preset of Training.network_recipes)")
     train.add_argument("--paper-size", action="store_true", help="the library's paper-sized network (config {})")
     train.add_argument("--spacing", nargs="+", help="mm: one value, I J K, or 'native' (default 2)")
     train.add_argument("--patch-size", nargs=3, type=int, help="network input D H W: the resized brain crop "
@@ -33,7 +39,7 @@ def add_commands(commands):
     train.add_argument("--schedule", choices=("cosine", "poly", "constant"), help="per stage (default cosine)")
     train.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1)")
     train.add_argument("--checkpoint-every", type=int, help="steps (default 50; also at the end of each stage)")
-    train.add_argument("--validate-every", type=int, help="steps (default 100; also at the end of each stage)")
+    train.add_argument("--validate-every", type=int, help="steps (default 100; also at the end of each stage); 0 = never")
     train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -65,16 +71,11 @@ def add_commands(commands):
 def run(args):
     """Run a grading sub-command; returns the exit status."""
     if args.command == "train-grader":
-        from .__main__ import config_from_args
-        from .grading import GradingConfig, train_grader
-
         result = train_grader(config_from_args(GradingConfig, args), resume=getattr(args, "resume", False),
                               progress=not getattr(args, "quiet", False))
         weights = ", ".join(f"{g} {w:.4f}" for g, w in result["class_weights"].items())
         print(f"step {result['step']}; last checkpoint {result['last']}; class weights {weights}")
     elif args.command == "evaluate-grader":
-        from .grading_evaluate import evaluate_grader
-
         result = evaluate_grader(args.checkpoint, args.data_dir, args.split, args.output, args.device,
                                  args.labels_table)
         for row in result["rows"]:
@@ -85,10 +86,6 @@ def run(args):
         print(f"{metrics['cases']} cases {metrics['counts']} -> {result['csv']}")
         print("  ".join(f"{k} {'n/a (one grade only)' if v is None else f'{v:.4f}'}" for k, v in shown.items()))
     elif args.command == "export-grader":
-        from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
-
-        from .grading_evaluate import export_grader
-
         catalogue = args.catalogue or SHIPPED_CATALOGUE
         entry = export_grader(args.checkpoint, args.name, catalogue, args.title, args.metrics, args.dtype,
                               args.size_limit_mb, args.data_description, args.notes)

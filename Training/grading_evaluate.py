@@ -9,7 +9,6 @@ weights file format, catalogue update and load-back check as the segmentation mo
 training record, the metrics and a note on how far the weights can be trusted.
 """
 
-import csv
 import json
 import logging
 import time
@@ -22,11 +21,11 @@ from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import GRADES, Model, Pipeline
 
 from . import checkpoint as ckpt
-from .data import GROUPS_FILE, write_json
-from .evaluate import checkpoint_file
+from .checkpoint import checkpoint_file
+from .data import GROUPS_FILE, write_csv, write_json
 from .export import SIZE_LIMIT_MB, add_to_catalogue, write_weights
 from .grading import GradingConfig, grading_metrics, read_grades
-from .models import build_network
+from .network_recipes import build_network
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ MIN_CASES_PER_GRADE = 20
 def load_grader(path):
     """(network in eval mode on the CPU, GradingConfig, checkpoint dict) of a grading checkpoint or run folder."""
     state = ckpt.load(checkpoint_file(path))
-    if state.get("task") != "grading":
+    if state.get("kind") != "grading":
         raise InputError(f"{path} is not a grading checkpoint (train it with `python -m Training train-grader`).")
     config = GradingConfig.from_dict(state["config"])
     network = build_network(config.network, config.network_config)
@@ -68,16 +67,6 @@ def cases_to_grade(state, data_dir, split, labels_table=None):
     return {c: grades[c] for c in wanted}
 
 
-def write_rows(rows, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".partial-{path.name}")
-    with open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(path)
-
-
 def evaluate_grader(checkpoint, data_dir, split="validation", output_csv=None, device="auto", labels_table=None,
                     progress=True):
     """Grade the cases of `split` with the library pipeline. Returns {"csv", "json", "rows", "metrics"}."""
@@ -105,7 +94,7 @@ def evaluate_grader(checkpoint, data_dir, split="validation", output_csv=None, d
         probabilities.append([result[g] for g in GRADES])
     metrics = grading_metrics(list(wanted.values()), probabilities)
     metrics.update(split=split, checkpoint=str(path), step=int(state["step"]))
-    write_rows(rows, output_csv)
+    write_csv(rows, COLUMNS, output_csv)
     json_path = output_csv.with_suffix(".json")
     write_json(metrics, json_path)
     return {"csv": output_csv, "json": json_path, "rows": rows, "metrics": metrics}

@@ -1,6 +1,6 @@
-"""SwinFUSE's self-supervised losses that are more than one library call: NT-Xent and the KDE density term.
+"""SwinFUSE's self-supervised loss that no library has: the KDE density term (NT-Xent is MONAI's ContrastiveLoss).
 
-The pretraining objective (Training.pretrain) is
+The pretraining objective (Training.pretraining) is
 
     L = w_inpaint * L1(reconstruction, clean view) + w_rotation * CE(rotation) + w_contrast * NT-Xent
         - w_density * JSD(p_m1, p_m2)
@@ -14,19 +14,6 @@ contrastive term pulls the two modality views of the same crop together. We keep
 
 import torch
 import torch.nn.functional as F
-
-
-def nt_xent(z1, z2, temperature=0.5):
-    """SimCLR's normalised-temperature cross-entropy for positive pairs (z1[i], z2[i]); (B, E) each.
-
-    Every other of the 2B embeddings is a negative. Mean over the 2B anchors.
-    """
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    similarity = z @ z.t() / temperature
-    n = z1.shape[0]
-    similarity.fill_diagonal_(float("-inf"))  # an embedding is not its own candidate
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(similarity, positives)
 
 
 def gaussian_kde(points, samples, bandwidth):

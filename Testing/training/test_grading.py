@@ -19,9 +19,9 @@ from BrainTumorFusionLib.pipeline import Pipeline
 from Training import checkpoint as ckpt
 from Training.__main__ import main
 from Training.data import cache_path, discover
-from Training.grading import (GradingConfig, augment, class_weights, cumulative_alpha, load_or_make_grading_split,
-                              make_grading_split, primary_logits, primary_parameters, read_grades, train_grader)
-from Training.models import build_network
+from Training.grading import (GradingConfig, augment, class_weights, cumulative_alpha, lgg_auc,
+                              load_or_make_grading_split, make_grading_split, read_grades, train_grader)
+from Training.network_recipes import build_network
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -109,18 +109,11 @@ def test_the_split_keeps_one_lgg_in_each_part_and_the_committed_split_is_reprodu
         load_or_make_grading_split(bad, grades)
 
 
-def test_primary_logits_are_the_networks_primary_head_without_the_secondary_streams():
-    torch.manual_seed(0)
-    network = networks.build("cmg", **TINY_CMG, dropout=0.0).train()
-    x = torch.randn(2, 4, 16, 32, 32)
-    _, aux = network(x)
-    torch.testing.assert_close(primary_logits(network, x), aux.primary_logits)
-    x2 = x.clone()
-    x2[:, [0, 2, 3]] = torch.randn(2, 3, 16, 32, 32)  # secondary modalities change, the primary head does not see it
-    torch.testing.assert_close(primary_logits(network.eval(), x2), primary_logits(network, x))
-    names = {id(p) for p in primary_parameters(network)}
-    assert {k for k, p in network.named_parameters() if id(p) in names} == {
-        k for k, _ in network.named_parameters() if primary_key(k)}
+def test_lgg_auc_is_the_probability_that_an_lgg_case_scores_above_an_hgg_case():
+    assert lgg_auc([0.9, 0.8], [0.1, 0.2, 0.3]) == 1.0
+    assert lgg_auc([0.1], [0.9, 0.8]) == 0.0
+    assert lgg_auc([0.5, 0.2], [0.4, 0.1]) == pytest.approx(0.75)  # 3 of the 4 pairs ordered
+    assert lgg_auc([0.5], [0.5]) == pytest.approx(0.5)  # a tie counts one half
 
 
 def test_augmentation_scales_and_shifts_brain_voxels_only_and_is_seeded():
@@ -142,7 +135,7 @@ def test_augmentation_scales_and_shifts_brain_voxels_only_and_is_seeded():
 
 
 def test_stage1_trains_only_the_primary_branch_and_stage2_starts_from_it(tmp_path):
-    config = tiny_grading_config(tmp_path / "run", weight_decay=0.0)
+    config = tiny_grading_config(tmp_path / "run", weight_decay=0.0, validate_every=100)
     torch.manual_seed(config.seed)
     initial = build_network("cmg", TINY_CMG).state_dict()
     first_stage2 = {}
@@ -154,24 +147,24 @@ def test_stage1_trains_only_the_primary_branch_and_stage2_starts_from_it(tmp_pat
 
     result = train_grader(config, progress=False, callback=keep_first_stage2_step)
     stage1 = ckpt.load(result["stage1"])
-    assert stage1["step"] == 2 and stage1["stage"] == 1
+    assert stage1["step"] == 2 and stage1["stage"] == 0 and stage1["kind"] == "grading"
     moved = {k for k, v in stage1["model"].items() if not torch.equal(v, initial[k])}
     assert moved and all(primary_key(k) for k in moved), sorted(k for k in moved if not primary_key(k))
     assert any(k.startswith("primary_head.") for k in moved) and any(k.startswith("streams.1.") for k in moved)
-    assert len(stage1["optimizer"]["param_groups"][0]["params"]) == len(primary_parameters(
-        build_network("cmg", TINY_CMG)))
+    assert len(stage1["optimizer"]["param_groups"][0]["params"]) == len(
+        build_network("cmg", TINY_CMG).primary_parameters())
 
     # Stage 2 continues from the stage-1 weights: its first (Adam) step moves each weight by at most lr.
     assert first_stage2.pop("alpha") == 1.0
     for key, value in first_stage2.items():
         assert (value - stage1["model"][key]).abs().max() <= config.lr * 1.001, key
     last = ckpt.load(result["last"])
-    assert last["stage"] == 2 and last["step"] == 4
+    assert last["stage"] == 1 and last["step"] == 4
     assert len(last["optimizer"]["param_groups"][0]["params"]) == len(list(build_network("cmg", TINY_CMG).parameters()))
     assert not torch.equal(last["model"]["fused_head.1.weight"], initial["fused_head.1.weight"])
     assert last["class_weights"] == pytest.approx({"HGG": 1.0, "LGG": 1.0})  # one of each in training
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in records if "train/total" in r] == [1, 1, 2, 2]
+    assert [r["stage"] for r in records if "train/total" in r] == [0, 0, 1, 1]
     assert [r["train/alpha"] for r in records if "train/alpha" in r] == [1.0, 0.75]
     assert {r["step"] for r in records if "val/accuracy" in r} == {2, 4}  # validation at the end of each stage
 

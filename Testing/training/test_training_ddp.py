@@ -1,4 +1,4 @@
-"""Training.train under DistributedDataParallel: two CPU processes (gloo) end with the same weights."""
+"""The segmentation recipe in the shared loop under DistributedDataParallel: two CPU processes (gloo) end with the same weights."""
 
 import pytest
 import torch

@@ -1,6 +1,8 @@
-"""Training.train: the loss goes down on a fixed batch; checkpoints; a killed run resumes exactly."""
+"""Training.loop with the segmentation recipe: the loss goes down on a fixed batch; checkpoints; a killed run
+resumes exactly; LR schedules."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,9 +10,10 @@ from training_support import CASES, TINY_HAFB, one_thread, tiny_config, workspac
 
 from BrainTumorFusionLib import networks
 from Training import checkpoint as ckpt
+from Training.config import RunConfig
 from Training.data import cache_path
-from Training.losses import SegmentationLoss, hafb_masked_view
-from Training.train import WithMaskedView, train, train_step
+from Training.loop import lr_scheduler, optimizer_step
+from Training.segmentation import SegmentationRecipe, train
 from Training.transforms import PatchDataset, cube_voxels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,11 +31,15 @@ def test_steps_on_a_fixed_batch_reduce_the_loss():
     torch.manual_seed(0)
     net = networks.build("hafb", **TINY_HAFB).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    criterion = SegmentationLoss("hafb", aux_weight=0.1)
-    model = WithMaskedView(net, hafb_masked_view)
-    losses = [train_step(model, batch, criterion, optimizer, "cpu", masked_view=True, grad_clip=1.0)
-              for _ in range(10)]
-    assert all("aux" in parts and "grad_norm" in parts for parts in losses)
+    recipe = SegmentationRecipe(tiny_config("unused"))
+    assert recipe.aux_weight == 0.1 and recipe.masked_view is not None
+    model = recipe.wrap(net, 0)
+    losses = []
+    for _ in range(10):
+        loss, parts = recipe.loss(model, batch, 0, 0)
+        parts["grad_norm"] = optimizer_step(loss, parts["total"], optimizer, list(net.parameters()), 1.0)
+        losses.append(parts)
+    assert all("aux" in parts and parts["grad_norm"] > 0 for parts in losses)
     totals = [parts["total"] for parts in losses]
     assert totals[-1] < 0.9 * totals[0] and max(totals[-3:]) < min(totals[:3]), totals
 
@@ -78,8 +85,9 @@ def test_resume_after_a_kill_continues_exactly(tmp_path):
     steps = [json.loads(line)["step"] for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     # Validation ran on the straight run's last step and kept the best checkpoint.
-    assert straight["validation"][0]["cases"] == 1 and 0 <= straight["validation"][0]["mean"] <= 1
+    assert straight["validation"][0]["cases"] == 1 and 0 <= straight["validation"][0]["dice_mean"] <= 1
     assert ckpt.load(straight["best"])["best"]["step"] == 4
+    assert ckpt.load(straight["best"])["kind"] == "segmentation"
     records = [json.loads(line) for line in (straight_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("val/dice_WT" in r for r in records)
 
@@ -106,3 +114,22 @@ def test_command_line_trains_the_segresnet_baseline_and_resumes_from_the_run_con
     fresh = train_config(build_parser().parse_args(["train", "--network", "missu", "--data-dir", "d", "--cache-dir",
                                                     "c", "--spacing", "native", "--paper-size"]))
     assert fresh.network_config == {} and fresh.spacing is None and fresh.network == "missu"
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("poly", lambda s: (1 - (s - 2) / 8) ** 0.9 if s >= 2 else None),
+    ("cosine", lambda s: 0.5 * (1 + math.cos(math.pi * (s - 2) / 8)) if s >= 2 else None),
+    ("constant", lambda s: 1.0 if s >= 2 else None),
+])
+def test_schedules_warm_up_linearly_then_follow_torchs_schedulers(schedule, expected):
+    config = RunConfig(lr=1.0, schedule=schedule, warmup_steps=2)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = lr_scheduler(optimizer, config, 10)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.5) and rates[1] == pytest.approx(0.75)
+    for step in range(2, 10):
+        assert rates[step] == pytest.approx(expected(step)), (step, rates)

@@ -1,4 +1,5 @@
-"""Training.losses: Dice + 0.5 BCE on the regions, hafb's masked consistency, pluggable auxiliary terms."""
+"""Training.losses and the network recipes: Dice + 0.5 BCE on the regions, hafb's masked consistency, MISSU's
+self-distillation, TransFuse's deep supervision, each network's recipe."""
 
 import pytest
 import torch
@@ -6,10 +7,12 @@ import torch.nn.functional as F
 from training_support import TINY_HAFB, one_thread  # noqa: F401
 
 from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.networks.outputs import HAFBAux, MISSUAux, TransFuseAux
-from Training import losses
-from Training.losses import (SegmentationLoss, aux_weight, attention_map, hafb_masked_consistency, hafb_masked_view,
+from Training.config import TrainConfig
+from Training.losses import (SegmentationLoss, attention_map, hafb_masked_consistency, hafb_masked_view,
                              missu_self_distillation)
+from Training.network_recipes import RECIPES, aux_weight, recipe_of, uses_modality_dropout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,13 +33,13 @@ def by_hand(logits, y, alpha=1.0, beta=0.5):
 def test_segmentation_loss_is_dice_plus_half_bce():
     y = target()
     logits = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
-    total, parts = SegmentationLoss("segresnet")(logits, y)
+    total, parts = SegmentationLoss()(logits, y)
     torch.testing.assert_close(total, by_hand(logits, y))
     assert parts["total"] == pytest.approx(parts["dice"] + 0.5 * parts["bce"], rel=1e-6)
     assert "aux" not in parts
     # Perfect logits give ~0; inverted ones a large loss.
-    perfect, _ = SegmentationLoss("segresnet")(40 * (2 * y - 1), y)
-    inverted, _ = SegmentationLoss("segresnet")(-40 * (2 * y - 1), y)
+    perfect, _ = SegmentationLoss()(40 * (2 * y - 1), y)
+    inverted, _ = SegmentationLoss()(-40 * (2 * y - 1), y)
     assert perfect < 1e-4 and inverted > 10
 
 
@@ -63,22 +66,39 @@ def test_consistency_trains_the_masked_branch_only():
     assert features.grad[:2].abs().sum() == 0 and features.grad[2:].abs().sum() > 0
 
 
-def test_auxiliary_terms_are_pluggable_and_unknown_ones_ignored(monkeypatch):
+def test_auxiliary_term_is_weighted_and_absent_without_one():
     y = target()
     logits = torch.randn(y.shape)
-    plain, _ = SegmentationLoss("segresnet", aux_weight=0.3)(logits, y)
+    plain, _ = SegmentationLoss()(logits, y)
     aux = MISSUAux(distillation_pairs=[(torch.ones(1), torch.zeros(1))])
-    unknown, parts = SegmentationLoss("segresnet", aux_weight=0.3)(logits, y, aux)
-    assert torch.equal(plain, unknown) and "aux" not in parts
-    monkeypatch.setitem(losses.AUX_LOSSES, "segresnet",
-                        lambda aux, n: sum((a - b).square().mean() for a, b in aux.distillation_pairs))
-    plugged, parts = SegmentationLoss("segresnet", aux_weight=0.3)(logits, y, aux)
+    without, parts = SegmentationLoss(aux_weight=0.3)(logits, y, aux)
+    assert torch.equal(plain, without) and "aux" not in parts
+    term = lambda aux, n: sum((a - b).square().mean() for a, b in aux.distillation_pairs)  # noqa: E731
+    plugged, parts = SegmentationLoss(aux_term=term, aux_weight=0.3)(logits, y, aux)
     assert parts["aux"] == pytest.approx(1.0) and plugged.item() == pytest.approx(plain.item() + 0.3)
 
 
 def test_recipe_weights():
-    assert aux_weight("hafb") == 0.1 and aux_weight("missu") == 0.3 and aux_weight("transfuse") == 0.0
-    assert aux_weight("missu", 0.05) == 0.05 and aux_weight("segresnet", 0.1) == 0.0  # no term, no weight
+    def weight(network, ssl_weight=None):
+        return aux_weight(TrainConfig(network=network, ssl_weight=ssl_weight))
+
+    assert weight("hafb") == 0.1 and weight("missu") == 0.3 and weight("transfuse") == 0.0
+    assert weight("missu", 0.05) == 0.05 and weight("segresnet", 0.1) == 0.0  # no term, no weight
+
+
+def test_every_network_of_the_library_has_a_recipe_and_only_mask_takers_drop_modalities():
+    assert set(RECIPES) <= set(networks.available())
+    assert {entry.network for entry in Catalogue.load().entries.values()} <= set(RECIPES)  # every shipped model's network
+    for name, recipe in RECIPES.items():
+        takes_mask = "present" in networks.registry.network_class(name).forward.__code__.co_varnames
+        assert takes_mask or not recipe.handles_missing_modalities, name
+    assert uses_modality_dropout(TrainConfig(network="hafb"))
+    assert not uses_modality_dropout(TrainConfig(network="hafb", modality_dropout=False))
+    assert not uses_modality_dropout(TrainConfig(network="segresnet"))
+    with pytest.raises(ValueError, match="takes the modality mask"):
+        uses_modality_dropout(TrainConfig(network="segresnet", modality_dropout=True))
+    with pytest.raises(KeyError, match="Available"):
+        recipe_of("nonexistent")
 
 
 def test_missu_attention_map_is_normalised_sum_of_absolute_channels():
@@ -109,7 +129,8 @@ def test_missu_network_training_adds_the_weighted_distillation_and_reaches_the_m
                          img_size=32).train()
     logits, aux = net(torch.randn(1, 4, 32, 32, 32))
     y = target((1, 3, 32, 32, 32))
-    total, parts = SegmentationLoss("missu", aux_weight=aux_weight("missu"))(logits, y, aux)
+    recipe = recipe_of("missu")
+    total, parts = SegmentationLoss(aux_term=recipe.aux_term, aux_weight=recipe.aux_weight)(logits, y, aux)
     assert parts["total"] == pytest.approx(parts["dice"] + 0.5 * parts["bce"] + 0.3 * parts["aux"], rel=1e-5)
     total.backward()
     msf = [p.grad for name, p in net.named_parameters() if name.startswith("msf.")]
@@ -120,7 +141,7 @@ def test_transfuse_deep_supervision_weights_the_three_heads():
     y = target()
     heads = [torch.randn(y.shape, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     aux = TransFuseAux(heads=heads, weights=(0.5, 0.3, 0.2))
-    total, parts = SegmentationLoss("transfuse")(heads[0], y, aux)
+    total, parts = SegmentationLoss(deep_supervision=recipe_of("transfuse").deep_supervision)(heads[0], y, aux)
     expected = sum(w * by_hand(h, y) for w, h in zip((0.5, 0.3, 0.2), heads))
     torch.testing.assert_close(total, expected)
     assert parts["dice"] + 0.5 * parts["bce"] == pytest.approx(by_hand(heads[0], y).item(), rel=1e-5)
@@ -141,7 +162,8 @@ def test_masked_view_runs_the_hafb_encoders_and_feeds_the_consistency_term():
     with torch.no_grad():
         _, full = net(masked, present)
     torch.testing.assert_close(extended.modality_features[2:], full.modality_features)
-    total, parts = SegmentationLoss("hafb", aux_weight=0.1)(logits, target((2, 3, 32, 32, 32)), extended)
+    total, parts = SegmentationLoss(aux_term=hafb_masked_consistency, aux_weight=0.1)(
+        logits, target((2, 3, 32, 32, 32)), extended)
     assert 0 < parts["aux"] < 2
     assert parts["total"] == pytest.approx(parts["dice"] + 0.5 * parts["bce"] + 0.1 * parts["aux"], rel=1e-5)
     total.backward()

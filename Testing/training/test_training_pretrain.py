@@ -8,26 +8,40 @@ import pytest
 import torch
 from training_support import CASES, one_thread, workspace  # noqa: F401
 
+from monai.losses import ContrastiveLoss
+
+from Training.checkpoint import load_matching_weights
 from Training.data import cache_path, load_cached
-from Training.models import build_network
-from Training.pretrain import (PretrainConfig, load_pretrained, modality_pair, pretrain, pretraining_batch,
-                               pretraining_loss)
-from Training.ssl_losses import kde_jsd, nt_xent, voxel_features
+from Training.network_recipes import build_network
+from Training.pretraining import PretrainConfig, modality_pair, pretrain, pretraining_batch, pretraining_loss
+from Training.ssl_losses import kde_jsd, voxel_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_SWINFUSE = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [3, 3, 3, 3], "window_size": 4}
 
 
-def test_nt_xent_is_low_for_matching_pairs_and_high_for_shuffled_ones():
+def nt_xent(z1, z2, temperature):
+    """SimCLR's NT-Xent written out: mean cross-entropy over the 2B anchors, every other embedding a candidate."""
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    similarity = (z @ z.t() / temperature).fill_diagonal_(float("-inf"))
+    n = z1.shape[0]
+    return torch.nn.functional.cross_entropy(similarity, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+
+
+def test_monais_contrastive_loss_is_nt_xent():
     torch.manual_seed(0)
     z = torch.randn(8, 16)
-    matched = nt_xent(z, z + 0.01 * torch.randn(8, 16), temperature=0.1)
-    shuffled = nt_xent(z, z[torch.randperm(8)], temperature=0.1)
-    assert matched < 0.05 and shuffled > 1.0
+    for other, temperature in ((z + 0.01 * torch.randn(8, 16), 0.1), (z[torch.randperm(8)], 0.1),
+                               (torch.randn(8, 16), 0.5)):
+        assert ContrastiveLoss(temperature)(z, other).item() == pytest.approx(nt_xent(z, other, temperature).item(),
+                                                                             rel=1e-5)
+    assert ContrastiveLoss(0.1)(z, z + 0.01 * torch.randn(8, 16)) < 0.05
+    assert ContrastiveLoss(0.1)(z, z[torch.randperm(8)]) > 1.0
     # By hand for two pairs: anchor 0's candidates are 1, 2 (positive), 3.
-    a, b = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     logits = torch.tensor([0.0, 1.0, 0.0]) / 0.5  # cosine of anchor 0 with 1, 2, 3
-    assert nt_xent(a, b).item() == pytest.approx(-torch.log_softmax(logits, 0)[1].item(), rel=1e-5)
+    assert ContrastiveLoss(0.5)(a, a.clone()).item() == pytest.approx(-torch.log_softmax(logits, 0)[1].item(),
+                                                                       rel=1e-5)
 
 
 def test_kde_jsd_is_zero_for_one_density_and_near_log2_for_separate_ones():
@@ -87,7 +101,7 @@ def test_loss_parts_combine_with_the_papers_sign_and_reach_the_encoder():
     network = build_network("swinfuse", TINY_SWINFUSE).train()
     config = PretrainConfig(patch_size=[64, 64, 64], batch_size=2)
     batch = pretraining_batch(config, cached_cases(), step=0, cube=(12, 12, 12))
-    total, parts = pretraining_loss(network, batch, config)
+    total, parts = pretraining_loss(network.pretrain_forward(batch["views"]), batch, config)
     expected = parts["inpaint"] + parts["rotation"] + parts["contrast"] - parts["jsd"]
     assert parts["total"] == pytest.approx(expected, rel=1e-5)
     total.backward()
@@ -107,7 +121,8 @@ def run_config(tmp_path, steps, **extra):
 
 def test_resumed_pretraining_equals_the_uninterrupted_run_and_fine_tuning_starts_from_it(tmp_path):
     straight = pretrain(run_config(tmp_path / "a", 3), progress=False)
-    def kill_after_two(step):
+
+    def kill_after_two(step, network, parts):
         if step == 2:
             raise KeyboardInterrupt
 
@@ -118,25 +133,27 @@ def test_resumed_pretraining_equals_the_uninterrupted_run_and_fine_tuning_starts
     a = torch.load(straight["last"], weights_only=True)["model"]
     b = torch.load(resumed["last"], weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    record = torch.load(resumed["last"], weights_only=True)
+    assert record["kind"] == "pretraining" and record["step"] == 3 and record["hardware"].startswith("CPU")
 
     fresh = build_network("swinfuse", TINY_SWINFUSE)
-    assert load_pretrained(fresh, straight["last"]) == len(fresh.state_dict())
+    assert load_matching_weights(fresh, straight["last"]) == len(fresh.state_dict())
     assert all(torch.equal(v, a[k]) for k, v in fresh.state_dict().items())
 
 
-def test_load_pretrained_rejects_other_files_with_what_to_do(tmp_path):
+def test_load_matching_weights_rejects_other_files_with_what_to_do(tmp_path):
     network = build_network("swinfuse", TINY_SWINFUSE)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="Cannot read .*pretraining run"):
-        load_pretrained(network, garbage)
+        load_matching_weights(network, garbage)
     other = tmp_path / "other.pt"
     torch.save({"model": build_network("swinfuse", {**TINY_SWINFUSE, "feature_size": 24}).state_dict()}, other)
     with pytest.raises(ValueError, match="another network configuration"):
-        load_pretrained(network, other)
+        load_matching_weights(network, other)
     unrelated = tmp_path / "unrelated.pt"
     torch.save({"model": {"something.weight": torch.zeros(2)}}, unrelated)
     with pytest.raises(ValueError, match="No weight"):
-        load_pretrained(network, unrelated)
+        load_matching_weights(network, unrelated)
     with pytest.raises(ValueError, match="no self-supervised pretraining"):
         pretrain(PretrainConfig(network="hafb", split_file="x"), progress=False)

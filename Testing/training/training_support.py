@@ -5,23 +5,14 @@ import atexit
 import csv
 import functools
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # `Training` is a top-level folder of the repository, not an installed package
+import pytest
+import torch
+from realdata import BRATS_DIR, REPO, brats_case_dir  # noqa: F401
 
-try:
-    from realdata import BRATS_DIR, brats_case_dir  # noqa: E402,F401
-except ImportError:
-    from realdata import BRATS_DIR, brats_case_dir  # noqa: E402,F401
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from Training.config import TrainConfig  # noqa: E402
+from Training.config import TrainConfig
 
 # Three real cases from three source groups (CBICA, 2013, TCIA10 - the last an LGG).
 CASES = ("Brats18_CBICA_ABM_1", "Brats18_2013_11_1", "Brats18_TCIA10_628_1")
@@ -94,7 +85,7 @@ def ddp_worker(rank, world_size, port, config, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from Training.train import train
+    from Training.segmentation import train
 
     final = {}
 

@@ -1,0 +1,153 @@
+"""Supervised segmentation: the recipe that `python -m Training train` runs in the shared loop (Training.loop).
+
+Per step: a batch of augmented patches (Training.transforms), the network in training mode, Dice + BCE on the
+three regions plus the network's auxiliary term (Training.losses; for hafb the masked-cube consistency on a
+masked copy of the batch), as its recipe in Training.network_recipes says. Validation segments the validation
+split with the library's sliding-window inference (`inference.predict_regions`) on the prepared cache; the best
+mean Dice is kept in best.pt.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from BrainTumorFusionLib.inference import predict_regions
+from BrainTumorFusionLib.postprocessing import regions_to_labels
+
+from . import distributed
+from .config import TrainConfig
+from .data import (REGIONS, cache_path, discover, load_cached, load_or_make_split, prepare_cache, regions_from_labels,
+                   source_groups, write_json)
+from .loop import Recipe, Stage, run
+from .losses import SegmentationLoss
+from .metrics import dice
+from .network_recipes import aux_weight, recipe_of, uses_modality_dropout
+from .transforms import PatchDataset, StepSampler, cube_voxels, mask_cubes
+
+
+def padded_to(image: np.ndarray, size) -> tuple:
+    """Zero-pad (C, D, H, W) at the end of each axis up to at least `size`; returns (padded, original shape)."""
+    shape = image.shape[1:]
+    pad = [(0, 0)] + [(0, max(s - n, 0)) for n, s in zip(shape, size)]
+    return (np.pad(image, pad) if any(p for _, p in pad) else image), shape
+
+
+def validation_dice(network, case_ids, paths, patch_size, context, overlap=0.5) -> dict:
+    """Mean Dice per region over case_ids (split across ranks), by sliding-window inference on the cache.
+
+    Probabilities go through the library's postprocessing (nested regions -> labels) before scoring, as in
+    the real pipeline. Returns {"dice_WT", "dice_TC", "dice_ET", "dice_mean", "cases"}.
+    """
+    sums = [0.0] * (len(REGIONS) + 1)
+    for case_id in case_ids[context.rank::context.world_size]:
+        case = load_cached(paths[case_id])
+        image, shape = padded_to(case["image"], patch_size)
+        probabilities = predict_regions(network, image, tuple(patch_size), context.device, overlap=overlap)
+        probabilities = probabilities[(slice(None),) + tuple(slice(0, n) for n in shape)]
+        predicted = regions_from_labels(regions_to_labels(probabilities))
+        for i in range(len(REGIONS)):
+            sums[i] += dice(predicted[i], case["regions"][i])
+        sums[-1] += 1
+    totals = distributed.all_sum(sums, context)
+    count = max(totals[-1], 1)
+    means = {f"dice_{region}": totals[i] / count for i, region in enumerate(REGIONS)}
+    means["dice_mean"] = sum(means[f"dice_{r}"] for r in REGIONS) / len(REGIONS)
+    means["cases"] = int(totals[-1])
+    return means
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+class WithMaskedView(torch.nn.Module):
+    """The network plus its masked view in one forward pass (one DistributedDataParallel forward): returns
+    (logits of the clean batch, aux extended with the masked input's features)."""
+
+    def __init__(self, network: torch.nn.Module, view):
+        super().__init__()
+        self.network, self.view = network, view
+
+    def forward(self, x, present, masked):
+        logits, aux = self.network(x, present)
+        return logits, self.view(self.network, aux, masked)
+
+
+class SegmentationRecipe(Recipe):
+    kind = "segmentation"
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        network = recipe_of(config.network)
+        self.aux_weight = aux_weight(config)
+        self.masked_view = network.masked_view if self.aux_weight > 0 else None
+        self.takes_present = network.handles_missing_modalities
+        self.modality_dropout = uses_modality_dropout(config)
+        self.criterion = SegmentationLoss(config.dice_weight, config.bce_weight, network.aux_term, self.aux_weight,
+                                          network.deep_supervision)
+        find_unused = config.find_unused_parameters
+        self.find_unused = network.find_unused_parameters if find_unused is None else find_unused
+
+    def prepare(self, context, run_dir: Path) -> None:
+        """Split (recorded in run_dir/split.json) and cache paths; rank 0 discovers and prepares, the others wait."""
+        config, split_path = self.config, run_dir / "split.json"
+        split = None
+        if context.main:
+            cases = discover(config.data_dir)
+            groups = source_groups(cases, config.data_dir, config.groups_table)
+            split = load_or_make_split(Path(config.split_file) if config.split_file else split_path, groups,
+                                       config.val_fraction, config.seed)
+            if config.split_file and Path(config.split_file).resolve() != split_path.resolve():
+                write_json(split, split_path)
+            needed = {c: cases[c] for c in split["train"] + split["validation"]}
+            prepare_cache(needed, config.cache_dir, config.spacing, progress=True)
+        self.split = distributed.broadcast_object(split, context)
+        distributed.barrier(context)
+        self.paths = {c: cache_path(config.cache_dir, config.spacing, c)
+                      for c in self.split["train"] + self.split["validation"]}
+
+    def stages(self, network):
+        return [Stage("train", self.config.steps, find_unused_parameters=self.find_unused)]
+
+    def wrap(self, network, stage):
+        return WithMaskedView(network, self.masked_view) if self.masked_view else network
+
+    def batches(self, stage, start, stop, context):
+        config = self.config
+        dataset = PatchDataset(
+            self.split["train"], self.paths, config.patch_size, seed=config.seed,
+            modality_dropout=self.modality_dropout, max_dropped=config.max_dropped,
+            cube=cube_voxels(config.ssl_cube_mm, config.spacing) if self.masked_view else None,
+            pos=config.pos_neg[0], neg=config.pos_neg[1], max_cached=config.max_cached_cases)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size,
+            sampler=StepSampler(start, stop, config.batch_size, context.rank, context.world_size),
+            num_workers=config.workers, worker_init_fn=_worker_init if config.workers else None,
+            generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG stream untouched
+            pin_memory=context.device.type == "cuda", persistent_workers=False)
+
+    def loss(self, model, batch, stage, stage_step):
+        x, present = batch["image"], batch["present"]
+        if self.masked_view:
+            logits, aux = model(x, present, mask_cubes(x, batch["box"]))
+        else:
+            output = model(x, present) if self.takes_present else model(x)
+            logits, aux = output if isinstance(output, (tuple, list)) else (output, None)
+        return self.criterion(logits, batch["regions"], aux, x.shape[0])
+
+    def validate(self, network, stage, context):
+        if not self.split["validation"]:
+            return None
+        result = validation_dice(network, self.split["validation"], self.paths, self.config.patch_size, context,
+                                 self.config.val_overlap)
+        result["score"] = result["dice_mean"]
+        result["message"] = (f"validation Dice WT {result['dice_WT']:.3f} TC {result['dice_TC']:.3f} "
+                             f"ET {result['dice_ET']:.3f} (mean {result['dice_mean']:.3f}, {result['cases']} cases)")
+        return result
+
+
+def train(config, resume: bool = False, progress: bool = True, callback=None) -> dict:
+    """Train (or continue) a segmentation run (see Training.loop.run for the result and the callback)."""
+    config = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    return run(SegmentationRecipe, config, resume, progress, callback)
