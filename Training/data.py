@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import find_cases, read_case, strip_extension, write_atomically
@@ -265,17 +266,13 @@ def cache_case(case_files, cache_dir, spacing, overwrite=False):
 
 
 def _cache_one(args):
-    import SimpleITK
-
-    SimpleITK.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     case_files, cache_dir, spacing, overwrite = args
     return case_files.case_id, str(cache_case(case_files, cache_dir, spacing, overwrite))
 
 
 def prepare_cache(cases, cache_dir, spacing, workers=1, overwrite=False, progress=True):
     """Prepare every CaseFiles of `cases` ({id: CaseFiles} or a list) into the cache; returns {id: path}."""
-    from tqdm import tqdm
-
     items = list(cases.values()) if isinstance(cases, dict) else list(cases)
     jobs = [(case_files, str(cache_dir), None if spacing is None else tuple(spacing), overwrite)
             for case_files in items]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue
 from BrainTumorFusionLib.file_io import CaseFiles, read_case, write_labels
@@ -101,8 +102,6 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
     drop_modalities: roles (e.g. ("t1", "t2")) left out of every case, to measure a model trained for
     missing modalities. Returns {"csv": path, "rows": [...], "means": {...}}.
     """
-    from tqdm import tqdm
-
     if checkpoint is not None:
         path = checkpoint_file(checkpoint)
         state = ckpt.load(path)
@@ -136,7 +135,8 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
             Path(predictions_dir).mkdir(parents=True, exist_ok=True)
             write_labels(result.labels, reference, Path(predictions_dir) / f"{case_id}_seg.nii.gz")
     means = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_COLUMNS} if rows else {}
-    mean_row = {"case_id": MEAN_ROW, **means, "seconds": round(float(np.mean([r["seconds"] for r in rows])), 2) if rows else ""}
+    mean_seconds = round(float(np.mean([r["seconds"] for r in rows])), 2) if rows else ""
+    mean_row = {"case_id": MEAN_ROW, **means, "seconds": mean_seconds}
     write_csv([{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows + [mean_row]],
               COLUMNS, output_csv)
     return {"csv": Path(output_csv), "rows": rows, "means": means}

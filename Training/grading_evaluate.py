@@ -14,6 +14,8 @@ import logging
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, file_sha256
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import find_cases, read_case
@@ -70,8 +72,6 @@ def cases_to_grade(state, data_dir, split, labels_table=None):
 def evaluate_grader(checkpoint, data_dir, split="validation", output_csv=None, device="auto", labels_table=None,
                     progress=True):
     """Grade the cases of `split` with the library pipeline. Returns {"csv", "json", "rows", "metrics"}."""
-    from tqdm import tqdm
-
     path = checkpoint_file(checkpoint)
     network, config, state = load_grader(path)
     pipeline = Pipeline(model=None, device=device, grader=grader_model(network, config))

@@ -26,12 +26,13 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
 from .config import RunConfig
 from .data import write_json
-from .network_recipes import resolve_config
+from .network_recipes import build_network, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ class Recipe:
         raise NotImplementedError
 
     def build_network(self) -> torch.nn.Module:
-        from .network_recipes import build_network
-
         return build_network(self.config.network, self.config.network_config)
 
     def stages(self, network: torch.nn.Module) -> List[Stage]:
@@ -120,6 +119,16 @@ def lr_scheduler(optimizer, config: RunConfig, steps: int):
         return main
     ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup)
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def restore_scheduler(scheduler, state: dict) -> None:
+    """Load a scheduler's state but keep the length it was built with: a run resumed with a larger --steps decays
+    from its current rate to the end of the new total (torch's schedulers are chainable, each step a ratio)."""
+    parts = [scheduler, *getattr(scheduler, "_schedulers", [])]
+    lengths = [{k: getattr(p, k) for k in ("total_iters", "T_max") if hasattr(p, k)} for p in parts]
+    scheduler.load_state_dict(state)
+    for part, length in zip(parts, lengths):
+        part.__dict__.update(length)
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> Optional[torch.dtype]:
@@ -310,8 +319,6 @@ class Loop:
     # -- the run
 
     def run(self) -> dict:
-        from tqdm import tqdm
-
         config, context, recipe = self.config, self.context, self.recipe
         self.configure_torch()
         if context.main:
@@ -361,7 +368,7 @@ class Loop:
         scheduler = lr_scheduler(optimizer, config, stage.steps)
         if self.state is not None and self.state.get("stage", 0) == index and self.step > start:
             optimizer.load_state_dict(self.state["optimizer"])
-            scheduler.load_state_dict(self.state["scheduler"])
+            restore_scheduler(scheduler, self.state["scheduler"])
             if self.scaler is not None and self.state.get("scaler"):
                 self.scaler.load_state_dict(self.state["scaler"])
         model = recipe.wrap(network, index)

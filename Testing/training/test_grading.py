@@ -10,7 +10,6 @@ import pytest
 import torch
 from training_support import BRATS_DIR, CASES, REPO, make_input, one_thread, workspace  # noqa: F401
 
-from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import case_files_in, read_case

@@ -1,4 +1,5 @@
-"""The segmentation recipe in the shared loop under DistributedDataParallel: two CPU processes (gloo) end with the same weights."""
+"""The segmentation recipe in the shared loop under DistributedDataParallel: two CPU processes (gloo) end with
+the same weights."""
 
 import pytest
 import torch

@@ -12,7 +12,7 @@ from BrainTumorFusionLib import networks
 from Training import checkpoint as ckpt
 from Training.config import RunConfig
 from Training.data import cache_path
-from Training.loop import lr_scheduler, optimizer_step
+from Training.loop import lr_scheduler, optimizer_step, restore_scheduler
 from Training.segmentation import SegmentationRecipe, train
 from Training.transforms import PatchDataset, cube_voxels
 
@@ -133,3 +133,28 @@ def test_schedules_warm_up_linearly_then_follow_torchs_schedulers(schedule, expe
     assert rates[0] == pytest.approx(0.5) and rates[1] == pytest.approx(0.75)
     for step in range(2, 10):
         assert rates[step] == pytest.approx(expected(step)), (step, rates)
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine"])
+def test_a_resumed_run_with_more_steps_decays_to_zero_at_the_new_total(schedule):
+    def rates(scheduler, optimizer, steps):
+        out = []
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+            out.append(optimizer.param_groups[0]["lr"])
+        return out
+
+    # Save after 5 steps of a 10-step plan, resume with a 20-step plan.
+    config = RunConfig(lr=1.0, schedule=schedule, warmup_steps=2)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    original = lr_scheduler(optimizer, config, 10)
+    first = rates(original, optimizer, 5)
+    saved = {"optimizer": optimizer.state_dict(), "scheduler": original.state_dict()}
+    resumed_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    resumed = lr_scheduler(resumed_optimizer, config, 20)
+    restore_scheduler(resumed, saved["scheduler"])
+    later = rates(resumed, resumed_optimizer, 15)
+    assert later[0] < first[-1] and all(b <= a + 1e-12 for a, b in zip(later, later[1:]))
+    assert later[4] > 0.05 and later[-1] == pytest.approx(0.0, abs=1e-9)  # not at 0 at the old end, 0 at the new
