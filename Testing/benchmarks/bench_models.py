@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "BrainTumorFusion"))
+from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue
+from BrainTumorFusionLib.file_io import find_cases, read_case
+from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline
 
-from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue  # noqa: E402
-from BrainTumorFusionLib.file_io import find_cases, read_case  # noqa: E402
-from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 BASELINE = "segresnet"
 

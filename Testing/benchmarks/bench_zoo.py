@@ -18,15 +18,12 @@ import gc
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "BrainTumorFusion"))
-
-from BrainTumorFusionLib import networks  # noqa: E402
-from BrainTumorFusionLib.networks import registry  # noqa: E402
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.networks import registry
 
 ZOO = ("hafb", "missu", "transfuse", "swinfuse", "cmg")
 REFERENCE = "segresnet"
