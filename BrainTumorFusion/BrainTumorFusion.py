@@ -17,11 +17,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue
+from BrainTumorFusionLib.catalogue import DEFAULT_MODEL, ENSEMBLE, Catalogue
 from BrainTumorFusionLib.errors import BrainTumorFusionError
 from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.process_runner import parse_progress
+from BrainTumorFusionLib.process_runner import BackgroundProcess
 from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE
 
 
@@ -57,16 +57,18 @@ class BrainTumorFusionParameterNode:
     t1ce: vtkMRMLScalarVolumeNode
     t2: vtkMRMLScalarVolumeNode
     flair: vtkMRMLScalarVolumeNode
-    model: str = "hafb"
+    model: str = DEFAULT_MODEL
     members: str = ""
     device: str = "auto"
     grade: bool = False
 
 
 class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, logicFactory=None):
+        """logicFactory() makes the logic in setup() (default BrainTumorFusionLogic); tests pass their own."""
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
+        self.logicFactory = logicFactory or BrainTumorFusionLogic
         self.logic = None
         self._parameterNode = None
         self._guiObservation = None
@@ -81,7 +83,7 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = BrainTumorFusionLogic()
+        self.logic = self.logicFactory()
         self.fillModels()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -150,11 +152,10 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Fill only the empty roles, with volumes not used in another role."""
         if not self._parameterNode:
             return
-        used = {getattr(self._parameterNode, role) for role in MODALITIES} - {None}
-        for role, node in self.logic.auto_assign().items():
-            if getattr(self._parameterNode, role) is None and node is not None and node not in used:
+        current = {role: getattr(self._parameterNode, role) for role in MODALITIES}
+        for role, node in self.logic.fill_empty_roles(current).items():
+            if node is not current[role]:
                 setattr(self._parameterNode, role, node)
-                used.add(node)
 
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
@@ -196,23 +197,21 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.start()
 
     def onPoll(self):
-        lines, code = self.run.poll()
-        for line in lines:
-            progress = parse_progress(line)
-            if progress:
-                self.ui.progressBar.value = int(progress[0] * 100)
-                self.ui.statusLabel.text = progress[1]
-            else:
-                self.ui.logTextEdit.appendPlainText(line)
-        if code is None:
+        update = self.run.poll()
+        for line in update.lines:
+            self.ui.logTextEdit.appendPlainText(line)
+        if update.progress:
+            self.ui.progressBar.value = int(update.progress[0] * 100)
+            self.ui.statusLabel.text = update.progress[1]
+        if not update.finished:
             return
         run, self.run = self.run, None
         self.timer.stop()
         self.setRunning(False)
-        if code != 0:
+        if update.error:  # the process's RESULT line (or its exit status) says it failed
             run.cleanup()
-            errors = [line for line in self.ui.logTextEdit.toPlainText().splitlines() if line.startswith("ERROR")]
-            slicer.util.errorDisplay(errors[-1] if errors else _("Segmentation failed; see the log."))
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=update.error)
+            slicer.util.errorDisplay(update.error)
             return
         with slicer.util.tryWithErrorDisplay(_("Could not import the result."), waitCursor=True):
             segmentation, volumes, grade = self.logic.finish_segmentation(run)
@@ -243,11 +242,15 @@ def pythonSlicerExecutable():
 
 
 class BrainTumorFusionLogic(ScriptedLoadableModuleLogic, SceneLogic):
-    """Console API: segment(...) returns the segmentation node; grade(...) the probabilities."""
+    """Console API: segment(...) returns the segmentation node; grade(...) the probabilities.
 
-    def __init__(self):
+    By default it works on slicer.mrmlScene and runs the GUI's background process with PythonSlicer."""
+
+    def __init__(self, scene=None, python_executable=None, process_factory=BackgroundProcess):
         ScriptedLoadableModuleLogic.__init__(self)
-        SceneLogic.__init__(self, slicer.mrmlScene, python_executable=pythonSlicerExecutable())
+        SceneLogic.__init__(self, slicer.mrmlScene if scene is None else scene,
+                            python_executable=python_executable or pythonSlicerExecutable(),
+                            process_factory=process_factory)
 
     def getParameterNode(self):
         return BrainTumorFusionParameterNode(super().getParameterNode())

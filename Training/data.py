@@ -208,12 +208,7 @@ def read_labels_on_case_grid(path, shape, ijk_to_ras):
 def labels_on_model_grid(labels, prepared):
     """Case-grid labels (K, J, I) -> the prepared image's grid: same brain crop, then nearest-neighbour
     resampling in physical space when the model spacing differs."""
-    cropped = labels[prepared.crop]
-    if prepared.model_ijk_to_ras is prepared.cropped_ijk_to_ras:
-        return cropped
-    resampled = resample_channels(cropped[None], prepared.cropped_ijk_to_ras, prepared.image.shape[1:],
-                                  prepared.model_ijk_to_ras, sitk.sitkNearestNeighbor)[0]
-    return np.rint(resampled).astype(np.uint8)
+    return prepared.labels_on_model_grid(labels)
 
 
 def spacing_tag(spacing):

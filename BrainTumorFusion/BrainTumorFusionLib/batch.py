@@ -3,10 +3,12 @@
 import csv
 import io
 from pathlib import Path
+from typing import Any, Callable, Optional
 
+from .case import Result
 from .errors import Cancelled, InputError, ModelError
-from .file_io import check_writable_folder, find_cases, read_case, write_atomically, write_labels
-from .pipeline import GRADES
+from .file_io import PathLike, check_writable_folder, find_cases, read_case, write_atomically, write_labels
+from .pipeline import GRADES, Pipeline
 from .segments import VOLUME_COLUMNS
 
 SUMMARY_NAME = "summary.csv"
@@ -14,25 +16,28 @@ SUMMARY_COLUMNS = (("case_id", "status") + tuple(f"{name}_ml" for name in VOLUME
                    + ("seconds", "device", "model", "message"))
 
 
-def output_paths(output_dir, case_id):
+Row = dict[str, Any]  # one summary.csv row, column -> value
+
+
+def output_paths(output_dir: PathLike, case_id: str) -> tuple[Path, Path]:
     return Path(output_dir) / f"{case_id}.seg.nrrd", Path(output_dir) / f"{case_id}_seg.nii.gz"
 
 
 class Summary:
     """summary.csv, one row per case, rewritten atomically after every case."""
 
-    def __init__(self, path):
+    def __init__(self, path: PathLike):
         self.path = Path(path)
-        self.rows = {}
+        self.rows: dict[str, Row] = {}
         if self.path.is_file():
             with open(self.path, newline="") as stream:
                 self.rows = {row["case_id"]: row for row in csv.DictReader(stream)}
 
-    def finished(self, case_id, output_dir):
+    def finished(self, case_id: str, output_dir: PathLike) -> bool:
         done = self.rows.get(case_id, {}).get("status") == "done"
         return done and all(path.is_file() for path in output_paths(output_dir, case_id))
 
-    def record(self, row):
+    def record(self, row: Row) -> None:
         self.rows[row["case_id"]] = {column: row.get(column, "") for column in SUMMARY_COLUMNS}
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
@@ -41,7 +46,7 @@ class Summary:
         write_atomically(lambda target: Path(target).write_text(text.getvalue()), self.path)
 
 
-def result_row(result):
+def result_row(result: Result) -> Row:
     row = {"case_id": result.case_name, "status": "done", "seconds": result.seconds, "device": result.device,
            "model": result.model, "message": " ".join(result.warnings)}
     row.update({f"{name}_ml": result.volumes_ml[name] for name in VOLUME_COLUMNS})
@@ -49,7 +54,9 @@ def result_row(result):
     return row
 
 
-def run_batch(input_dir, output_dir, pipeline, should_cancel=None, show_progress=True, overwrite=False):
+def run_batch(input_dir: PathLike, output_dir: PathLike, pipeline: Pipeline,
+              should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True,
+              overwrite: bool = False) -> list[Row]:
     """Segment every case of input_dir into output_dir; returns the summary rows of this run's cases.
 
     A case that fails on its own input (missing modality, bad values) is recorded as failed and the run goes

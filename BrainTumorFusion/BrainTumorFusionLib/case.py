@@ -1,6 +1,7 @@
 """Case and Result: what flows between the adapters (scene, files) and the Slicer-free core."""
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from .modalities import MODALITIES
 LABEL_NECROTIC = 1
 LABEL_EDEMA = 2
 LABEL_ENHANCING = 4
+LABEL_ENHANCING_2023 = 3  # BraTS 2023+ enhancing tumor: read as LABEL_ENHANCING (postprocessing.brats_labels)
 
 
 @dataclass
@@ -25,15 +27,15 @@ class Case:
     name: str
     image: np.ndarray
     ijk_to_ras: np.ndarray
-    present: tuple
-    warnings: list = field(default_factory=list)
+    present: tuple[bool, ...]
+    warnings: list[str] = field(default_factory=list)
 
     @property
-    def present_modalities(self):
+    def present_modalities(self) -> tuple[str, ...]:
         return tuple(m for m, p in zip(MODALITIES, self.present) if p)
 
     @property
-    def voxel_volume_ml(self):
+    def voxel_volume_ml(self) -> float:
         return abs(float(np.linalg.det(self.ijk_to_ras[:3, :3]))) / 1000.0
 
 
@@ -44,9 +46,9 @@ class Result:
     case_name: str
     labels: np.ndarray  # uint8 (K, J, I), values 0/1/2/4
     ijk_to_ras: np.ndarray
-    volumes_ml: dict  # NCR, ED, ET, TC, WT
-    grade_probabilities: dict = None  # {"HGG": p, "LGG": p} when grading was asked for
+    volumes_ml: dict[str, float]  # NCR, ED, ET, TC, WT
+    grade_probabilities: Optional[dict[str, float]] = None  # {"HGG": p, "LGG": p} when grading was asked for
     model: str = ""
     device: str = ""
     seconds: float = 0.0
-    warnings: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)

@@ -11,18 +11,28 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 from .errors import ModelError
+from .modalities import MODALITIES
+
+if TYPE_CHECKING:
+    import torch
 
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
 SHIPPED_CATALOGUE = RESOURCES / "models.json"
 SHIPPED_WEIGHTS = RESOURCES / "Weights"
+# The models used when none is named: GUI, console, command line and Training all read these two.
+DEFAULT_MODEL = "hafb"  # the only shipped model that handles missing modalities
+DEFAULT_GRADER = "cmg"
 # Reserved model name: averages the region probabilities of several segmentation models. An entry with
 # "default_ensemble": false is left out of the default members (it can still be named as a member).
 ENSEMBLE = "ensemble"
+# Ensemble members: a list of names or one comma-separated string ("hafb, segresnet").
+Members = Union[str, Sequence[str], None]
 
 
-def cache_folder():
+def cache_folder() -> Path:
     """User cache for downloaded or user-provided weights (BRAINTUMORFUSION_CACHE overrides)."""
     configured = os.environ.get("BRAINTUMORFUSION_CACHE")
     if configured:
@@ -39,17 +49,17 @@ class ModelEntry:
     weights_file: str
     sha256: str
     title: str = ""
-    config: dict = field(default_factory=dict)
-    modalities: tuple = ("t1", "t1ce", "t2", "flair")
+    config: dict[str, Any] = field(default_factory=dict)
+    modalities: tuple[str, ...] = MODALITIES
     handles_missing_modalities: bool = False
-    spacing_mm: tuple = None
-    patch_size: tuple = (128, 128, 128)
+    spacing_mm: Optional[tuple[float, float, float]] = None
+    patch_size: tuple[int, int, int] = (128, 128, 128)
     in_default_ensemble: bool = True
     folder: Path = SHIPPED_WEIGHTS
-    details: dict = field(default_factory=dict)  # training, split, metrics, notes: shown, never interpreted
+    details: dict[str, Any] = field(default_factory=dict)  # training, split, metrics, notes: shown only
 
     @classmethod
-    def from_json(cls, data, folder):
+    def from_json(cls, data: dict[str, Any], folder: Union[str, os.PathLike]) -> "ModelEntry":
         try:
             return cls(name=data["name"], task=data["task"], network=data["network"],
                        weights_file=data["weights"]["file"], sha256=data["weights"]["sha256"].lower(),
@@ -64,7 +74,7 @@ class ModelEntry:
             raise ModelError(f"Catalogue entry {data.get('name', '?') if isinstance(data, dict) else data!r} "
                              f"is incomplete ({error}). Re-export it with Training's export command.") from None
 
-    def weights_path(self):
+    def weights_path(self) -> Path:
         """The weights file: next to its catalogue, else in the user cache folder."""
         for folder in (self.folder, cache_folder()):
             path = Path(folder) / self.weights_file
@@ -75,7 +85,7 @@ class ModelEntry:
             f"{cache_folder()}. Reinstall the extension or copy the file there.")
 
 
-def file_sha256(path):
+def file_sha256(path: Union[str, os.PathLike]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -84,13 +94,13 @@ def file_sha256(path):
 
 
 class Catalogue:
-    def __init__(self, entries=()):
-        self.entries = {}
+    def __init__(self, entries: Iterable[ModelEntry] = ()):
+        self.entries: dict[str, ModelEntry] = {}
         for entry in entries:
             self.entries[entry.name] = entry
 
     @classmethod
-    def load(cls, extra_files=()):
+    def load(cls, extra_files: Iterable[Union[str, os.PathLike]] = ()) -> "Catalogue":
         """Shipped catalogue plus extra catalogue files (their entries win on equal names)."""
         entries = []
         for path, weights_folder in [(SHIPPED_CATALOGUE, SHIPPED_WEIGHTS)] + [(Path(p), Path(p).parent)
@@ -104,28 +114,28 @@ class Catalogue:
             entries += [ModelEntry.from_json(item, weights_folder) for item in data.get("models", [])]
         return cls(entries)
 
-    def names(self, task=None):
+    def names(self, task: Optional[str] = None) -> list[str]:
         return sorted(name for name, entry in self.entries.items() if task in (None, entry.task))
 
-    def entry(self, name, task=None):
+    def entry(self, name: str, task: Optional[str] = None) -> ModelEntry:
         entry = self.entries.get(name)
         if entry is None or (task and entry.task != task):
             known = ", ".join(self.names(task)) or "none yet (no trained weights are installed)"
             raise ModelError(f"Unknown {task or ''} model '{name}'. Available: {known}.".replace("  ", " "))
         return entry
 
-    def segmentation_choices(self):
+    def segmentation_choices(self) -> list[str]:
         """What a user can pick to segment: every segmentation model, plus "ensemble" when two or more exist."""
         names = self.names("segmentation")
         return names + [ENSEMBLE] if len(names) >= 2 else names
 
-    def default_ensemble(self):
+    def default_ensemble(self) -> list[str]:
         """The ensemble's members when none are named: every segmentation model, except entries that opt out.
 
         So models added to the catalogue later join the default ensemble without code changes."""
         return [name for name in self.names("segmentation") if self.entries[name].in_default_ensemble]
 
-    def ensemble_members(self, names=None):
+    def ensemble_members(self, names: Members = None) -> list[ModelEntry]:
         """Entries of an ensemble's members, in the given order (default_ensemble() when none are named).
 
         `names` is a list or a comma-separated string. Raises ModelError saying what to choose instead."""
@@ -150,7 +160,7 @@ class Catalogue:
         return [self.entries[name] for name in names]
 
 
-def member_names(members):
+def member_names(members: Members) -> list[str]:
     """Ensemble member names from a list or a comma-separated string ("hafb, segresnet"); [] for none."""
     if not members:
         return []
@@ -158,7 +168,7 @@ def member_names(members):
     return [name.strip() for name in items if name.strip()]
 
 
-def load_network(entry, device="cpu"):
+def load_network(entry: ModelEntry, device: Union[str, "torch.device"] = "cpu") -> "torch.nn.Module":
     """Build the entry's network and load its weights after checking their SHA-256; eval mode."""
     import torch
 

@@ -5,27 +5,33 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
 
+from .catalogue import DEFAULT_GRADER, DEFAULT_MODEL
 from .errors import BrainTumorFusionError, Cancelled
 from .modalities import MODALITIES
-from .process_runner import format_progress
+from .process_runner import format_progress, format_result
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m BrainTumorFusionLib",
                                      description="Brain tumor segmentation and grading on T1, T1ce, T2 and FLAIR.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_model_options(command):
-        command.add_argument("--model", default="hafb", help="segmentation model from the catalogue (default hafb), "
-                             "or 'ensemble' to average several")
+        command.add_argument("--model", default=DEFAULT_MODEL, help="segmentation model from the catalogue (default "
+                             f"{DEFAULT_MODEL}), or 'ensemble' to average several")
         command.add_argument("--members", metavar="A,B,...",
                              help="with --model ensemble: comma-separated segmentation models to average (default: "
                              "every segmentation model of the catalogue; see the models command)")
         command.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         command.add_argument("--grade", action="store_true", help="also grade the glioma (HGG vs LGG)")
-        command.add_argument("--grading-model", default="cmg")
+        command.add_argument("--grading-model", default=DEFAULT_GRADER)
         command.add_argument("--catalogue", action="append", default=[], metavar="JSON",
                              help="extra model catalogue file (your own trained models); repeatable")
 
@@ -35,7 +41,8 @@ def build_parser():
     segment.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
     add_model_options(segment)
 
-    predict = commands.add_parser("predict", help="segment one case given as files (progress lines on stdout)")
+    predict = commands.add_parser("predict", help="segment one case given as files (PROGRESS lines on stdout, then "
+                                  "a RESULT line: see process_runner)")
     for role in MODALITIES:
         predict.add_argument(f"--{role}", type=Path)
     predict.add_argument("--output-dir", required=True, type=Path)
@@ -47,7 +54,7 @@ def build_parser():
     return parser
 
 
-def make_pipeline(args):
+def make_pipeline(args: argparse.Namespace) -> "Pipeline":
     from .catalogue import Catalogue
     from .pipeline import Pipeline
 
@@ -55,7 +62,7 @@ def make_pipeline(args):
                     catalogue=Catalogue.load(args.catalogue), members=args.members)
 
 
-def run_segment(args):
+def run_segment(args: argparse.Namespace) -> int:
     from .batch import run_batch
 
     rows = run_batch(args.input_dir, args.output_dir, make_pipeline(args), overwrite=args.overwrite)
@@ -66,7 +73,7 @@ def run_segment(args):
     return 1 if failed else 0
 
 
-def run_predict(args):
+def run_predict(args: argparse.Namespace) -> int:
     """Writes labels.nrrd (on the reference input's grid) and result.json into --output-dir."""
     from .file_io import CaseFiles, check_writable_folder, read_case, write_atomically, write_labels
 
@@ -85,7 +92,7 @@ def run_predict(args):
     return 0
 
 
-def run_models(args):
+def run_models(args: argparse.Namespace) -> int:
     from .catalogue import ENSEMBLE, Catalogue
 
     catalogue = Catalogue.load(args.catalogue)
@@ -103,18 +110,29 @@ def run_models(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # Slicer --python-script passes a separating "--" through
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     handlers = {"segment": run_segment, "predict": run_predict, "models": run_models}
+    # `predict` is the GUI's background process: whatever happens, its last line says how it ended.
+    background = args.command == "predict"
+    failure = None
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
     except Cancelled as error:
         print(f"Cancelled: {error}", file=sys.stderr)
-        return 130
+        code, failure = 130, error
     except BrainTumorFusionError as error:
         print(f"ERROR: {error}", file=sys.stderr)
-        return 2
+        code, failure = 2, error
+    except Exception as error:
+        if not background:
+            raise
+        traceback.print_exc()
+        code, failure = 1, error
+    if background:
+        print(format_result(failure), flush=True)
+    return code

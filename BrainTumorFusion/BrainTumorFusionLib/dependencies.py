@@ -1,6 +1,7 @@
 """Python packages the networks need inside Slicer: torch through the PyTorch extension, the rest pinned."""
 
 import importlib.util
+from typing import Callable, Optional
 
 from .catalogue import RESOURCES
 from .errors import BrainTumorFusionError, Cancelled
@@ -10,11 +11,11 @@ REQUIREMENTS_FILE = RESOURCES / "requirements-slicer.txt"
 REQUIRED_MODULES = ("torch", "monai", "einops", "tqdm", "SimpleITK")
 
 
-def missing_packages():
+def missing_packages() -> list[str]:
     return [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
 
 
-def ensure_installed(confirm=None):
+def ensure_installed(confirm: Optional[Callable[[str], bool]] = None) -> None:
     """Install what is missing into Slicer's Python. `confirm(message) -> bool` is asked first (GUI);
     without it (console, batch) installation goes ahead without prompts."""
     missing = missing_packages()

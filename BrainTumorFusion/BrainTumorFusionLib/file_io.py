@@ -5,48 +5,44 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from .case import Case
 from .errors import InputError, OutputError
 from .geometry import assemble_case, ijk_to_ras_of
-from .modalities import DISPLAY_NAMES, MODALITIES
+from .modalities import DISPLAY_NAMES, MODALITIES, role_of_token
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-# Last name token -> role: BraTS 2018-2021 (`_t1`, `_t1ce`, `_t2`, `_flair`) and 2023 (`-t1n`, `-t1c`,
-# `-t2w`, `-t2f`) naming. Anything else (`_seg`, masks, notes) is ignored.
-SUFFIX_ROLES = {
-    "t1": "t1", "t1n": "t1", "t1w": "t1",
-    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce",
-    "t2": "t2", "t2w": "t2",
-    "flair": "flair", "t2f": "flair",
-}
+# A file's role is that of its last name token (`<id>_t1ce`, `<id>-t2f`); anything else (`_seg`, masks, notes)
+# is ignored.
 _TOKEN = re.compile(r"[_\-.]")
+PathLike = Union[str, os.PathLike]
 
 
 @dataclass
 class CaseFiles:
     case_id: str
-    files: dict  # role -> Path
+    files: dict[str, Path]  # role -> image file
 
 
-def strip_extension(name):
+def strip_extension(name: str) -> Optional[str]:
     for extension in IMAGE_EXTENSIONS:
         if name.lower().endswith(extension):
             return name[: -len(extension)]
     return None
 
 
-def role_of_file(path):
+def role_of_file(path: PathLike) -> Optional[str]:
     stem = strip_extension(Path(path).name)
     if stem is None:
         return None
-    return SUFFIX_ROLES.get(_TOKEN.split(stem)[-1].lower())
+    return role_of_token(_TOKEN.split(stem)[-1])
 
 
-def case_files_in(folder):
+def case_files_in(folder: PathLike) -> Optional[CaseFiles]:
     """CaseFiles of one case folder, or None when it holds no modality image."""
     folder = Path(folder)
     files = {}
@@ -62,7 +58,7 @@ def case_files_in(folder):
     return CaseFiles(folder.name, files) if files else None
 
 
-def find_cases(input_dir):
+def find_cases(input_dir: PathLike) -> list[CaseFiles]:
     """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored)."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
@@ -75,7 +71,7 @@ def find_cases(input_dir):
     return cases
 
 
-def read_image(path, role):
+def read_image(path: PathLike, role: str) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -88,7 +84,7 @@ def read_image(path, role):
     return image
 
 
-def read_case(case_files):
+def read_case(case_files: CaseFiles) -> tuple[Case, sitk.Image]:
     """(Case, reference SimpleITK image) from CaseFiles; the reference is the first present modality."""
     volumes, reference = {}, None
     for role in MODALITIES:
@@ -101,14 +97,14 @@ def read_case(case_files):
     return assemble_case(volumes, case_files.case_id), reference
 
 
-def write_labels(labels, reference_image, path):
+def write_labels(labels: np.ndarray, reference_image: sitk.Image, path: PathLike) -> None:
     """Write a uint8 label map with exactly the reference image's grid (origin, spacing, direction)."""
     image = sitk.GetImageFromArray(np.asarray(labels, dtype=np.uint8))
     image.CopyInformation(reference_image)
     write_atomically(lambda target: sitk.WriteImage(image, str(target), True), path)
 
 
-def write_atomically(write, path):
+def write_atomically(write: Callable[[Path], object], path: PathLike) -> None:
     """Write through a unique temporary name in the same folder, flush it to disk, then rename, so an interrupted
     run never leaves a half-written file under the final name and two writers never share a temporary file.
 
@@ -130,7 +126,7 @@ def write_atomically(write, path):
             temporary.unlink()
 
 
-def check_writable_folder(folder):
+def check_writable_folder(folder: PathLike) -> None:
     """Create folder if needed and prove it is writable, before any work starts."""
     folder = Path(folder)
     try:

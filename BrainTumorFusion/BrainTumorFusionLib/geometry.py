@@ -1,6 +1,8 @@
 """Voxel grids: conversion between (array, IJK-to-RAS) and SimpleITK images, grid comparison, resampling,
 and assembling validated Cases. Geometry goes through SimpleITK; axes are never flipped by hand."""
 
+from typing import Optional, Sequence
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -13,7 +15,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 GRID_TOLERANCE = 1e-3
 
 
-def ijk_to_ras_of(image):
+def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
     """4x4 IJK-to-RAS matrix of a SimpleITK image (SimpleITK works in LPS)."""
     spacing = np.array(image.GetSpacing(), dtype=float)
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
@@ -23,7 +25,7 @@ def ijk_to_ras_of(image):
     return matrix
 
 
-def image_from_array(array, ijk_to_ras):
+def image_from_array(array: np.ndarray, ijk_to_ras: np.ndarray) -> sitk.Image:
     """SimpleITK image of a (K, J, I) array placed by a 4x4 IJK-to-RAS matrix."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     lps = _LPS_TO_RAS @ np.asarray(ijk_to_ras, dtype=float)[:3, :4]
@@ -36,16 +38,17 @@ def image_from_array(array, ijk_to_ras):
     return image
 
 
-def spacing_of(ijk_to_ras):
+def spacing_of(ijk_to_ras: np.ndarray) -> np.ndarray:
     """Voxel spacing (mm) along I, J, K."""
     return np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
 
 
-def same_grid(shape_a, matrix_a, shape_b, matrix_b):
+def same_grid(shape_a: Sequence[int], matrix_a: np.ndarray, shape_b: Sequence[int], matrix_b: np.ndarray) -> bool:
     return tuple(shape_a) == tuple(shape_b) and np.allclose(matrix_a, matrix_b, atol=GRID_TOLERANCE)
 
 
-def resample_onto(array, ijk_to_ras, shape, target_ijk_to_ras, interpolator=sitk.sitkLinear):
+def resample_onto(array: np.ndarray, ijk_to_ras: np.ndarray, shape: Sequence[int], target_ijk_to_ras: np.ndarray,
+                  interpolator: int = sitk.sitkLinear) -> np.ndarray:
     """Resample a (K, J, I) array onto another grid in physical space; outside the input is 0."""
     moving = image_from_array(array.astype(np.float32, copy=False), ijk_to_ras)
     reference = image_from_array(np.zeros(shape, dtype=np.uint8), target_ijk_to_ras)
@@ -53,7 +56,7 @@ def resample_onto(array, ijk_to_ras, shape, target_ijk_to_ras, interpolator=sitk
     return sitk.GetArrayFromImage(resampled)
 
 
-def check_volume(role, array):
+def check_volume(role: str, array: np.ndarray) -> None:
     """Reject what no network can use, naming the role and saying what to do."""
     label = DISPLAY_NAMES[role]
     if array.ndim != 3:
@@ -72,7 +75,7 @@ def check_volume(role, array):
             "correctly.")
 
 
-def assemble_case(volumes, name):
+def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], name: str) -> Case:
     """Build a validated Case from role -> (array (K, J, I), ijk_to_ras) or None.
 
     The reference grid is that of the first present modality in MODALITIES order. Volumes on other grids

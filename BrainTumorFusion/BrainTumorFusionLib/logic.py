@@ -2,70 +2,141 @@
 
 `segment` runs in-process and blocks; `start_segmentation` / `finish_segmentation` run the same pipeline in a
 background process (the library's `predict` command on temporary NRRD files) so the GUI stays responsive.
+The process is made by the `process_factory` the logic is given (default: BackgroundProcess).
 """
 
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import scene as scene_adapter
 from .case import Result
+from .catalogue import DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, member_names
+from .file_io import PathLike
 from .geometry import image_from_array, ijk_to_ras_of
-from .modalities import MODALITIES, assign_roles
-from .process_runner import BackgroundProcess, library_command
+from .modalities import MODALITIES, assign_roles, case_name_of
+from .process_runner import BackgroundProcess, library_command, parse_progress, parse_result
+
+if TYPE_CHECKING:
+    import slicer
+
+    from .inference import Progress
+    from .pipeline import Model, Pipeline
+
+    MaybeVolume = Optional[slicer.vtkMRMLScalarVolumeNode]
+
+# Makes the background process from its command line; anything with poll() -> (lines, exit code or None)
+# and cancel(), as BackgroundProcess.
+ProcessFactory = Callable[[Sequence[str]], BackgroundProcess]
+
+
+@dataclass
+class RunUpdate:
+    """What one poll of a background run brought."""
+
+    lines: list[str] = field(default_factory=list)  # output for the log (PROGRESS and RESULT lines left out)
+    progress: Optional[tuple[float, str]] = None  # the latest (fraction, message)
+    finished: bool = False
+    error: Optional[str] = None  # once finished: why it failed, or None when it succeeded
 
 
 class BackgroundSegmentation:
-    """A segmentation running in another process: poll() for lines, cancel() to kill it."""
+    """A segmentation running in another process: poll() for updates, cancel() to kill it."""
 
-    def __init__(self, process, folder, reference_node, case_name):
+    def __init__(self, process: BackgroundProcess, folder: PathLike,
+                 reference_node: "slicer.vtkMRMLScalarVolumeNode", case_name: str):
         self.process, self.folder = process, Path(folder)
         self.reference_node, self.case_name = reference_node, case_name
+        self.result: Optional[dict[str, Any]] = None  # the RESULT line's fields, once it came
 
-    def poll(self):
-        return self.process.poll()
+    def poll(self) -> RunUpdate:
+        lines, code = self.process.poll()
+        update = RunUpdate()
+        for line in lines:
+            progress, result = parse_progress(line), parse_result(line)
+            if progress:
+                update.progress = progress
+            elif result:
+                self.result = result
+            else:
+                update.lines.append(line)
+        if code is not None:
+            update.finished = True
+            update.error = self._failure(code)
+        return update
 
-    def cancel(self):
+    def _failure(self, code: int) -> Optional[str]:
+        """None when the process said it is done and exited with 0; else what to tell the user."""
+        status = (self.result or {}).get("status")
+        if status == "done" and code == 0:
+            return None
+        if status == "failed":
+            return self.result.get("error") or self.result.get("kind") or "The segmentation failed; see the log."
+        return f"The segmentation process ended (exit status {code}) without reporting a result; see the log."
+
+    def cancel(self) -> None:
         self.process.cancel()
         self.cleanup()
 
-    def cleanup(self):
+    def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class SceneLogic:
-    def __init__(self, scene, python_executable=None):
+    def __init__(self, scene: "slicer.vtkMRMLScene", python_executable: Optional[str] = None,
+                 process_factory: ProcessFactory = BackgroundProcess):
         self.scene = scene
         self.python_executable = python_executable
+        self.process_factory = process_factory
 
-    def volume_nodes(self):
+    def volume_nodes(self) -> list["slicer.vtkMRMLScalarVolumeNode"]:
         """Single-channel scalar volumes: label maps and vector volumes cannot take a modality role."""
         return [node for node in self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
                 if not node.IsA("vtkMRMLLabelMapVolumeNode") and not node.IsA("vtkMRMLVectorVolumeNode")]
 
-    def auto_assign(self):
+    def auto_assign(self) -> dict[str, "MaybeVolume"]:
         """role -> volume node (or None) from node names; the most specific name pattern wins."""
         nodes = {node.GetName(): node for node in reversed(self.volume_nodes())}
         return {role: nodes.get(name) for role, name in assign_roles(list(nodes)[::-1]).items()}
 
-    def segment(self, t1=None, t1ce=None, t2=None, flair=None, model="hafb", device="auto", grade=False,
-                progress=None, should_cancel=None, catalogue_files=(), pipeline=None, members=None):
+    def fill_empty_roles(self, current: dict[str, "MaybeVolume"]) -> dict[str, "MaybeVolume"]:
+        """`current` (role -> node or None) with its empty roles filled from node names; a node already in a
+        role is not given a second one, and roles already chosen are kept."""
+        filled = dict(current)
+        used = set(current.values()) - {None}
+        for role, node in self.auto_assign().items():
+            if filled.get(role) is None and node is not None and node not in used:
+                filled[role] = node
+                used.add(node)
+        return filled
+
+    def segment(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
+                flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto", grade: bool = False,
+                progress: Optional["Progress"] = None, should_cancel: Optional[Callable[[], bool]] = None,
+                catalogue_files: Iterable[PathLike] = (), pipeline: Optional["Pipeline"] = None,
+                members: Members = None) -> "slicer.vtkMRMLSegmentationNode":
         """Segment in this process; returns the new segmentation node (tables are added beside it).
 
         model="ensemble" averages the segmentation models in `members` (list or "a,b"; default: all)."""
-        result = self._run(t1, t1ce, t2, flair, model, device, grade, progress, should_cancel, catalogue_files,
-                           pipeline, members)
-        return scene_adapter.write_result_to_scene(result, self._reference({"t1": t1, "t1ce": t1ce, "t2": t2,
-                                                                            "flair": flair}), self.scene)[0]
+        from .pipeline import Pipeline
 
-    def grade(self, t1=None, t1ce=None, t2=None, flair=None, model="cmg", device="auto", catalogue_files=(),
-              grader=None):
+        nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
+        case = scene_adapter.case_from_nodes(**nodes)
+        pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
+                                        catalogue=Catalogue.load(catalogue_files))
+        result = pipeline.run(case, progress, should_cancel)
+        return scene_adapter.write_result_to_scene(result, self._reference(nodes), self.scene)[0]
+
+    def grade(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
+              flair: "MaybeVolume" = None, model: str = DEFAULT_GRADER, device: str = "auto",
+              catalogue_files: Iterable[PathLike] = (), grader: Optional["Model"] = None) -> dict[str, float]:
         """Grade probabilities {"HGG": p, "LGG": p}; adds nothing to the scene."""
-        from .catalogue import Catalogue
         from .pipeline import Pipeline
 
         case = scene_adapter.case_from_nodes(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
@@ -73,25 +144,15 @@ class SceneLogic:
                             catalogue=Catalogue.load(catalogue_files))
         return pipeline.grade(case)
 
-    def _run(self, t1, t1ce, t2, flair, model, device, grade, progress, should_cancel, catalogue_files, pipeline,
-             members):
-        from .catalogue import Catalogue
-        from .pipeline import Pipeline
-
-        case = scene_adapter.case_from_nodes(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
-        pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
-                                        catalogue=Catalogue.load(catalogue_files))
-        return pipeline.run(case, progress, should_cancel)
-
     @staticmethod
-    def _reference(nodes):
+    def _reference(nodes: dict[str, "MaybeVolume"]) -> "slicer.vtkMRMLScalarVolumeNode":
         return next(nodes[role] for role in MODALITIES if nodes.get(role) is not None)
 
-    def start_segmentation(self, t1=None, t1ce=None, t2=None, flair=None, model="hafb", device="auto",
-                           grade=False, catalogue_files=(), members=None):
+    def start_segmentation(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
+                           flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto",
+                           grade: bool = False, catalogue_files: Iterable[PathLike] = (),
+                           members: Members = None) -> BackgroundSegmentation:
         """Write the inputs to temporary NRRD files and start the `predict` command on them."""
-        from .catalogue import ENSEMBLE, Catalogue, member_names
-
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
         scene_adapter.case_from_nodes(**nodes)  # validate here, so bad input fails before any process starts
         if model == ENSEMBLE:  # check the members here too, and pass the defaults on by name
@@ -109,12 +170,18 @@ class SceneLogic:
         for extra in catalogue_files:
             arguments += ["--catalogue", str(extra)]
         reference = self._reference(nodes)
-        name = scene_adapter.case_name_from_node_name(reference.GetName())
+        name = case_name_of(reference.GetName())
         arguments += ["--name", name]
-        process = BackgroundProcess(library_command(self.python_executable, *arguments))
+        try:
+            process = self.process_factory(library_command(self.python_executable, *arguments))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return BackgroundSegmentation(process, folder, reference, name)
 
-    def finish_segmentation(self, run):
+    def finish_segmentation(self, run: BackgroundSegmentation
+                            ) -> tuple["slicer.vtkMRMLSegmentationNode", "slicer.vtkMRMLTableNode",
+                                       Optional["slicer.vtkMRMLTableNode"]]:
         """Import a finished background run into the scene; returns (segmentation, volumes table, grade table)."""
         try:
             output = run.folder / "output"

@@ -6,16 +6,23 @@ averaged on the case's brain crop before thresholding).
 
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Union
 
-from .case import Result
-from .catalogue import ENSEMBLE, Catalogue, load_network, member_names
+import numpy as np
+import torch
+
+from .case import Case, Result
+from .catalogue import (DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
+                        member_names)
 from .errors import Cancelled, InputError, ModelError
-from .inference import choose_device, classify, predict_regions
+from .inference import Progress, choose_device, classify, predict_regions
 from .modalities import DISPLAY_NAMES, MODALITIES
-from .postprocessing import probabilities_on_case_grid, regions_to_labels, region_volumes, uncrop
-from .preprocessing import prepare
+from .postprocessing import regions_to_labels, region_volumes, uncrop
+from .preprocessing import Crop, prepare
 
 GRADES = ("HGG", "LGG")
+Device = Union[str, torch.device]
+ShouldCancel = Optional[Callable[[], bool]]
 
 
 @dataclass
@@ -23,37 +30,38 @@ class Model:
     """A network ready to run, with what the pipeline needs to know about it."""
 
     name: str
-    network: object  # torch.nn.Module in eval mode
-    patch_size: tuple = (128, 128, 128)
-    spacing_mm: tuple = None
-    modalities: tuple = MODALITIES
+    network: torch.nn.Module  # in eval mode
+    patch_size: tuple[int, int, int] = (128, 128, 128)
+    spacing_mm: Optional[tuple[float, float, float]] = None
+    modalities: tuple[str, ...] = MODALITIES
     handles_missing_modalities: bool = False
     notes: str = ""  # the catalogue entry's caveat, passed on with its results
 
     @classmethod
-    def from_catalogue(cls, name, task, device, catalogue=None):
+    def from_catalogue(cls, name: str, task: str, device: Device, catalogue: Optional[Catalogue] = None) -> "Model":
         return cls.from_entry((catalogue or Catalogue.load()).entry(name, task), device)
 
     @classmethod
-    def from_entry(cls, entry, device):
+    def from_entry(cls, entry: ModelEntry, device: Device) -> "Model":
         return cls(name=entry.name, network=load_network(entry, device), patch_size=entry.patch_size,
                    spacing_mm=entry.spacing_mm, modalities=entry.modalities,
                    handles_missing_modalities=entry.handles_missing_modalities,
                    notes=entry.details.get("notes", ""))
 
-    def missing_modalities(self, case):
+    def missing_modalities(self, case: Case) -> list[str]:
         """Display names of the modalities this model needs and the case lacks (none if it handles that)."""
         if self.handles_missing_modalities:
             return []
         return [DISPLAY_NAMES[m] for m in self.modalities if not case.present[MODALITIES.index(m)]]
 
-    def check_modalities(self, case):
+    def check_modalities(self, case: Case) -> None:
         missing = self.missing_modalities(case)
         if missing:
             raise InputError(f"Model '{self.name}' needs {', '.join(missing)}, which is not selected. Select it, "
                              "or choose a model whose catalogue entry says it handles missing modalities.")
 
-    def crop_probabilities(self, case, device, progress, should_cancel=None):
+    def crop_probabilities(self, case: Case, device: Device, progress: Progress,
+                           should_cancel: ShouldCancel = None) -> tuple[np.ndarray, Crop]:
         """(Region probabilities (3, ...) on the grid of the case's brain crop, the crop's slices).
 
         The network sees the crop at its own spacing; its output is resampled back onto the crop's grid."""
@@ -62,7 +70,7 @@ class Model:
         present = case.present if self.handles_missing_modalities else None
         probabilities = predict_regions(self.network, prepared.image, self.patch_size, device, present,
                                         share(progress, 0.05, 1.0), should_cancel)
-        return probabilities_on_case_grid(probabilities, prepared), prepared.crop
+        return prepared.to_crop_grid(probabilities), prepared.crop
 
 
 class Ensemble:
@@ -72,7 +80,7 @@ class Ensemble:
     and the running sum are held at a time. Members wait in CPU memory and visit the GPU one at a time.
     """
 
-    def __init__(self, members):
+    def __init__(self, members: Iterable[Model]):
         self.members = list(members)
         if len(self.members) < 2:
             raise ModelError(f"An ensemble needs at least 2 segmentation models, got {len(self.members)}. Give "
@@ -80,12 +88,12 @@ class Ensemble:
         self.name = f"{ENSEMBLE} ({' + '.join(member.name for member in self.members)})"
 
     @classmethod
-    def from_catalogue(cls, names=None, catalogue=None):
+    def from_catalogue(cls, names: Members = None, catalogue: Optional[Catalogue] = None) -> "Ensemble":
         """Members named in `names` (list or "a,b"); the catalogue's default members when none are named."""
         entries = (catalogue or Catalogue.load()).ensemble_members(names)
         return cls(Model.from_entry(entry, "cpu") for entry in entries)
 
-    def check_modalities(self, case):
+    def check_modalities(self, case: Case) -> None:
         lacking = {member.name: member.missing_modalities(case) for member in self.members}
         lacking = {name: missing for name, missing in lacking.items() if missing}
         if lacking:
@@ -94,7 +102,8 @@ class Ensemble:
             raise InputError(f"Ensemble members cannot run without volumes that are not selected: {needs}. "
                              f"Deselect {', '.join(lacking)} from the members, or select {', '.join(volumes)}.")
 
-    def crop_probabilities(self, case, device, progress, should_cancel=None):
+    def crop_probabilities(self, case: Case, device: Device, progress: Progress,
+                           should_cancel: ShouldCancel = None) -> tuple[np.ndarray, Crop]:
         """Mean of the members' region probabilities on the case's brain crop grid, and the crop's slices."""
         total = crop = None
         count = len(self.members)
@@ -117,14 +126,15 @@ class Ensemble:
         return total, crop
 
 
-def share(progress, start, end, label=None):
+def share(progress: Progress, start: float, end: float, label: Optional[str] = None) -> Progress:
     """Progress callback mapping [0, 1] of a part of the work onto [start, end] of the whole."""
     def report(fraction, message):
         progress(start + (end - start) * fraction, f"{message} ({label})" if label else message)
     return report
 
 
-def segmentation_model(name, members, device, catalogue):
+def segmentation_model(name: str, members: Members, device: Device,
+                       catalogue: Optional[Catalogue]) -> Union[Model, Ensemble]:
     """The segmenter a pipeline uses for a catalogue name ("ensemble" with `members`, or one model)."""
     if name == ENSEMBLE:
         return Ensemble.from_catalogue(members, catalogue)
@@ -141,15 +151,16 @@ class Pipeline:
     `members` (a list or "a,b"; default: the catalogue's default_ensemble()).
     """
 
-    def __init__(self, model="hafb", device="auto", grade=False, catalogue=None, segmenter=None, grader=None,
-                 grading_model="cmg", members=None):
+    def __init__(self, model: Optional[str] = DEFAULT_MODEL, device: Optional[str] = "auto", grade: bool = False,
+                 catalogue: Optional[Catalogue] = None, segmenter: Union[Model, Ensemble, None] = None,
+                 grader: Optional[Model] = None, grading_model: str = DEFAULT_GRADER, members: Members = None):
         self.device = choose_device(device)
         self.segmenter = segmenter or (segmentation_model(model, members, self.device, catalogue)
                                        if model else None)
         self.grader = grader or (Model.from_catalogue(grading_model, "grading", self.device, catalogue)
                                  if grade else None)
 
-    def run(self, case, progress=None, should_cancel=None):
+    def run(self, case: Case, progress: Optional[Progress] = None, should_cancel: ShouldCancel = None) -> Result:
         """Result for one Case. progress(fraction, message) is called as work advances."""
         report = progress or (lambda fraction, message: None)
         start = time.perf_counter()
@@ -166,12 +177,12 @@ class Pipeline:
                       model=self.segmenter.name, device=str(self.device),
                       seconds=round(time.perf_counter() - start, 2), warnings=list(case.warnings) + notes)
 
-    def check_modalities(self, case):
+    def check_modalities(self, case: Case) -> None:
         """InputError saying what to select (or deselect) if a model of this pipeline cannot run on the case."""
         for model in filter(None, (self.segmenter, self.grader)):
             model.check_modalities(case)
 
-    def grade(self, case):
+    def grade(self, case: Case) -> dict[str, float]:
         """{"HGG": p, "LGG": p} from the grading model on the brain crop resized to its input size."""
         self.grader.check_modalities(case)
         prepared = prepare(case, self.grader.spacing_mm)

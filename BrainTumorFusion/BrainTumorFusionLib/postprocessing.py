@@ -1,14 +1,16 @@
 """Region probabilities -> BraTS labels on the case grid, and region volumes."""
 
+from typing import Sequence
+
 import numpy as np
 
-from .case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_NECROTIC
-from .preprocessing import resample_channels
+from .case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_ENHANCING_2023, LABEL_NECROTIC
+from .preprocessing import Crop
 
 THRESHOLD = 0.5
 
 
-def regions_to_labels(probabilities, threshold=THRESHOLD):
+def regions_to_labels(probabilities: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     """Nested regions (WT, TC, ET) -> labels: WT outside TC is edema, TC outside ET necrotic core, ET enhancing.
 
     Tumor core is only kept inside whole tumor and enhancing tumor only inside tumor core, so the labels are
@@ -24,21 +26,14 @@ def regions_to_labels(probabilities, threshold=THRESHOLD):
     return labels
 
 
-def probabilities_on_case_grid(probabilities, prepared):
-    """Bring (3, ...) region probabilities from the model grid back to the crop's grid (linear)."""
-    if prepared.model_ijk_to_ras is prepared.cropped_ijk_to_ras:
-        return probabilities
-    return resample_channels(probabilities, prepared.model_ijk_to_ras, prepared.cropped_shape,
-                             prepared.cropped_ijk_to_ras)
-
-
-def uncrop(labels, crop, full_shape):
+def uncrop(labels: np.ndarray, crop: Crop, full_shape: Sequence[int]) -> np.ndarray:
+    """Labels of the brain crop -> the whole case grid (zero outside the crop)."""
     out = np.zeros(full_shape, dtype=labels.dtype)
     out[crop] = labels
     return out
 
 
-def region_volumes(labels, voxel_volume_ml):
+def region_volumes(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
     """Volumes in mL of NCR, ED, ET and the composite regions TC = NCR + ET, WT = all tumor."""
     counts = {label: int(np.count_nonzero(labels == label)) for label in (LABEL_NECROTIC, LABEL_EDEMA,
                                                                           LABEL_ENHANCING)}
@@ -47,7 +42,7 @@ def region_volumes(labels, voxel_volume_ml):
     return {name: round(count * voxel_volume_ml, 3) for name, count in voxels.items()}
 
 
-def brats_labels(labels):
-    """Accept BraTS 2023+ label 3 for enhancing tumor: map it to 4, the value this project writes."""
+def brats_labels(labels: np.ndarray) -> np.ndarray:
+    """The one place label 3 (BraTS 2023+ enhancing tumor) is read as 4, the value this project writes."""
     labels = np.asarray(labels)
-    return np.where(labels == 3, LABEL_ENHANCING, labels).astype(np.uint8)
+    return np.where(labels == LABEL_ENHANCING_2023, LABEL_ENHANCING, labels).astype(np.uint8)

@@ -1,23 +1,36 @@
-"""Background process runner (used by the GUI): streams output lines, parses progress, kills the whole tree.
+"""Background process runner (used by the GUI): streams output lines, kills the whole tree; and the two kinds of
+line the background process (the library's `predict` command) writes for its caller.
 
 Qt-free: a reader thread fills a queue; the GUI drains it from a timer with `poll()`.
+
+    PROGRESS 0.450 Segmenting            progress fraction and message, any number of times
+    RESULT {"status": "done"}            the last line: how the run ended; on failure
+    RESULT {"status": "failed", "kind": "InputError", "error": "Model 'missu' needs T1ce, ..."}
+
+The exit status agrees (0 done, 2 an error the user can act on, 130 cancelled, 1 anything else); a run that
+ends without a RESULT line (killed, crashed) failed.
 """
 
+import json
 import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
+from typing import Any, Optional, Sequence
+
+from .errors import BrainTumorFusionError
 
 PROGRESS_PREFIX = "PROGRESS"
+RESULT_PREFIX = "RESULT"
 
 
-def format_progress(fraction, message):
+def format_progress(fraction: float, message: str) -> str:
     return f"{PROGRESS_PREFIX} {fraction:.3f} {message}"
 
 
-def parse_progress(line):
+def parse_progress(line: str) -> Optional[tuple[float, str]]:
     """(fraction, message) of a progress line, else None."""
     parts = line.strip().split(" ", 2)
     if len(parts) < 2 or parts[0] != PROGRESS_PREFIX:
@@ -29,10 +42,31 @@ def parse_progress(line):
     return fraction, parts[2] if len(parts) > 2 else ""
 
 
+def format_result(error: Optional[BaseException] = None) -> str:
+    """The RESULT line of a run that ended with `error` (None: done)."""
+    if error is None:
+        return f"{RESULT_PREFIX} {json.dumps({'status': 'done'})}"
+    # The library's own errors say what to do; anything else also needs its type to make sense.
+    message = str(error) if isinstance(error, BrainTumorFusionError) else f"{type(error).__name__}: {error}"
+    return f"{RESULT_PREFIX} {json.dumps({'status': 'failed', 'kind': type(error).__name__, 'error': message})}"
+
+
+def parse_result(line: str) -> Optional[dict[str, Any]]:
+    """The fields of a RESULT line ({"status": "done" | "failed", ...}), else None."""
+    prefix, _, payload = line.strip().partition(" ")
+    if prefix != RESULT_PREFIX:
+        return None
+    try:
+        fields = json.loads(payload)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) and "status" in fields else None
+
+
 class BackgroundProcess:
     """Runs `command` (a list) with stdout+stderr merged into lines; `cancel()` kills it and its children."""
 
-    def __init__(self, command, env=None, cwd=None):
+    def __init__(self, command: Sequence[str], env: Optional[dict[str, str]] = None, cwd: Optional[str] = None):
         self.command = list(command)
         self._lines = queue.Queue()
         kwargs = {"start_new_session": True} if os.name == "posix" else {
@@ -44,12 +78,12 @@ class BackgroundProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
-    def _read(self):
+    def _read(self) -> None:
         for line in self.process.stdout:
             self._lines.put(line.rstrip("\n"))
         self.process.stdout.close()
 
-    def poll(self):
+    def poll(self) -> tuple[list[str], Optional[int]]:
         """(new output lines, return code or None while running). The code comes once all lines are read."""
         lines = []
         while True:
@@ -62,12 +96,12 @@ class BackgroundProcess:
             code = None  # keep the last lines in order with the exit
         return lines, code
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: Optional[float] = None) -> int:
         self.process.wait(timeout)
         self._reader.join(timeout)
         return self.process.returncode
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Kill the process and every process it started."""
         self.cancelled = True
         if self.process.poll() is not None:
@@ -82,7 +116,7 @@ class BackgroundProcess:
         self.process.wait()
 
 
-def library_command(python_executable, *arguments):
+def library_command(python_executable: Optional[str], *arguments: str) -> list[str]:
     """Command line running this library's CLI with the given Python (PythonSlicer inside Slicer).
 
     The entry file is run by path, so it works whether or not the library is on that Python's path.

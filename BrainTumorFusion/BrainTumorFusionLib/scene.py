@@ -5,22 +5,23 @@ module adds to a scene is placed in the subject hierarchy beside the reference v
 """
 
 import os
-import re
+from typing import Optional
 
 import numpy as np
 import slicer
 import slicer.util
 import vtk
 
+from .case import LABEL_ENHANCING_2023, Case, Result
 from .errors import InputError, OutputError
-from .file_io import check_writable_folder, write_atomically
-from .modalities import DISPLAY_NAMES, MODALITIES
+from .file_io import PathLike, check_writable_folder, write_atomically
+from .modalities import DISPLAY_NAMES, MODALITIES, case_name_of
+from .postprocessing import brats_labels
 from .segments import SEGMENTS, VOLUME_COLUMNS
 
-# Modality suffixes stripped from a node name to get the case name ("Brats18_X_1_t1ce" -> "Brats18_X_1").
-_SUFFIX = re.compile(r"[ _.\-]+(t1ce|t1gd|t1c|t1n|t1w|t1|t2f|t2w|t2|flair)$", re.IGNORECASE)
 # Node attribute that records which model made a result, e.g. "hafb" or "ensemble (hafb + segresnet)".
 MODEL_ATTRIBUTE = "BrainTumorFusion.Model"
+VolumeNode = slicer.vtkMRMLScalarVolumeNode
 
 
 def _describe(node, role=None):
@@ -46,7 +47,8 @@ def _transform_to_world(node, what):
     return _matrix(to_world)
 
 
-def volume_from_node(node, role=None):
+def volume_from_node(node: Optional[slicer.vtkMRMLNode], role: Optional[str] = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(array (K, J, I) copy, 4x4 IJK-to-RAS in world coordinates) of a single-channel scalar volume node.
 
     A linear parent transform is applied to the matrix (the node itself is left unchanged).
@@ -75,13 +77,9 @@ def volume_from_node(node, role=None):
     return array, _transform_to_world(node, _describe(node, role)) @ _matrix(ijk_to_ras)
 
 
-def case_name_from_node_name(name):
-    """Node name without a trailing modality suffix (`_t1ce`, `-t1c`, ...); the name itself if nothing is left."""
-    stripped = _SUFFIX.sub("", name.strip())
-    return stripped or name
-
-
-def case_from_nodes(t1=None, t1ce=None, t2=None, flair=None, name=None):
+def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] = None,
+                    t2: Optional[VolumeNode] = None, flair: Optional[VolumeNode] = None,
+                    name: Optional[str] = None) -> Case:
     """Validated Case from up to four volume nodes (reference grid: first present in MODALITIES order)."""
     from .geometry import assemble_case  # lazy: keeps this module importable on its own
 
@@ -101,11 +99,12 @@ def case_from_nodes(t1=None, t1ce=None, t2=None, flair=None, name=None):
                for role in MODALITIES}
     if name is None:
         reference = next((nodes[role] for role in MODALITIES if nodes[role] is not None), None)
-        name = case_name_from_node_name(reference.GetName()) if reference is not None else "case"
+        name = case_name_of(reference.GetName()) if reference is not None else "case"
     return assemble_case(volumes, name)
 
 
-def add_volume_node(scene, array, ijk_to_ras, name, labelmap=False):
+def add_volume_node(scene: slicer.vtkMRMLScene, array: np.ndarray, ijk_to_ras: np.ndarray, name: str,
+                    labelmap: bool = False) -> VolumeNode:
     """Add a scalar (or labelmap) volume node holding a copy of `array` (K, J, I) placed by `ijk_to_ras`."""
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.asarray(ijk_to_ras, dtype=float)))
@@ -138,12 +137,11 @@ def _check_labels(labels):
     if labels.ndim != 3 or labels.size == 0:
         raise OutputError(f"The result's label map has shape {labels.shape}; a 3D (K, J, I) array is needed. "
                           "Run the segmentation again.")
-    unknown = sorted(set(np.unique(labels).tolist()) - {0, 1, 2, 3, 4})
+    unknown = sorted(set(np.unique(labels).tolist()) - {0, LABEL_ENHANCING_2023} - {spec.label for spec in SEGMENTS})
     if unknown:
         raise OutputError(f"The result's label map holds values {unknown} that are not BraTS labels "
                           "(0, 1, 2, 4). Run the segmentation again or check the model's output.")
-    # BraTS 2023+ writes enhancing tumor as 3.
-    return np.where(labels == 3, 4, labels).astype(np.uint8)
+    return brats_labels(labels)
 
 
 def _fill_segmentation(seg_node, labelmap_node):
@@ -187,7 +185,8 @@ def _place_in_hierarchy(scene, node, parent_like):
         sh.CreateItem(parent, node)
 
 
-def write_segmentation(result, reference_node, scene):
+def write_segmentation(result: Result, reference_node: Optional[VolumeNode],
+                       scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLSegmentationNode:
     """Add a segmentation node "<case> tumor" with the three SEGMENTS (BraTS labels of `result`)."""
     labels = _check_labels(result.labels)
     matrix, transform = _local_matrix(reference_node, result.ijk_to_ras)
@@ -226,7 +225,8 @@ def _add_table(scene, name, columns, parent_like):
     return table_node
 
 
-def write_tables(result, scene, parent_like=None):
+def write_tables(result: Result, scene: slicer.vtkMRMLScene, parent_like: Optional[slicer.vtkMRMLNode] = None
+                 ) -> tuple[slicer.vtkMRMLTableNode, Optional[slicer.vtkMRMLTableNode]]:
     """Add "<case> tumor volumes" (Region, Volume (mL)) and, with grade probabilities, "<case> grade"."""
     volumes = [float(result.volumes_ml[region]) for region in VOLUME_COLUMNS]
     added = []
@@ -249,7 +249,9 @@ def write_tables(result, scene, parent_like=None):
     return table_node, grade_node
 
 
-def write_result_to_scene(result, reference_node, scene):
+def write_result_to_scene(result: Result, reference_node: Optional[VolumeNode], scene: slicer.vtkMRMLScene
+                          ) -> tuple[slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLTableNode,
+                                     Optional[slicer.vtkMRMLTableNode]]:
     """Segmentation + tables (each with the model in MODEL_ATTRIBUTE); on any failure every node added here is
     removed again."""
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
@@ -265,7 +267,7 @@ def write_result_to_scene(result, reference_node, scene):
     return seg_node, volumes_table, grade_table
 
 
-def save_seg_nrrd(result, path, reference_ijk_to_ras=None):
+def save_seg_nrrd(result: Result, path: PathLike, reference_ijk_to_ras: Optional[np.ndarray] = None) -> str:
     """Write `result.labels` as a Slicer .seg.nrrd (segment names, colours, terminology) at `path`.
 
     Uses a private scene, so it works without any user scene. The segmentation's reference geometry is the

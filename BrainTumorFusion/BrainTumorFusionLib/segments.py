@@ -17,11 +17,11 @@ class SegmentSpec:
     segment_id: str
     label: int
     name: str
-    color: tuple  # RGB in 0..1
+    color: tuple[float, float, float]  # RGB in 0..1
     type_code: str  # codingScheme^codeValue^codeMeaning
 
     @property
-    def terminology(self):
+    def terminology(self) -> str:
         return f"{_CONTEXT}~{_CATEGORY}~{self.type_code}~^^~{_ANATOMY}"
 
 

@@ -7,8 +7,8 @@ import SimpleITK as sitk
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import CaseFiles, case_files_in, read_case, write_labels
 from BrainTumorFusionLib.pipeline import Pipeline
-from BrainTumorFusionLib.postprocessing import probabilities_on_case_grid, region_volumes
-from BrainTumorFusionLib.preprocessing import prepare, resample_channels
+from BrainTumorFusionLib.postprocessing import region_volumes
+from BrainTumorFusionLib.preprocessing import prepare
 from realdata import brats_case_dir
 from plumbing import intensity_model
 
@@ -45,9 +45,7 @@ def test_model_spacing_round_trip_keeps_the_tumor_in_place(real_case):
     prepared = prepare(case, (2.0, 2.0, 2.0))
     assert prepared.image.shape[1:] == tuple(round(n / 2) for n in prepared.cropped_shape)
     truth_crop = truth[prepared.crop].astype(np.float32)
-    on_model_grid = resample_channels(truth_crop[None], prepared.cropped_ijk_to_ras, prepared.image.shape[1:],
-                                      prepared.model_ijk_to_ras)
-    back = probabilities_on_case_grid(on_model_grid, prepared)[0] > 0.5
+    back = prepared.to_crop_grid(prepared.to_model_grid(truth_crop[None]))[0] > 0.5
     assert back.shape == truth_crop.shape
     assert dice(back, truth_crop > 0) > 0.9
     np.testing.assert_allclose(np.argwhere(back).mean(0), np.argwhere(truth_crop).mean(0), atol=0.5)

@@ -13,6 +13,7 @@ from BrainTumorFusionLib.errors import InputError, ModelError
 from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Model, Pipeline
+from BrainTumorFusionLib.process_runner import BackgroundProcess
 from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE
 from plumbing import ConstantGrader, intensity_model, write_catalogue
 
@@ -77,12 +78,14 @@ def random_catalogue(tmp_path):
 
 
 def wait(run, seconds=240):
-    lines, deadline = [], time.time() + seconds
+    """(error or None, log lines, progress reports) once the run ended."""
+    lines, progress, deadline = [], [], time.time() + seconds
     while time.time() < deadline:
-        new, code = run.poll()
-        lines += new
-        if code is not None:
-            return code, lines
+        update = run.poll()
+        lines += update.lines
+        progress += [update.progress] if update.progress else []
+        if update.finished:
+            return update.error, lines, progress
         time.sleep(0.1)
     run.cancel()
     raise AssertionError(f"background run did not finish: {lines[-5:]}")
@@ -92,9 +95,11 @@ def test_background_run_gives_the_same_result_as_in_process(kit, real_nodes, ran
     logic = SceneLogic(kit.scene, python_executable=sys.executable)
     run = logic.start_segmentation(**real_nodes, model="random-hafb", device="cpu",
                                    catalogue_files=[random_catalogue])
-    code, lines = wait(run)
-    assert code == 0, lines
-    assert any(line.startswith("PROGRESS 1.000") for line in lines)
+    error, lines, progress = wait(run)
+    assert error is None, lines
+    assert run.result == {"status": "done"} and run.process.process.returncode == 0
+    assert progress[-1] == (1.0, "Done")
+    assert not any(line.startswith(("PROGRESS", "RESULT")) for line in lines)
     segmentation, volumes, grade = logic.finish_segmentation(run)
     assert not run.folder.exists() and grade is None
     in_process = logic.segment(**real_nodes, model="random-hafb", device="cpu", catalogue_files=[random_catalogue])
@@ -128,9 +133,9 @@ def test_ensemble_background_run_matches_in_process_and_records_the_members(kit,
     logic = SceneLogic(kit.scene, python_executable=sys.executable)
     run = logic.start_segmentation(**real_nodes, model="ensemble", members="random-a, random-b", device="cpu",
                                    catalogue_files=[ensemble_catalogue])
-    code, lines = wait(run)
-    assert code == 0, lines
-    assert any("(random-b, 2 of 2)" in line for line in lines) and lines[-1].startswith("PROGRESS 1.000")
+    error, lines, progress = wait(run)
+    assert error is None, lines
+    assert any("(random-b, 2 of 2)" in message for _, message in progress) and progress[-1][0] == 1.0
     segmentation, volumes, _ = logic.finish_segmentation(run)
     in_process = logic.segment(**real_nodes, model="ensemble", members=["random-a", "random-b"], device="cpu",
                                catalogue_files=[ensemble_catalogue])
@@ -154,3 +159,28 @@ def test_ensemble_errors_leave_the_scene_unchanged(kit, real_nodes, ensemble_cat
                                          "random-b from the members, or select T1ce."):
         logic.segment(**no_t1ce, members="random-a,random-b", **catalogue)
     assert kit.state() == before
+
+
+def test_a_failed_background_run_reports_why_and_adds_nothing(kit, real_nodes, random_catalogue):
+    """The library's own command: its RESULT line carries the error the widget shows, and the exit status agrees."""
+    logic = SceneLogic(kit.scene, python_executable=sys.executable)
+    before = kit.state()
+    run = logic.start_segmentation(**real_nodes, model="nope", device="cpu", catalogue_files=[random_catalogue])
+    error, lines, _ = wait(run)
+    assert error.startswith("Unknown segmentation model 'nope'. Available: ")
+    assert run.result["kind"] == "ModelError" and run.process.process.returncode == 2
+    assert any(line.startswith("ERROR: Unknown segmentation model") for line in lines)
+    run.cleanup()
+    assert not run.folder.exists() and kit.state() == before
+
+
+def test_a_process_that_ends_without_a_result_line_failed(kit):
+    """Killed or crashed before its RESULT line: a failure, whatever the exit status."""
+    t1 = kit.add_volume(np.ones((4, 5, 6), np.float32), np.eye(4), "small_t1")
+    for script in ("print('PROGRESS 0.500 half'); import os; os._exit(3)", "print('no result line')"):
+        logic = SceneLogic(kit.scene, process_factory=lambda command: BackgroundProcess([sys.executable, "-c", script]))
+        run = logic.start_segmentation(t1=t1)
+        error, lines, progress = wait(run, 60)
+        assert error.startswith("The segmentation process ended (exit status ")
+        assert error.endswith("without reporting a result; see the log.")
+        run.cleanup()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.scene import case_from_nodes, case_name_from_node_name
+from BrainTumorFusionLib.modalities import case_name_of
+from BrainTumorFusionLib.scene import case_from_nodes
 
 SHAPE = (4, 5, 6)
 MATRIX = np.array([[0, 0, -1.5, 10.0], [1.0, 0, 0, -4.0], [0, 2.0, 0, 3.0], [0, 0, 0, 1]])
@@ -20,7 +21,7 @@ MATRIX = np.array([[0, 0, -1.5, 10.0], [1.0, 0, 0, -4.0], [0, 2.0, 0, 3.0], [0, 
     ("scan_b", "scan_b"),
 ])
 def test_case_name_strips_modality_suffix(node_name, case_name):
-    assert case_name_from_node_name(node_name) == case_name
+    assert case_name_of(node_name) == case_name
 
 
 def test_case_from_nodes_in_modality_order(kit, vtk_messages):

@@ -43,11 +43,30 @@ def test_prepare_resamples_to_model_spacing_and_back_shape():
     image[:, 10:30, 8:32, 5:35] = np.random.default_rng(0).random((4, 20, 24, 30)) + 1
     case = Case("c", image, np.eye(4), (True,) * 4)
     prepared = prepare(case, spacing=(2.0, 2.0, 2.0))
-    assert prepared.cropped_shape == (24, 28, 34)
+    assert prepared.resampled and prepared.cropped_shape == (24, 28, 34)
     assert prepared.image.shape == (4, 12, 14, 17)
-    assert prepared.model_ijk_to_ras is not prepared.cropped_ijk_to_ras
     same = prepare(case, spacing=(1.02, 1.0, 0.99))  # within tolerance: no resampling
-    assert same.image.shape == (4, 24, 28, 34) and same.model_ijk_to_ras is same.cropped_ijk_to_ras
+    assert not same.resampled and same.image.shape == (4, 24, 28, 34)
+    np.testing.assert_array_equal(same.model_ijk_to_ras, same.cropped_ijk_to_ras)
+
+
+def test_prepared_moves_data_between_its_grids():
+    image = np.zeros((4, 40, 40, 40), np.float32)
+    image[:, 10:30, 8:32, 5:35] = 1
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[14:26, 12:28, 9:31] = 2
+    case = Case("c", image, np.eye(4), (True,) * 4)
+    prepared = prepare(case, spacing=(2.0, 2.0, 2.0))
+    on_model_grid = prepared.labels_on_model_grid(labels)
+    assert on_model_grid.shape == prepared.image.shape[1:] and on_model_grid.dtype == np.uint8
+    assert set(np.unique(on_model_grid)) == {0, 2}  # nearest neighbour: no new values
+    back = prepared.to_crop_grid(prepared.to_model_grid(labels[prepared.crop][None].astype(np.float32)))
+    assert back.shape == (1,) + prepared.cropped_shape
+    assert np.abs(back[0] - labels[prepared.crop]).mean() < 0.1
+    same = prepare(case)  # not resampled: the crop is the model grid, nothing is copied
+    probabilities = np.zeros((3,) + same.cropped_shape, np.float32)
+    assert same.to_crop_grid(probabilities) is probabilities
+    np.testing.assert_array_equal(same.labels_on_model_grid(labels), labels[same.crop])
 
 
 def test_regions_to_labels_is_nested():

@@ -1,4 +1,4 @@
-from BrainTumorFusionLib.modalities import assign_roles, role_of
+from BrainTumorFusionLib.modalities import assign_roles, case_name_of, role_of, role_of_token
 
 
 def test_brats_2018_names():
@@ -27,3 +27,9 @@ def test_unmatched_names_and_ties():
     assert assign_roles(["Segmentation", "labels"]) == {"t1": None, "t1ce": None, "t2": None, "flair": None}
     # Two names of equal specificity: the first wins, the other stays unassigned.
     assert assign_roles(["a_FLAIR", "b_flair"])["flair"] == "a_FLAIR"
+
+
+def test_file_tokens_and_case_names_come_from_the_same_tokens():
+    assert [role_of_token(t) for t in ("T1C", "t2f", "t1n", "t2w", "seg")] == ["t1ce", "flair", "t1", "t2", None]
+    assert case_name_of("BraTS-GLI-0001-t1c") == "BraTS-GLI-0001" and case_name_of("P1 FLAIR") == "P1"
+    assert case_name_of("t1ce") == "t1ce"  # nothing would be left: keep the name
