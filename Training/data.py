@@ -26,7 +26,7 @@ from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import find_cases, read_case, strip_extension, write_atomically
 from BrainTumorFusionLib.geometry import ijk_to_ras_of, resample_onto, same_grid
 from BrainTumorFusionLib.postprocessing import brats_labels
-from BrainTumorFusionLib.preprocessing import prepare, resample_channels
+from BrainTumorFusionLib.preprocessing import prepare
 
 log = logging.getLogger(__name__)
 
