@@ -247,7 +247,7 @@ class Loop:
             log.warning("No checkpoint in %s: starting from step 0.", self.checkpoints)
         config.network_config = resolve_config(config.network, config.network_config, config.patch_size)
         self.config, self.recipe = config, recipe_class(config)
-        self.step, self.elapsed, self.started = 0, 0.0, time.perf_counter()
+        self.step, self.elapsed, self.started = 0, 0.0, None
         self.best = {"metric": None, "step": 0}
         self.validations, self.losses, self.kept = [], [], {}
 
@@ -340,6 +340,7 @@ class Loop:
         bar = tqdm(total=total, initial=self.step, desc=f"Training {config.network}", unit="step",
                    disable=not (self.progress and context.main), dynamic_ncols=True)
         network.train()
+        self.started = time.perf_counter()  # training time, without the data preparation
         try:
             start = 0
             for index, stage in enumerate(stages):
