@@ -7,7 +7,7 @@ CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
 MODEL ?= hafb
 DEMO_DIR := out/demo
 
-.PHONY: setup test demo bench-zoo bench-models clean
+.PHONY: setup test demo bench-zoo bench-models gpu-check clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,12 @@ bench-zoo: setup
 # Every shipped model end to end on real validation cases: CPU seconds per case against segresnet.
 bench-models: setup
 	$(PY) Testing/benchmarks/bench_models.py
+
+# On a CUDA machine: every shipped model, the OOM fallback and 200 training steps against CPU references, one table.
+# The cache (out/gpu_check) is made here from ../shared when missing; carry it to a GPU machine (see README).
+gpu-check: setup
+	test -f out/gpu_check/manifest.json || $(PY) Testing/benchmarks/gpu_check.py prepare --out out/gpu_check
+	$(PY) Testing/benchmarks/gpu_check.py run --cache out/gpu_check
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
