@@ -38,7 +38,8 @@ class BrainTumorFusion(ScriptedLoadableModule):
             "Model 'ensemble' averages the models listed in Members (empty: the default ones shown there).<br>"
             "The result is a segmentation node '&lt;case&gt; tumor' and a table of volumes (mL).<br>"
             "<b>Python console</b>: <code>logic = slicer.util.getModuleLogic('BrainTumorFusion')</code>; "
-            "<code>seg = logic.segment(t1=n1, t1ce=n2, t2=n3, flair=n4, model='hafb', device='auto')</code> "
+            "<code>seg = logic.segment(t1=n1, t1ce=n2, t2=n3, flair=n4, model='hafb', device='auto', "
+            "precision='auto')</code> "
             "(or <code>model='ensemble', members='hafb,segresnet'</code>); "
             "<code>logic.grade(t1=n1, t1ce=n2, t2=n3, flair=n4)</code>.<br>"
             "<b>Batch</b>: <code>Slicer --no-main-window --python-script "
@@ -60,6 +61,7 @@ class BrainTumorFusionParameterNode:
     model: str = DEFAULT_MODEL
     members: str = ""
     device: str = "auto"
+    precision: str = "auto"
     grade: bool = False
 
 
@@ -188,7 +190,8 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ensure_installed(confirm=slicer.util.confirmOkCancelDisplay)
             self.run = self.logic.start_segmentation(t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair,
                                                      model=p.model, device=p.device, grade=p.grade,
-                                                     members=p.members if p.model == ENSEMBLE else None)
+                                                     members=p.members if p.model == ENSEMBLE else None,
+                                                     precision=p.precision)
         except BrainTumorFusionError as error:
             slicer.util.errorDisplay(str(error))
             return

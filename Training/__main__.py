@@ -103,6 +103,8 @@ def build_parser():
     evaluate.add_argument("--split", default="validation", help="validation, train, all, or comma-separated ids")
     evaluate.add_argument("--output", type=Path, help="CSV (default <run>/evaluation_<split>.csv)")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    evaluate.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                          help="inference precision (default fp32: scores that do not depend on the CPU)")
     evaluate.add_argument("--drop-modalities", default="", help="e.g. t1,t2: evaluate without these")
     evaluate.add_argument("--save-predictions", type=Path, help="also write <case>_seg.nii.gz here")
 
@@ -147,7 +149,7 @@ def main(argv=None):
     elif args.command == "evaluate":
         drop = tuple(m for m in args.drop_modalities.split(",") if m)
         result = evaluate(args.checkpoint, args.data_dir, args.split, args.output, args.device, drop,
-                          args.save_predictions, model=args.model, members=args.members)
+                          args.save_predictions, model=args.model, members=args.members, precision=args.precision)
         means = result["means"]
         print(f"{len(result['rows'])} cases -> {result['csv']}")
         print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))

@@ -38,7 +38,7 @@ class RunConfig:
     init_from: Optional[str] = None  # checkpoint whose weights start the run (e.g. SwinFUSE pretraining)
     checkpoint_every: int = 200
     validate_every: int = 500  # steps; validation also runs at the end of each stage; 0 = never
-    amp: str = "auto"  # auto (bf16 if supported else fp16, CUDA only) | bf16 | fp16 | none
+    amp: str = "auto"  # auto: bf16 where supported (CUDA else fp16; CPUs with native bf16 else fp32) | bf16 | fp16 | none
     channels_last: bool = True  # CUDA only
     seed: int = 0
     deterministic: bool = False

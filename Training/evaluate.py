@@ -93,14 +93,15 @@ def read_means(path):
 
 
 def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="auto", drop_modalities=(),
-             predictions_dir=None, progress=True, model=None, members=None, catalogue=None):
+             predictions_dir=None, progress=True, model=None, members=None, catalogue=None, precision="fp32"):
     """Segment the cases of `split` with the library pipeline; write per-case metrics and the means to CSV.
 
     checkpoint: a checkpoint file or run folder; or None and `model`, a catalogue model name ("ensemble" with
     `members`) of `catalogue` (default: the shipped one), whose entry gives the split (CSV default:
     runs/<model>/evaluation_<split>.csv).
     drop_modalities: roles (e.g. ("t1", "t2")) left out of every case, to measure a model trained for
-    missing modalities. Returns {"csv": path, "rows": [...], "means": {...}}.
+    missing modalities. precision: the library's (fp32 by default, so that scores do not depend on the CPU).
+    Returns {"csv": path, "rows": [...], "means": {...}}.
     """
     if checkpoint is not None:
         path = checkpoint_file(checkpoint)
@@ -109,7 +110,7 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
     else:
         segmenter, recorded = catalogue_segmenter(model, members, catalogue)
         state, run_dir = {"split": recorded}, Path("runs") / model
-    pipeline = Pipeline(model=None, device=device, segmenter=segmenter)
+    pipeline = Pipeline(model=None, device=device, segmenter=segmenter, precision=precision)
     cases = discover(data_dir)
     case_ids = split_cases(state, data_dir, split)
     missing = [c for c in case_ids if c not in cases]

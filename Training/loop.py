@@ -4,7 +4,7 @@ differs between kinds of training; the loop owns everything else.
 The loop: device choice and the process group under torchrun, threads and determinism, the run folder
 (config.json, metrics.jsonl, TensorBoard), resume from run/checkpoints/last.pt (same weights, optimizer, schedule,
 RNG states of every rank and sample order), seeding, building and initialising the network, AdamW and a torch LR
-schedule per stage, autocast and channels-last on CUDA, DistributedDataParallel, the NaN check / gradient
+schedule per stage, autocast (bf16 on capable CPUs too) and channels-last on CUDA, DistributedDataParallel, the NaN check / gradient
 clipping / step sequence, the progress bar, validation every `validate_every` steps and at the end of each stage
 (best.pt on the recipe's score), atomic checkpoints every `checkpoint_every` steps and at the end of each stage.
 
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from BrainTumorFusionLib.inference import cpu_has_native_bf16
+
 from . import checkpoint as ckpt
 from . import distributed
 from .config import RunConfig
@@ -35,6 +37,7 @@ from .data import write_json
 from .network_recipes import build_network, resolve_config
 
 log = logging.getLogger(__name__)
+MAX_SKIPPED_STEPS = 5  # consecutive steps with non-finite gradients before the run stops
 
 
 @dataclass
@@ -132,11 +135,17 @@ def restore_scheduler(scheduler, state: dict) -> None:
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> Optional[torch.dtype]:
-    if device.type != "cuda" or config.amp == "none":
+    """--amp: auto = bf16 on CUDA where supported (else fp16 with a gradient scaler) and on CPUs with native bf16
+    (else fp32); bf16 / fp16 force one (fp16 on CUDA only); none = fp32."""
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA GPU; on the CPU use auto, bf16 or none.")
+    if config.amp == "none":
         return None
-    if config.amp == "bf16" or (config.amp == "auto" and torch.cuda.is_bf16_supported()):
+    if config.amp == "bf16":
         return torch.bfloat16
-    return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if config.amp == "auto" and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def cpu_name() -> str:
@@ -184,7 +193,9 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
 
 def optimizer_step(loss: torch.Tensor, total: float, optimizer, parameters: list, grad_clip: float,
                    scaler=None) -> Optional[float]:
-    """Backward pass and step after the NaN check; returns the gradient norm before clipping (None without)."""
+    """Backward pass and step after the NaN check; returns the gradient norm before clipping, or None when the
+    gradients were not finite and the step was skipped (as a gradient scaler does; bfloat16 kernels of some CPUs
+    give such gradients now and then on tiny feature maps)."""
     if not math.isfinite(total):
         raise FloatingPointError(f"The loss is {total}; lower the learning rate (--lr) or check the data.")
     optimizer.zero_grad(set_to_none=True)
@@ -193,13 +204,13 @@ def optimizer_step(loss: torch.Tensor, total: float, optimizer, parameters: list
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    norm = float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip)) if grad_clip > 0 else None
+    norm = float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip > 0 else math.inf))
     if scaler is not None:
-        scaler.step(optimizer)
+        scaler.step(optimizer)  # skips the step itself when the gradients are not finite
         scaler.update()
-    else:
+    elif math.isfinite(norm):
         optimizer.step()
-    return norm
+    return norm if math.isfinite(norm) else None
 
 
 def gather_rng(context: distributed.Context) -> list:
@@ -379,15 +390,23 @@ class Loop:
                 find_unused_parameters=stage.find_unused_parameters)
         if named:
             bar.set_description(f"Training {config.network}, {stage.name}")
-        autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-        window = []
+        autocast = torch.autocast(context.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+        window, skipped = [], 0
         for batch in recipe.batches(index, self.step - start, stop - start, context):
             step_start = time.perf_counter()
             batch = to_device(batch, context.device, self.channels_last)
             with autocast:
                 loss, parts = recipe.loss(model, batch, index, self.step - start)
             norm = optimizer_step(loss, parts["total"], optimizer, parameters, config.grad_clip, self.scaler)
-            if norm is not None:
+            skipped = skipped + 1 if norm is None else 0
+            if skipped:
+                log.warning("Step %d: the gradients are not finite; the step was skipped.", self.step + 1)
+            if skipped >= MAX_SKIPPED_STEPS:
+                raise FloatingPointError(f"{skipped} steps in a row had non-finite gradients; lower the learning rate "
+                                         "(--lr), or train with --amp none.")
+            if norm is None:
+                parts["skipped"] = 1.0
+            else:
                 parts["grad_norm"] = norm
             scheduler.step()
             self.step += 1

@@ -41,6 +41,11 @@ def cache_folder() -> Path:
     return Path(base) / "BrainTumorFusion"
 
 
+# Entry fields kept as they are in ModelEntry.details; `precision.cpu` ("bf16" or "fp32") is the measured verdict
+# that lets precision "auto" use bfloat16 on CPUs for this model.
+DETAILS = ("training", "metrics", "split", "notes", "precision")
+
+
 @dataclass
 class ModelEntry:
     name: str
@@ -56,7 +61,7 @@ class ModelEntry:
     patch_size: tuple[int, int, int] = (128, 128, 128)
     in_default_ensemble: bool = True
     folder: Path = SHIPPED_WEIGHTS
-    details: dict[str, Any] = field(default_factory=dict)  # training, split, metrics, notes: shown only
+    details: dict[str, Any] = field(default_factory=dict)  # DETAILS: shown, and `precision` read by the pipeline
 
     @classmethod
     def from_json(cls, data: dict[str, Any], folder: Union[str, os.PathLike]) -> "ModelEntry":
@@ -69,7 +74,7 @@ class ModelEntry:
                        in_default_ensemble=bool(data.get("default_ensemble", True)),
                        spacing_mm=tuple(data["spacing_mm"]) if data.get("spacing_mm") else None,
                        patch_size=tuple(data.get("patch_size", cls.patch_size)), folder=Path(folder),
-                       details={k: data[k] for k in ("training", "metrics", "split", "notes") if k in data})
+                       details={k: data[k] for k in DETAILS if k in data})
         except (KeyError, TypeError, AttributeError) as error:
             raise ModelError(f"Catalogue entry {data.get('name', '?') if isinstance(data, dict) else data!r} "
                              f"is incomplete ({error}). Re-export it with Training's export command.") from None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from .catalogue import DEFAULT_GRADER, DEFAULT_MODEL
 from .errors import BrainTumorFusionError, Cancelled
+from .inference import PRECISIONS
 from .modalities import MODALITIES
 from .process_runner import format_progress, format_result
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="with --model ensemble: comma-separated segmentation models to average (default: "
                              "every segmentation model of the catalogue; see the models command)")
         command.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        command.add_argument("--precision", default="auto", choices=PRECISIONS,
+                             help="auto (default): float16 on CUDA, bfloat16 on CPUs with native bfloat16 for models "
+                             "whose catalogue entry allows it, else float32")
         command.add_argument("--grade", action="store_true", help="also grade the glioma (HGG vs LGG)")
         command.add_argument("--grading-model", default=DEFAULT_GRADER)
         command.add_argument("--catalogue", action="append", default=[], metavar="JSON",
@@ -59,7 +63,7 @@ def make_pipeline(args: argparse.Namespace) -> "Pipeline":
     from .pipeline import Pipeline
 
     return Pipeline(model=args.model, device=args.device, grade=args.grade, grading_model=args.grading_model,
-                    catalogue=Catalogue.load(args.catalogue), members=args.members)
+                    catalogue=Catalogue.load(args.catalogue), members=args.members, precision=args.precision)
 
 
 def run_segment(args: argparse.Namespace) -> int:

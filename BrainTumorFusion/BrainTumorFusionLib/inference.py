@@ -1,6 +1,13 @@
-"""The inference engine: device choice, sliding-window prediction with progress and cancel, mixed precision
-on CUDA, and a CPU fallback when the GPU runs out of memory."""
+"""The inference engine: device choice, the precision policy, sliding-window prediction with progress and
+cancel, and a CPU fallback when the GPU runs out of memory.
 
+Precision (`precision`): "auto" runs float16 autocast on CUDA, bfloat16 autocast on CPUs with native bfloat16
+arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm; read from the CPU flags, Linux only) for models whose catalogue
+entry says bfloat16 keeps their Dice (`Model.cpu_bf16`), and float32 elsewhere. "fp32", "bf16" and "fp16" (CUDA
+only) force one.
+"""
+
+import functools
 import logging
 from contextlib import nullcontext
 from typing import Callable, Optional, Sequence, Tuple, Union
@@ -14,7 +21,42 @@ from .errors import Cancelled, InputError
 
 log = logging.getLogger(__name__)
 OVERLAP = 0.5
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 Progress = Callable[[float, str], None]  # (fraction done, message)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 avx512_bf16 / amx_bf16, Arm bf16), from /proc/cpuinfo.
+
+    Elsewhere (no /proc/cpuinfo: Windows, macOS) False: emulated bfloat16 is slower than float32, so never guess."""
+    try:
+        with open("/proc/cpuinfo") as stream:
+            flags = {flag for line in stream if line.lower().startswith(("flags", "features"))
+                     for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False) -> Optional[torch.dtype]:
+    """The autocast dtype of a run (None = float32). `cpu_bf16`: the model keeps its accuracy in bfloat16 (its
+    catalogue verdict), which "auto" needs before it uses bfloat16 on a CPU."""
+    precision = (precision or "auto").lower()
+    if precision not in PRECISIONS:
+        raise InputError(f"Unknown precision '{precision}'. Use {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_bf16 and cpu_has_native_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("Precision fp16 needs a CUDA GPU (float16 is slow and unsupported by many CPU kernels). "
+                         "Use auto, fp32 or bf16.")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def choose_device(requested: Optional[str] = "auto") -> torch.device:
@@ -64,24 +106,28 @@ class _Monitored(torch.nn.Module):
 def predict_regions(network: torch.nn.Module, image: np.ndarray, roi_size: Sequence[int],
                     device: Union[str, torch.device], present: Optional[Sequence[bool]] = None,
                     progress: Optional[Progress] = None, should_cancel: Optional[Callable[[], bool]] = None,
-                    overlap: float = OVERLAP) -> np.ndarray:
+                    overlap: float = OVERLAP, precision: str = "auto", cpu_bf16: bool = False) -> np.ndarray:
     """Region probabilities (3, D, H, W) float32 numpy for a (4, D, H, W) normalised image.
 
-    `present` (4 bools) is passed to the network when some modality is missing. On CUDA runs in autocast
-    (float16); if the GPU runs out of memory the run is repeated on the CPU with a warning. Raises
-    ValueError when `roi_size` is not a multiple of the network's `size_multiple`.
+    `present` (4 bools) is passed to the network when some modality is missing. Autocast follows `precision`
+    (see the module docstring; `cpu_bf16` is the model's verdict); if the GPU runs out of memory the run is
+    repeated on the CPU with a warning. Raises ValueError when `roi_size` is not a multiple of the network's
+    `size_multiple`.
     """
     device = torch.device(device)
     roi = _window_size(network, roi_size)
     try:
-        return _predict(network, image, roi, device, present, progress, should_cancel, overlap)
+        return _predict(network, image, roi, device, present, progress, should_cancel, overlap,
+                        autocast_dtype(precision, device, cpu_bf16))
     except torch.OutOfMemoryError:
         if device.type != "cuda":
             raise
         log.warning("The GPU ran out of memory; running on the CPU instead (slower).")
         torch.cuda.empty_cache()
         network.to("cpu")
-        return _predict(network, image, roi, torch.device("cpu"), present, progress, should_cancel, overlap)
+        cpu = torch.device("cpu")
+        return _predict(network, image, roi, cpu, present, progress, should_cancel, overlap,
+                        autocast_dtype("auto" if precision == "fp16" else precision, cpu, cpu_bf16))
 
 
 def _window_size(network: torch.nn.Module, roi_size: Sequence[int]) -> Tuple[int, ...]:
@@ -99,7 +145,8 @@ def _window_size(network: torch.nn.Module, roi_size: Sequence[int]) -> Tuple[int
 
 def _predict(network: torch.nn.Module, image: np.ndarray, roi: Tuple[int, ...], device: torch.device,
              present: Optional[Sequence[bool]], progress: Optional[Progress],
-             should_cancel: Optional[Callable[[], bool]], overlap: float) -> np.ndarray:
+             should_cancel: Optional[Callable[[], bool]], overlap: float,
+             dtype: Optional[torch.dtype]) -> np.ndarray:
     network = network.to(device).eval()
     mask = None
     if present is not None and not all(present):
@@ -107,7 +154,7 @@ def _predict(network: torch.nn.Module, image: np.ndarray, roi: Tuple[int, ...], 
     # Windows keep the model's patch size (checked against the network's size_multiple); small inputs are padded.
     monitored = _Monitored(network, mask, window_count(image.shape[1:], roi, overlap), progress, should_cancel)
     inputs = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     with torch.inference_mode(), autocast:
         logits = sliding_window_inference(inputs, roi, 1, monitored, overlap=overlap, mode="gaussian",
                                           sw_device=device, device="cpu")
@@ -123,12 +170,13 @@ def resize_for_classifier(image: np.ndarray, size: Sequence[int]) -> torch.Tenso
 
 
 def classify(network: torch.nn.Module, image: np.ndarray, size: Sequence[int], device: Union[str, torch.device],
-             present: Optional[Sequence[bool]] = None) -> np.ndarray:
+             present: Optional[Sequence[bool]] = None, precision: str = "auto", cpu_bf16: bool = False) -> np.ndarray:
     """Class probabilities (softmax) of a grading network on the whole (4, D, H, W) image resized to `size`."""
     device = torch.device(device)
     inputs = resize_for_classifier(image, size)
     mask = None if present is None or all(present) else torch.tensor([list(present)], dtype=torch.bool)
     network = network.to(device).eval()
-    with torch.inference_mode():
+    dtype = autocast_dtype(precision, device, cpu_bf16)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
         args = (inputs.to(device),) if mask is None else (inputs.to(device), mask.to(device))
         return torch.softmax(network(*args).float(), dim=1)[0].detach().cpu().numpy()

@@ -120,16 +120,17 @@ class SceneLogic:
                 flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto", grade: bool = False,
                 progress: Optional["Progress"] = None, should_cancel: Optional[Callable[[], bool]] = None,
                 catalogue_files: Iterable[PathLike] = (), pipeline: Optional["Pipeline"] = None,
-                members: Members = None) -> "slicer.vtkMRMLSegmentationNode":
+                members: Members = None, precision: str = "auto") -> "slicer.vtkMRMLSegmentationNode":
         """Segment in this process; returns the new segmentation node (tables are added beside it).
 
-        model="ensemble" averages the segmentation models in `members` (list or "a,b"; default: all)."""
+        model="ensemble" averages the segmentation models in `members` (list or "a,b"; default: all).
+        precision: auto, fp32, bf16 or fp16 (CUDA)."""
         from .pipeline import Pipeline
 
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
         case = scene_adapter.case_from_nodes(**nodes)
         pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
-                                        catalogue=Catalogue.load(catalogue_files))
+                                        catalogue=Catalogue.load(catalogue_files), precision=precision)
         result = pipeline.run(case, progress, should_cancel)
         return scene_adapter.write_result_to_scene(result, self._reference(nodes), self.scene)[0]
 
@@ -151,14 +152,15 @@ class SceneLogic:
     def start_segmentation(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
                            flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto",
                            grade: bool = False, catalogue_files: Iterable[PathLike] = (),
-                           members: Members = None) -> BackgroundSegmentation:
+                           members: Members = None, precision: str = "auto") -> BackgroundSegmentation:
         """Write the inputs to temporary NRRD files and start the `predict` command on them."""
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
         scene_adapter.case_from_nodes(**nodes)  # validate here, so bad input fails before any process starts
         if model == ENSEMBLE:  # check the members here too, and pass the defaults on by name
             members = [entry.name for entry in Catalogue.load(catalogue_files).ensemble_members(members)]
         folder = Path(tempfile.mkdtemp(prefix="BrainTumorFusion-"))
-        arguments = ["predict", "--output-dir", str(folder / "output"), "--model", model, "--device", device]
+        arguments = ["predict", "--output-dir", str(folder / "output"), "--model", model, "--device", device,
+                     "--precision", precision]
         arguments += ["--members", ",".join(member_names(members))] if members else []
         for role, node in nodes.items():
             if node is not None:

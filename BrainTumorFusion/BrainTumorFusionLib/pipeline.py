@@ -15,7 +15,7 @@ from .case import Case, Result
 from .catalogue import (DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
                         member_names)
 from .errors import Cancelled, InputError, ModelError
-from .inference import Progress, choose_device, classify, predict_regions
+from .inference import Progress, autocast_dtype, choose_device, classify, precision_name, predict_regions
 from .modalities import DISPLAY_NAMES, MODALITIES
 from .postprocessing import regions_to_labels, region_volumes, uncrop
 from .preprocessing import Crop, prepare
@@ -36,6 +36,7 @@ class Model:
     modalities: tuple[str, ...] = MODALITIES
     handles_missing_modalities: bool = False
     notes: str = ""  # the catalogue entry's caveat, passed on with its results
+    cpu_bf16: bool = False  # bfloat16 keeps its Dice (catalogue `precision.cpu`), so "auto" may use it on a CPU
 
     @classmethod
     def from_catalogue(cls, name: str, task: str, device: Device, catalogue: Optional[Catalogue] = None) -> "Model":
@@ -46,7 +47,12 @@ class Model:
         return cls(name=entry.name, network=load_network(entry, device), patch_size=entry.patch_size,
                    spacing_mm=entry.spacing_mm, modalities=entry.modalities,
                    handles_missing_modalities=entry.handles_missing_modalities,
-                   notes=entry.details.get("notes", ""))
+                   notes=entry.details.get("notes", ""),
+                   cpu_bf16=entry.details.get("precision", {}).get("cpu") == "bf16")
+
+    def precisions(self, device: Device, precision: str) -> list[str]:
+        """The precision this model runs in (fp32, bf16, fp16), as a list (an ensemble has one per member)."""
+        return [precision_name(autocast_dtype(precision, torch.device(device), self.cpu_bf16))]
 
     def missing_modalities(self, case: Case) -> list[str]:
         """Display names of the modalities this model needs and the case lacks (none if it handles that)."""
@@ -60,8 +66,8 @@ class Model:
             raise InputError(f"Model '{self.name}' needs {', '.join(missing)}, which is not selected. Select it, "
                              "or choose a model whose catalogue entry says it handles missing modalities.")
 
-    def crop_probabilities(self, case: Case, device: Device, progress: Progress,
-                           should_cancel: ShouldCancel = None) -> tuple[np.ndarray, Crop]:
+    def crop_probabilities(self, case: Case, device: Device, progress: Progress, should_cancel: ShouldCancel = None,
+                           precision: str = "auto") -> tuple[np.ndarray, Crop]:
         """(Region probabilities (3, ...) on the grid of the case's brain crop, the crop's slices).
 
         The network sees the crop at its own spacing; its output is resampled back onto the crop's grid."""
@@ -69,7 +75,8 @@ class Model:
         prepared = prepare(case, self.spacing_mm)
         present = case.present if self.handles_missing_modalities else None
         probabilities = predict_regions(self.network, prepared.image, self.patch_size, device, present,
-                                        share(progress, 0.05, 1.0), should_cancel)
+                                        share(progress, 0.05, 1.0), should_cancel, precision=precision,
+                                        cpu_bf16=self.cpu_bf16)
         return prepared.to_crop_grid(probabilities), prepared.crop
 
 
@@ -102,8 +109,11 @@ class Ensemble:
             raise InputError(f"Ensemble members cannot run without volumes that are not selected: {needs}. "
                              f"Deselect {', '.join(lacking)} from the members, or select {', '.join(volumes)}.")
 
-    def crop_probabilities(self, case: Case, device: Device, progress: Progress,
-                           should_cancel: ShouldCancel = None) -> tuple[np.ndarray, Crop]:
+    def precisions(self, device: Device, precision: str) -> list[str]:
+        return [name for member in self.members for name in member.precisions(device, precision)]
+
+    def crop_probabilities(self, case: Case, device: Device, progress: Progress, should_cancel: ShouldCancel = None,
+                           precision: str = "auto") -> tuple[np.ndarray, Crop]:
         """Mean of the members' region probabilities on the case's brain crop grid, and the crop's slices."""
         total = crop = None
         count = len(self.members)
@@ -112,7 +122,7 @@ class Ensemble:
                 raise Cancelled("Cancelled by the user; nothing was written.")
             label = f"{member.name}, {index + 1} of {count}"
             probabilities, member_crop = member.crop_probabilities(
-                case, device, share(progress, index / count, (index + 1) / count, label), should_cancel)
+                case, device, share(progress, index / count, (index + 1) / count, label), should_cancel, precision)
             member.network.to("cpu")  # free the GPU for the next member
             if total is None:
                 total, crop = probabilities, member_crop
@@ -148,13 +158,17 @@ class Pipeline:
     """Segment (and optionally grade) cases with models from the catalogue or injected Model objects.
 
     model=None makes a grading-only pipeline (use `grade`). model="ensemble" averages the models named in
-    `members` (a list or "a,b"; default: the catalogue's default_ensemble()).
+    `members` (a list or "a,b"; default: the catalogue's default_ensemble()). `precision`: auto, fp32, bf16 or
+    fp16 (see inference).
     """
 
     def __init__(self, model: Optional[str] = DEFAULT_MODEL, device: Optional[str] = "auto", grade: bool = False,
                  catalogue: Optional[Catalogue] = None, segmenter: Union[Model, Ensemble, None] = None,
-                 grader: Optional[Model] = None, grading_model: str = DEFAULT_GRADER, members: Members = None):
+                 grader: Optional[Model] = None, grading_model: str = DEFAULT_GRADER, members: Members = None,
+                 precision: str = "auto"):
         self.device = choose_device(device)
+        autocast_dtype(precision, self.device)  # an unknown precision is refused before any model loads
+        self.precision = precision
         self.segmenter = segmenter or (segmentation_model(model, members, self.device, catalogue)
                                        if model else None)
         self.grader = grader or (Model.from_catalogue(grading_model, "grading", self.device, catalogue)
@@ -166,7 +180,7 @@ class Pipeline:
         start = time.perf_counter()
         self.check_modalities(case)
         probabilities, crop = self.segmenter.crop_probabilities(case, self.device, share(report, 0.0, 0.9),
-                                                                should_cancel)
+                                                                should_cancel, self.precision)
         report(0.9, "Postprocessing")
         labels = uncrop(regions_to_labels(probabilities), crop, case.image.shape[1:])
         grades = self.grade(case) if self.grader else None
@@ -174,8 +188,13 @@ class Pipeline:
         report(1.0, "Done")
         return Result(case_name=case.name, labels=labels, ijk_to_ras=case.ijk_to_ras,
                       volumes_ml=region_volumes(labels, case.voxel_volume_ml), grade_probabilities=grades,
-                      model=self.segmenter.name, device=str(self.device),
+                      model=self.segmenter.name, device=f"{self.device} {self.precision_used()}",
                       seconds=round(time.perf_counter() - start, 2), warnings=list(case.warnings) + notes)
+
+    def precision_used(self) -> str:
+        """e.g. "bf16", or "bf16+fp32" for an ensemble whose members differ."""
+        names = self.segmenter.precisions(self.device, self.precision)
+        return "+".join(dict.fromkeys(names))
 
     def check_modalities(self, case: Case) -> None:
         """InputError saying what to select (or deselect) if a model of this pipeline cannot run on the case."""
@@ -187,5 +206,6 @@ class Pipeline:
         self.grader.check_modalities(case)
         prepared = prepare(case, self.grader.spacing_mm)
         present = case.present if self.grader.handles_missing_modalities else None
-        probabilities = classify(self.grader.network, prepared.image, self.grader.patch_size, self.device, present)
+        probabilities = classify(self.grader.network, prepared.image, self.grader.patch_size, self.device, present,
+                                 self.precision, self.grader.cpu_bf16)
         return {grade: round(float(p), 4) for grade, p in zip(GRADES, probabilities)}

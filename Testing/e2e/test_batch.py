@@ -74,7 +74,7 @@ def test_batch_writes_outputs_on_input_grid_and_resumes(tmp_path):
         assert names == [spec.name for spec in SEGMENTS]
     summary = read_summary(output)
     assert [r["case_id"] for r in summary] == sorted(CASES)
-    assert all(float(r["WT_ml"]) > 0 and r["device"] == "cpu" for r in summary)
+    assert all(float(r["WT_ml"]) > 0 and r["device"] == "cpu fp32" for r in summary)  # device and precision
     assert sorted(p.name for p in output.iterdir()) == sorted(
         ["summary.csv"] + [f"{c}.seg.nrrd" for c in CASES] + [f"{c}_seg.nii.gz" for c in CASES])
 

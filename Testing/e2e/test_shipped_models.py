@@ -1,5 +1,7 @@
 """Shipped models on the real validation cases of their recorded split (the library's own inference): each
-reproduces the Dice its catalogue entry reports, and the default model clears its acceptance bar."""
+reproduces the Dice its catalogue entry reports in float32 and in bfloat16, its precision verdict follows from them
+(bfloat16 only where every region's mean Dice stays within 0.005 of float32), and the default model clears its
+acceptance bar."""
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from realdata import brats_case_dir
 
 # The default model's acceptance bar (issue: at least 0.75 mean whole-tumor Dice on validation).
 MINIMUM_WT_DICE = {DEFAULT_MODEL: 0.75}
+# How far bfloat16 may move a region's mean validation Dice for "auto" to use it on CPUs (the issue's bar).
+BF16_TOLERANCE = 0.005
 # BraTS labels making up each nested region.
 REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 SHIPPED = Catalogue.load().names("segmentation")
@@ -23,13 +27,13 @@ def dice(prediction, truth):
     return 1.0 if total == 0 else 2 * np.logical_and(prediction, truth).sum() / total
 
 
-def validation_dice(name):
+def validation_dice(name, precision):
     """{region: [Dice per validation case]} of shipped model `name`, and the validation case ids."""
     catalogue = Catalogue.load()
     entry = catalogue.entry(name, "segmentation")
     validation = entry.details["split"]["validation"]
     assert validation and not set(validation) & set(entry.details["split"]["train"])
-    pipeline = Pipeline(model=name, device="cpu", catalogue=catalogue)
+    pipeline = Pipeline(model=name, device="cpu", catalogue=catalogue, precision=precision)
     scores = {region: [] for region in REGIONS}
     for case_id in validation:
         case, _ = read_case(case_files_in(brats_case_dir(case_id)))
@@ -43,9 +47,9 @@ def validation_dice(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_model_reproduces_the_dice_of_its_catalogue_entry(name):
+def test_shipped_model_reproduces_the_dice_of_its_catalogue_entry_and_its_precision_verdict(name):
     entry = Catalogue.load().entry(name, "segmentation")
-    scores, validation = validation_dice(name)
+    scores, validation = validation_dice(name, "fp32")
     measured = {region: float(np.mean(values)) for region, values in scores.items()}
     recorded = entry.details["metrics"]["dice"]
     assert entry.details["metrics"]["cases"] == len(validation)
@@ -53,6 +57,14 @@ def test_shipped_model_reproduces_the_dice_of_its_catalogue_entry(name):
         assert measured[region] == pytest.approx(recorded[region], abs=0.005), (region, measured, recorded)
     if name in MINIMUM_WT_DICE:
         assert measured["WT"] >= MINIMUM_WT_DICE[name], dict(zip(validation, np.round(scores["WT"], 3)))
+
+    verdict = entry.details["precision"]
+    bf16_scores, _ = validation_dice(name, "bf16")
+    bf16 = {region: float(np.mean(values)) for region, values in bf16_scores.items()}
+    for region in REGIONS:
+        assert bf16[region] == pytest.approx(verdict["dice_bf16"][region], abs=0.005), (region, bf16, verdict)
+    keeps_dice = all(abs(bf16[region] - measured[region]) <= BF16_TOLERANCE for region in REGIONS)
+    assert verdict["cpu"] == ("bf16" if keeps_dice else "fp32"), (bf16, measured, verdict)
 
 
 def test_the_default_model_is_shipped():
@@ -77,3 +89,16 @@ def test_shipped_grader_reproduces_its_catalogue_accuracy_and_carries_its_caveat
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-3)
         correct.append(max(probabilities, key=probabilities.get) == split["grades"][case_id])
     assert np.mean(correct) == pytest.approx(entry.details["metrics"]["accuracy"], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", GRADERS)
+def test_shipped_grader_keeps_its_grades_in_bfloat16_as_its_verdict_says(name):
+    catalogue = Catalogue.load()
+    entry = catalogue.entry(name, "grading")
+    assert entry.details["precision"]["cpu"] == "bf16"
+    fp32, bf16 = (Pipeline(model=None, device="cpu", grade=True, grading_model=name, catalogue=catalogue,
+                           precision=precision) for precision in ("fp32", "bf16"))
+    for case_id in entry.details["split"]["validation"]:
+        case, _ = read_case(case_files_in(brats_case_dir(case_id)))
+        a, b = fp32.grade(case), bf16.grade(case)
+        assert max(a, key=a.get) == max(b, key=b.get) and abs(a["HGG"] - b["HGG"]) <= 0.01, (case_id, a, b)

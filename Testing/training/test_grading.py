@@ -38,7 +38,8 @@ def tiny_grading_config(run_dir, **overrides):
     input_dir, cache_dir = workspace()
     values = dict(network_config=dict(TINY_CMG), data_dir=str(input_dir), cache_dir=str(cache_dir),
                   run_dir=str(run_dir), patch_size=[32, 32, 32], batch_size=2, stage1_steps=2, stage2_steps=2,
-                  lr=3e-3, checkpoint_every=1, validate_every=0, log_every=1, val_fraction=0.34, device="cpu")
+                  lr=3e-3, checkpoint_every=1, validate_every=0, log_every=1, val_fraction=0.34, device="cpu",
+                  amp="none")
     values.update(overrides)
     return GradingConfig(**values)
 

@@ -158,3 +158,16 @@ def test_a_resumed_run_with_more_steps_decays_to_zero_at_the_new_total(schedule)
     later = rates(resumed, resumed_optimizer, 15)
     assert later[0] < first[-1] and all(b <= a + 1e-12 for a, b in zip(later, later[1:]))
     assert later[4] > 0.05 and later[-1] == pytest.approx(0.0, abs=1e-9)  # not at 0 at the old end, 0 at the new
+
+
+def test_a_step_with_non_finite_gradients_is_skipped():
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    loss = (weight * torch.tensor([1.0, float("inf"), 1.0])).sum() * 0  # finite loss (nan * 0 aside), inf gradient
+    assert optimizer_step(loss, 0.0, optimizer, [weight], grad_clip=1.0) is None
+    assert torch.equal(weight.detach(), torch.ones(3))  # not moved
+    loss = (weight * 2).sum()
+    assert optimizer_step(loss, float(loss), optimizer, [weight], grad_clip=1.0) == pytest.approx(12 ** 0.5)
+    assert not torch.equal(weight.detach(), torch.ones(3))
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        optimizer_step(loss, float("nan"), optimizer, [weight], grad_clip=1.0)

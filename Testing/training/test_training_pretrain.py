@@ -116,7 +116,7 @@ def run_config(tmp_path, steps, **extra):
     split.write_text(json.dumps({"train": list(CASES[:2]), "validation": [CASES[2]]}))
     return PretrainConfig(network_config=TINY_SWINFUSE, data_dir=str(input_dir), cache_dir=str(cache),
                           run_dir=str(tmp_path / "run"), split_file=str(split), steps=steps, batch_size=1,
-                          checkpoint_every=1, **extra)
+                          checkpoint_every=1, amp="none", **extra)
 
 
 def test_resumed_pretraining_equals_the_uninterrupted_run_and_fine_tuning_starts_from_it(tmp_path):

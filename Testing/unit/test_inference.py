@@ -96,3 +96,65 @@ def test_classify_returns_probabilities():
     probabilities = classify(ConstantGrader(), np.zeros((4, 20, 30, 40), np.float32), (16, 16, 16), "cpu")
     assert probabilities.shape == (2,) and probabilities.sum() == pytest.approx(1.0)
     assert probabilities[0] == pytest.approx(torch.softmax(torch.tensor([1.0, -1.0]), 0)[0].item())
+
+
+class DtypeNet(torch.nn.Module):
+    """Records the dtype its convolution computes in (what autocast chose)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(4, 3, 1)
+        self.dtypes = []
+
+    def forward(self, x, present=None):
+        out = self.conv(x)
+        self.dtypes.append(out.dtype)
+        return out
+
+
+def test_precision_policy_on_the_cpu(monkeypatch):
+    from BrainTumorFusionLib import inference
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert inference.autocast_dtype("auto", cpu, cpu_bf16=True) == torch.bfloat16
+    assert inference.autocast_dtype("auto", cpu, cpu_bf16=False) is None  # the model's verdict says fp32
+    assert inference.autocast_dtype("fp32", cpu, cpu_bf16=True) is None
+    assert inference.autocast_dtype("bf16", cpu, cpu_bf16=False) == torch.bfloat16  # asked for: given
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert inference.autocast_dtype("auto", cpu, cpu_bf16=True) is None  # emulated bf16 is slower: never guess
+    with pytest.raises(InputError, match="fp16 needs a CUDA GPU"):
+        inference.autocast_dtype("fp16", cpu)
+    with pytest.raises(InputError, match="Unknown precision 'half'"):
+        inference.autocast_dtype("half", cpu)
+
+
+def test_predict_runs_in_the_chosen_precision_and_returns_float32():
+    net, image = DtypeNet(), np.random.default_rng(0).normal(size=(4, 32, 32, 32)).astype(np.float32)
+    fp32 = predict_regions(net, image, (32, 32, 32), "cpu", precision="fp32")
+    bf16 = predict_regions(net, image, (32, 32, 32), "cpu", precision="bf16")
+    assert net.dtypes == [torch.float32, torch.bfloat16]
+    assert fp32.dtype == bf16.dtype == np.float32
+    assert np.abs(fp32 - bf16).max() < 0.02 and not np.array_equal(fp32, bf16)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    from BrainTumorFusionLib import inference
+
+    def flags(text):
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda name, *a, **k: real_open(path if name == "/proc/cpuinfo" else name,
+                                                                             *a, **k))
+        inference.cpu_has_native_bf16.cache_clear()
+        try:
+            return inference.cpu_has_native_bf16()
+        finally:
+            monkeypatch.undo()
+            inference.cpu_has_native_bf16.cache_clear()
+
+    assert flags("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
+    assert flags("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile\n")
+    assert flags("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # Arm
+    assert not flags("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")

@@ -105,16 +105,20 @@ class HybridAttentionalFusion(nn.Module):
     def forward(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         b, m = present.shape
         keep = present.view(b, m, *([1] * (features.dim() - 2)))
-        weight = keep.to(features.dtype)
-        mean = (features * weight).sum(1) / weight.sum(1).clamp_min(1.0)
-        ones = torch.ones_like(features)
-        factors = torch.where(keep, features, ones)
-        product = factors[:, 0]
-        for i in range(1, m):
-            product = product * factors[:, i]
-        lowest = torch.full_like(features, torch.finfo(features.dtype).min)
-        maximum = torch.where(keep, features, lowest).amax(1)
-        x = torch.cat([self.norm_sum(mean), self.norm_product(product), self.norm_max(maximum)], dim=1)
+        # Float32 even under autocast: the product of up to four modalities and its batch norm lose too much in
+        # bfloat16 (bf16 training overflowed the attention's gradients); a no-op for float32 inputs.
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            weight = keep.to(features.dtype)
+            mean = (features * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+            ones = torch.ones_like(features)
+            factors = torch.where(keep, features, ones)
+            product = factors[:, 0]
+            for i in range(1, m):
+                product = product * factors[:, i]
+            lowest = torch.full_like(features, torch.finfo(features.dtype).min)
+            maximum = torch.where(keep, features, lowest).amax(1)
+            x = torch.cat([self.norm_sum(mean), self.norm_product(product), self.norm_max(maximum)], dim=1)
         y = x * self.attention(x) + x
         return self.project(y)
 
