@@ -39,7 +39,7 @@ class RunConfig:
     checkpoint_every: int = 200
     validate_every: int = 500  # steps; validation also runs at the end of each stage; 0 = never
     amp: str = "auto"  # auto: bf16 where supported (CUDA else fp16; CPUs with native bf16 else fp32) | bf16 | fp16 | none
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # channels-last-3d memory layout of the network and the batches
     seed: int = 0
     deterministic: bool = False
     threads: int = 0  # torch CPU threads per rank; 0 = leave torch's default

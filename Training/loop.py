@@ -34,7 +34,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .config import RunConfig
 from .data import write_json
-from .network_recipes import build_network, resolve_config
+from .network_recipes import build_network, recipe_of, resolve_config
 
 log = logging.getLogger(__name__)
 MAX_SKIPPED_STEPS = 5  # consecutive steps with non-finite gradients before the run stops
@@ -135,8 +135,9 @@ def restore_scheduler(scheduler, state: dict) -> None:
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> Optional[torch.dtype]:
-    """--amp: auto = bf16 on CUDA where supported (else fp16 with a gradient scaler) and on CPUs with native bf16
-    (else fp32); bf16 / fp16 force one (fp16 on CUDA only); none = fp32."""
+    """--amp: auto = bf16 on CUDA where supported (else fp16 with a gradient scaler), and on CPUs with native bf16
+    for networks whose recipe says bf16 trains them faster there (`NetworkRecipe.cpu_bf16`), else fp32; bf16 / fp16
+    force one (fp16 on CUDA only); none = fp32."""
     if config.amp == "fp16" and device.type != "cuda":
         raise ValueError("--amp fp16 needs a CUDA GPU; on the CPU use auto, bf16 or none.")
     if config.amp == "none":
@@ -145,7 +146,7 @@ def autocast_dtype(config: RunConfig, device: torch.device) -> Optional[torch.dt
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if config.amp == "auto" and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+    return torch.bfloat16 if cpu_has_native_bf16() and recipe_of(config.network).cpu_bf16 else None
 
 
 def cpu_name() -> str:
@@ -339,7 +340,7 @@ class Loop:
         if self.state is not None and self.state.get("split") and self.state["split"]["train"] != recipe.split["train"]:
             raise RuntimeError(f"{self.run_dir / 'split.json'} differs from the split of the checkpoint; restore it "
                                "to resume.")
-        self.channels_last = config.channels_last and context.device.type == "cuda"
+        self.channels_last = config.channels_last
         self.network = network = self.build()
         amp_dtype = autocast_dtype(config, context.device)
         self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
