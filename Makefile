@@ -7,7 +7,7 @@ CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
 MODEL ?= hafb
 DEMO_DIR := out/demo
 
-.PHONY: setup test demo bench-zoo bench-models gpu-check clean
+.PHONY: setup test demo bench-zoo bench-models bench-training gpu-check clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ bench-models: setup
 
 # On a CUDA machine: every shipped model, the OOM fallback and 200 training steps against CPU references, one table.
 # The cache (out/gpu_check) is made here from ../shared when missing; carry it to a GPU machine (see README).
+# Seconds per training step of the shared loop: as the shipped models were trained against the loop's defaults.
+bench-training: setup
+	$(PY) Testing/benchmarks/bench_training.py
+
 gpu-check: setup
 	test -f out/gpu_check/manifest.json || $(PY) Testing/benchmarks/gpu_check.py prepare --out out/gpu_check
 	$(PY) Testing/benchmarks/gpu_check.py run --cache out/gpu_check
