@@ -205,12 +205,6 @@ def read_labels_on_case_grid(path, shape, ijk_to_ras):
     return np.rint(array).astype(np.uint8)
 
 
-def labels_on_model_grid(labels, prepared):
-    """Case-grid labels (K, J, I) -> the prepared image's grid: same brain crop, then nearest-neighbour
-    resampling in physical space when the model spacing differs."""
-    return prepared.labels_on_model_grid(labels)
-
-
 def spacing_tag(spacing):
     if spacing is None:
         return "native"
@@ -231,7 +225,7 @@ def prepare_case(case_files, spacing):
     case, _ = read_case(case_files)
     prepared = prepare(case, spacing)
     labels = read_labels_on_case_grid(labels_file(case_folder(case_files)), case.image.shape[1:], case.ijk_to_ras)
-    regions = regions_from_labels(labels_on_model_grid(labels, prepared))
+    regions = regions_from_labels(prepared.labels_on_model_grid(labels))
     return {"image": prepared.image, "regions": regions, "present": np.array(case.present, dtype=bool),
             "ijk_to_ras": np.asarray(prepared.model_ijk_to_ras, dtype=np.float64)}
 

@@ -440,8 +440,7 @@ class Loop:
         self.record({"step": self.step, "stage": index,
                      **{f"val/{k}": v for k, v in result.items() if isinstance(v, (int, float))}})
         if message and self.context.main:
-            tqdm_write = getattr(bar, "write", print)
-            tqdm_write(f"step {self.step} ({stage.name}): {message}")
+            bar.write(f"step {self.step} ({stage.name}): {message}")
         score = result.get("score")
         if score is not None and (self.best["metric"] is None or score > self.best["metric"]):
             self.best = {"metric": score, "step": self.step, **{k: v for k, v in result.items() if k != "score"}}

@@ -37,7 +37,6 @@ under 10 minutes.
 
 import argparse
 import gc
-import inspect
 import json
 import logging
 import math
@@ -193,11 +192,6 @@ def tracked_bytes(repo=REPO):
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
-def precision_arguments(precision):
-    """{"precision": precision} when this library's Pipeline takes one (the engine's precision policy), else {}."""
-    return {"precision": precision} if "precision" in inspect.signature(Pipeline).parameters else {}
-
-
 class DtypeProbe:
     """Forward hooks recording the output dtypes of a network's convolutions and linear layers."""
 
@@ -305,12 +299,12 @@ def prepare(out, data_dir, case_count=2, model_names=None, case_ids=None):
         for case_id, case in rebuilt.items():
             start = time.perf_counter()
             if entry.task == "grading":
-                pipeline = Pipeline(model=None, device="cpu", grader=model, **precision_arguments("fp32"))
+                pipeline = Pipeline(model=None, device="cpu", grader=model, precision="fp32")
                 grades = pipeline.grade(case)
                 cases[case_id][f"grades__{name}"] = np.array(list(grades.values()), dtype=np.float64)
                 figure = grades
             else:
-                labels = Pipeline(device="cpu", segmenter=model, **precision_arguments("fp32")).run(case).labels
+                labels = Pipeline(device="cpu", segmenter=model, precision="fp32").run(case).labels
                 cases[case_id][f"labels__{name}"] = labels.astype(np.uint8)
                 figure = f"WT {int(np.count_nonzero(labels))} voxels"
             log(f"prepare: {name} on {case_id}: {figure} ({time.perf_counter() - start:.1f} s)")
@@ -352,9 +346,8 @@ def check_model(entry, cases, device, precision="auto"):
     """One shipped model on every cached case on `device` against its CPU reference."""
     model = Model.from_entry(entry, device)
     grading = entry.task == "grading"
-    kwargs = precision_arguments(precision)
-    pipeline = (Pipeline(model=None, device=str(device), grader=model, **kwargs) if grading
-                else Pipeline(device=str(device), segmenter=model, **kwargs))
+    pipeline = (Pipeline(model=None, device=str(device), grader=model, precision=precision) if grading
+                else Pipeline(device=str(device), segmenter=model, precision=precision))
     run = pipeline.grade if grading else (lambda case: pipeline.run(case).labels)
     kind = "grades" if grading else "labels"
     missing = [case.name for case, references in cases if entry.name not in references[kind]]
@@ -397,7 +390,7 @@ def check_oom_fallback(entry, case, reference, device, precision="auto"):
     warn, fall back to the CPU and still give the reference labels."""
     check = f"OOM fallback ({entry.name})"
     model = Model.from_entry(entry, "cpu")
-    pipeline = Pipeline(device=str(device), segmenter=model, **precision_arguments(precision))
+    pipeline = Pipeline(device=str(device), segmenter=model, precision=precision)
     release(device)
     total = torch.cuda.get_device_properties(device).total_memory
     handler, library = Messages(), logging.getLogger("BrainTumorFusionLib")
