@@ -56,6 +56,14 @@ def build_parser():
     train.add_argument("--modality-dropout", action=argparse.BooleanOptionalAction,
                        help="randomly drop 0..--max-dropped modalities (default: on for hafb)")
     train.add_argument("--max-dropped", type=int)
+    train.add_argument("--dropout-rate", type=float, help="share of samples that lose modalities (default 0.5)")
+    train.add_argument("--dropout-weights", nargs=4, type=float,
+                       help="relative chance of each of T1 T1ce T2 FLAIR to be dropped (default 1 0.5 1 1)")
+    train.add_argument("--intensity-augmentation", choices=("basic", "scanner"),
+                       help="basic: per-channel scale and shift; scanner (default): + bias field, gamma, blur, noise")
+    train.add_argument("--core-crops", type=float, help="share of crops centred on WT, TC or ET (default 0.25)")
+    train.add_argument("--core-case-repeats", type=int,
+                       help="times per pass a case with a large necrotic / non-enhancing core is shown (default 2)")
     train.add_argument("--ssl-weight", type=float, help="weight of the auxiliary term (default: hafb masked-cube consistency 0.1, missu self-distillation 0.3)")
     train.add_argument("--ssl-cube-mm", type=float)
     train.add_argument("--init-from", help="start from this checkpoint's weights (e.g. a pretraining run's last.pt)")

@@ -77,6 +77,11 @@ class TrainConfig(RunConfig):
     bce_weight: float = 0.5  # beta
     modality_dropout: Optional[bool] = None  # None = on for networks that handle missing modalities (hafb)
     max_dropped: int = 2
+    dropout_rate: float = 0.5  # share of samples that lose 1..max_dropped modalities
+    dropout_weights: list = field(default_factory=lambda: [1.0, 0.5, 1.0, 1.0])  # relative, MODALITIES order
+    intensity_augmentation: str = "scanner"  # basic (scale, shift) | scanner (+ bias field, gamma, blur, noise)
+    core_crops: float = 0.25  # share of crops centred on WT, TC or ET (uniform over the three)
+    core_case_repeats: int = 2  # times per pass a case with a large necrotic / non-enhancing core is shown
     ssl_weight: Optional[float] = None  # weight of the network's auxiliary term; None = its recipe's
     ssl_cube_mm: float = 20.0
     pos_neg: list = field(default_factory=lambda: [2.0, 1.0])  # tumor : brain crop-centre ratio

@@ -119,7 +119,9 @@ class SegmentationRecipe(Recipe):
             self.split["train"], self.paths, config.patch_size, seed=config.seed,
             modality_dropout=self.modality_dropout, max_dropped=config.max_dropped,
             cube=cube_voxels(config.ssl_cube_mm, config.spacing) if self.masked_view else None,
-            pos=config.pos_neg[0], neg=config.pos_neg[1], max_cached=config.max_cached_cases)
+            pos=config.pos_neg[0], neg=config.pos_neg[1], max_cached=config.max_cached_cases,
+            dropout_rate=config.dropout_rate, dropout_weights=config.dropout_weights, core_crops=config.core_crops,
+            core_case_repeats=config.core_case_repeats, intensity=config.intensity_augmentation)
         return torch.utils.data.DataLoader(
             dataset, batch_size=config.batch_size,
             sampler=StepSampler(start, stop, config.batch_size, context.rank, context.world_size),

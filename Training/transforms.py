@@ -13,10 +13,17 @@ from monai.transforms import (
     CastToTyped,
     Compose,
     EnsureTyped,
+    OneOf,
+    RandAdjustContrastd,
+    RandBiasFieldd,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    Randomizable,
     SpatialPadd,
 )
 from torch.utils.data import Dataset, Sampler
@@ -24,32 +31,81 @@ from torch.utils.data import Dataset, Sampler
 from .data import load_cached
 
 MAX_SEED = 2**31 - 1
+INTENSITY_AUGMENTATIONS = ("basic", "scanner")
+CORE_CASE_FRACTION = 0.25  # a case whose necrotic / non-enhancing core (TC minus ET) exceeds this share of WT
 
 
-def augmentation(patch_size, pos=2.0, neg=1.0, scale=0.1, shift=0.1):
+class KeepBackground(Randomizable):
+    """Zero again, after intensity changes, the voxels that were background (zero in every channel) before:
+    the networks read zero as "outside the brain", as the library's preprocessing writes it."""
+
+    def __init__(self, transforms):
+        self.transforms = Compose(transforms)
+
+    def set_random_state(self, seed=None, state=None):
+        self.transforms.set_random_state(seed=seed, state=state)
+        return self
+
+    def randomize(self, data=None):
+        pass  # the wrapped transforms draw their own numbers
+
+    def __call__(self, data):
+        brain = (data["image"] != 0).any(0, keepdim=True)
+        data = self.transforms(data)
+        data["image"] = data["image"] * brain
+        return data
+
+
+def intensity_transforms(kind="scanner", scale=0.1, shift=0.1):
+    """Per-channel scale and shift ("basic"), plus for "scanner" what differs between scanners and protocols:
+    a smooth bias field, gamma, Gaussian noise and blur, each on a share of the samples (nnU-Net-like
+    probabilities), on brain voxels only."""
+    if kind not in INTENSITY_AUGMENTATIONS:
+        raise ValueError(f"Intensity augmentation must be one of {INTENSITY_AUGMENTATIONS}, not {kind!r}.")
+    basic = [RandScaleIntensityd(keys="image", factors=scale, prob=1.0, channel_wise=True),
+             RandShiftIntensityd(keys="image", offsets=shift, prob=1.0, channel_wise=True)]
+    if kind == "basic":
+        return basic
+    return [KeepBackground([
+        RandBiasFieldd(keys="image", coeff_range=(0.0, 0.3), prob=0.3),
+        RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3, retain_stats=True),
+        RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.1),
+        RandGaussianNoised(keys="image", std=0.1, prob=0.15),
+        *basic])]
+
+
+def augmentation(patch_size, pos=2.0, neg=1.0, core_crops=0.0, intensity="scanner"):
     """MONAI transforms for one training sample of {"image": (4, D, H, W), "regions": (3, D, H, W)}.
 
-    Pads to at least the patch (zero = background of the z-scored image), crops a patch centred on tumor with
-    probability pos / (pos + neg) (else on a brain voxel), flips each axis with probability 0.5, then scales
-    and shifts intensities per channel.
+    Pads to at least the patch (zero = background of the z-scored image); crops a patch centred, with
+    probability `core_crops`, on a voxel of WT, TC or ET (one region drawn uniformly: the core gets two thirds
+    of these crops), else on tumor with probability pos / (pos + neg) and on a brain voxel otherwise; flips each
+    axis with probability 0.5; then `intensity_transforms(intensity)`.
     """
-    keys = ("image", "regions")
+    keys, size = ("image", "regions"), tuple(patch_size)
+    tumor_or_brain = RandCropByPosNegLabeld(keys=keys, label_key="regions", spatial_size=size, pos=pos, neg=neg,
+                                            num_samples=1, image_key="image", image_threshold=0.0)
+    crop = tumor_or_brain
+    if core_crops > 0:
+        by_region = RandCropByLabelClassesd(keys=keys, label_key="regions", spatial_size=size, ratios=[1, 1, 1],
+                                            num_samples=1, warn=False)
+        crop = OneOf([by_region, tumor_or_brain], weights=[core_crops, 1.0 - core_crops])
     return Compose([
         EnsureTyped(keys=keys, data_type="tensor", track_meta=False),
-        SpatialPadd(keys=keys, spatial_size=tuple(patch_size)),
-        RandCropByPosNegLabeld(keys=keys, label_key="regions", spatial_size=tuple(patch_size), pos=pos, neg=neg,
-                               num_samples=1, image_key="image", image_threshold=0.0),
+        SpatialPadd(keys=keys, spatial_size=size),
+        crop,
         CastToTyped(keys="image", dtype=torch.float32),  # cases stay float16 in memory; patches are float32
         RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
         RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
         RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
-        RandScaleIntensityd(keys="image", factors=scale, prob=1.0, channel_wise=True),
-        RandShiftIntensityd(keys="image", offsets=shift, prob=1.0, channel_wise=True),
+        *intensity_transforms(intensity),
     ])
 
 
-def drop_modalities(image, present, rng, max_dropped=2):
-    """Randomly remove 0..max_dropped of the present modalities (uniform count, uniform choice).
+def drop_modalities(image, present, rng, max_dropped=2, rate=0.5, weights=None):
+    """With probability `rate`, remove 1..max_dropped of the present modalities (uniform count; chosen with
+    the relative `weights`, (4,) in MODALITIES order, default equal). rate 2/3 with max_dropped 2 is a count
+    uniform over 0, 1, 2.
 
     image: (4, ...) tensor, modified in place (dropped channels set to 0); present: (4,) bool numpy array of
     the modalities the case has. Never drops every present modality. Returns the new (4,) bool mask.
@@ -57,8 +113,10 @@ def drop_modalities(image, present, rng, max_dropped=2):
     present = np.array(present, dtype=bool)
     available = np.flatnonzero(present)
     limit = min(int(max_dropped), len(available) - 1)
-    count = int(rng.integers(0, limit + 1)) if limit > 0 else 0
-    dropped = rng.choice(available, size=count, replace=False) if count else np.array([], dtype=int)
+    count = int(rng.integers(1, limit + 1)) if limit > 0 and rng.random() < rate else 0
+    chance = np.ones(len(present)) if weights is None else np.asarray(weights, dtype=float)
+    chance = chance[available] / chance[available].sum()
+    dropped = rng.choice(available, size=count, replace=False, p=chance) if count else np.array([], dtype=int)
     present[dropped] = False
     for channel in np.flatnonzero(~present):
         image[channel] = 0
@@ -107,6 +165,19 @@ class CaseCache:
         return data
 
 
+def repeated_core_cases(case_ids, paths, repeats):
+    """case_ids with each case whose necrotic / non-enhancing core (TC minus ET) exceeds CORE_CASE_FRACTION of
+    its WT listed `repeats` times, so that a pass over the data shows it that often (the low-grade-looking
+    cores that the models labelled edema)."""
+    if repeats <= 1:
+        return list(case_ids)
+    listed = []
+    for case_id in case_ids:
+        wt, tc, et = (int(r.sum()) for r in load_cached(paths[case_id], np.float16)["regions"])
+        listed += [case_id] * (repeats if tc - et > CORE_CASE_FRACTION * max(wt, 1) else 1)
+    return listed
+
+
 class PatchDataset(Dataset):
     """Training patches indexed by global sample number (see the module docstring).
 
@@ -115,14 +186,16 @@ class PatchDataset(Dataset):
     """
 
     def __init__(self, case_ids, paths, patch_size, seed=0, modality_dropout=False, max_dropped=2, cube=None,
-                 pos=2.0, neg=1.0, max_cached=32):
+                 pos=2.0, neg=1.0, max_cached=32, dropout_rate=0.5, dropout_weights=None, core_crops=0.0,
+                 core_case_repeats=1, intensity="scanner"):
         if not case_ids:
             raise ValueError("No training case.")
-        self.case_ids = sorted(case_ids)
-        self.cache = CaseCache({c: paths[c] for c in self.case_ids}, max_cached)
+        self.cache = CaseCache({c: paths[c] for c in case_ids}, max_cached)
+        self.case_ids = repeated_core_cases(sorted(case_ids), paths, core_case_repeats)
         self.patch_size, self.seed = tuple(patch_size), int(seed)
         self.modality_dropout, self.max_dropped, self.cube = modality_dropout, max_dropped, cube
-        self.transform = augmentation(self.patch_size, pos=pos, neg=neg)
+        self.dropout_rate, self.dropout_weights = dropout_rate, dropout_weights
+        self.transform = augmentation(self.patch_size, pos=pos, neg=neg, core_crops=core_crops, intensity=intensity)
 
     def __len__(self):
         return 2**62  # indices are global sample numbers; the sampler decides which are drawn
@@ -141,7 +214,7 @@ class PatchDataset(Dataset):
         image = torch.as_tensor(sample["image"], dtype=torch.float32).clone().contiguous()  # own memory
         present = np.array(case["present"], dtype=bool)
         if self.modality_dropout:
-            present = drop_modalities(image, present, rng, self.max_dropped)
+            present = drop_modalities(image, present, rng, self.max_dropped, self.dropout_rate, self.dropout_weights)
         out = {"image": image, "regions": torch.as_tensor(sample["regions"]).float().contiguous(),
                "present": torch.from_numpy(present)}
         if self.cube is not None:

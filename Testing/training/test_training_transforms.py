@@ -24,13 +24,24 @@ def test_modality_dropout_never_drops_everything_and_mask_matches_channels():
     for seed in range(600):
         rng = np.random.default_rng(seed)
         image = torch.randn(4, 6, 6, 6) + 10.0  # no channel is zero before dropout
-        present = drop_modalities(image, np.ones(4, bool), rng, max_dropped=2)
+        present = drop_modalities(image, np.ones(4, bool), rng, max_dropped=2, rate=2 / 3)
         assert present.any()
         zeroed = (image == 0).flatten(1).all(1).numpy()
         np.testing.assert_array_equal(zeroed, ~present)
         counts[int((~present).sum())] += 1
     assert set(counts) == {0, 1, 2}
-    assert all(n > 150 for n in counts.values())  # roughly uniform over 0, 1, 2 dropped
+    assert all(n > 150 for n in counts.values())  # rate 2/3: roughly uniform over 0, 1, 2 dropped
+
+    # The default keeps all four in half of the samples, and T1ce (weight 0.5) is dropped less than the others.
+    dropped = np.zeros(4)
+    kept_all = 0
+    for seed in range(2000):
+        present = drop_modalities(torch.ones(4, 2, 2, 2), np.ones(4, bool), np.random.default_rng(seed),
+                                  weights=[1.0, 0.5, 1.0, 1.0])
+        dropped += ~present
+        kept_all += present.all()
+    assert 900 < kept_all < 1100
+    assert dropped[1] < 0.7 * dropped[[0, 2, 3]].min()
 
     # A case that already lacks two modalities: at most one more goes, the absent ones stay absent.
     for seed in range(100):
@@ -66,6 +77,33 @@ def test_crops_are_biased_towards_tumor():
     passes = [[tumor_only.case_of(e * 3 + k) for k in range(3)] for e in range(4)]
     assert all(sorted(p) == sorted(CASES) for p in passes)
     assert len({tuple(p) for p in passes}) > 1
+
+
+def test_scanner_augmentation_changes_brain_voxels_only():
+    from Training.transforms import KeepBackground, intensity_transforms
+    image = torch.zeros(4, 16, 16, 16)
+    image[:, 4:12, 4:12, 4:12] = torch.randn(4, 8, 8, 8)
+    changed = 0
+    for seed in range(20):
+        transform = KeepBackground(intensity_transforms("basic"))
+        transform.set_random_state(seed=seed)
+        out = transform({"image": image.clone()})["image"]
+        assert (out[:, :4] == 0).all() and (out[:, 12:] == 0).all()
+        changed += not torch.equal(out, image)
+    assert changed == 20
+    with pytest.raises(ValueError, match="basic"):
+        intensity_transforms("fancy")
+
+
+def test_cases_with_a_large_core_are_shown_more_often_and_core_crops_hold_core():
+    from Training.transforms import CORE_CASE_FRACTION, repeated_core_cases
+    from Training.data import load_cached
+    listed = repeated_core_cases(CASES, paths(), 3)
+    for case in CASES:
+        wt, tc, et = (int(r.sum()) for r in load_cached(paths()[case])["regions"])
+        assert listed.count(case) == (3 if tc - et > CORE_CASE_FRACTION * wt else 1)
+    core_only = PatchDataset(CASES, paths(), PATCH, seed=2, core_crops=1.0)
+    assert sum(bool(core_only[i]["regions"][1].any()) for i in range(12)) >= 6
 
 
 def test_cube_is_20mm_and_masks_every_modality():

@@ -37,8 +37,11 @@ Architecture as built here (every choice that the paper leaves open, or where we
 * **Self-supervision**: the paper's masked-region consistency loss is computed by the training code;
   in training mode the network returns ``HAFBAux(modality_features=(B, 4, C, d, h, w), present)``,
   the bottleneck features of each modality encoder before fusion.
-* Norm: BatchNorm throughout by default (as the paper); ``norm="instance"`` is available for very
-  small batches (the HAFB's own three branch norms stay BatchNorm, as defined by the paper).
+* Norm: BatchNorm throughout by default (as the paper); ``norm="instance"`` and ``fusion_norm="instance"``
+  give per-sample statistics instead. Measured on the shipped BatchNorm model: its running statistics mix
+  batches with 2, 3 and 4 present modalities (and encoders fed zeros for dropped ones); recomputing them on
+  four-modality patches alone raised its validation TC Dice from 0.489 to 0.597, so training presets use
+  instance norm throughout.
 * Odd sizes: the input is zero-padded at the end of each axis to a multiple of 16 and the logits are
   cropped back.
 
@@ -88,19 +91,20 @@ class ModalityEncoder(nn.Module):
 class HybridAttentionalFusion(nn.Module):
     """The HAFB: fuse per-modality features (B, M, C, ...) over the present modalities into (B, C, ...)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm: str = "batch"):
         super().__init__()
         c = channels
-        self.norm_sum = nn.BatchNorm3d(c)
-        self.norm_product = nn.BatchNorm3d(c)
-        self.norm_max = nn.BatchNorm3d(c)
+        branch_norm = {"batch": nn.BatchNorm3d, "instance": lambda n: nn.InstanceNorm3d(n, affine=True)}[norm]
+        self.norm_sum = branch_norm(c)
+        self.norm_product = branch_norm(c)
+        self.norm_max = branch_norm(c)
         self.attention = nn.Sequential(
             Convolution(3, 3 * c, c, kernel_size=3, conv_only=True),
             nn.ReLU(),
             Convolution(3, c, 3 * c, kernel_size=3, conv_only=True),
             nn.Sigmoid(),
         )
-        self.project = Convolution(3, 3 * c, c, kernel_size=1, norm="batch", act="relu")
+        self.project = Convolution(3, 3 * c, c, kernel_size=1, norm=norm, act="relu")
 
     def forward(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         b, m = present.shape
@@ -175,6 +179,8 @@ class HAFBNet(nn.Module):
         encoder_depth: residual blocks per encoder stage (the first one strided).
         aspp_dilations: dilations of the dilated 3x3x3 ASPP branches at the bottleneck.
         norm: norm of encoder, ASPP and decoder blocks ("batch" as the paper, or e.g. "instance").
+        fusion_norm: norm of the HAFBs' branches and projection, "batch" (the paper) or "instance": per-sample
+            statistics, so the fused features' scale does not depend on which modalities a case has.
         out_channels: number of region logits (3: WT, TC, ET).
 
     ``encode_modalities(x)`` gives the per-modality bottleneck features alone (for the self-supervised
@@ -189,19 +195,22 @@ class HAFBNet(nn.Module):
         encoder_depth: int = 1,
         aspp_dilations: Sequence[int] = (2, 4, 6),
         norm: NormType = "batch",
+        fusion_norm: str = "batch",
         out_channels: int = 3,
     ):
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) != 5:
             raise ValueError(f"widths needs 5 values (stem and four stages), got {widths}")
+        if fusion_norm not in ("batch", "instance"):
+            raise ValueError(f"fusion_norm must be 'batch' or 'instance', got {fusion_norm!r}")
         if encoder_depth < 1:
             raise ValueError("encoder_depth must be at least 1")
         act = ("leakyrelu", {"negative_slope": 0.01})
         self.widths = widths
         self.encoders = nn.ModuleList(ModalityEncoder(widths, encoder_depth, norm, act) for _ in MODALITIES)
         # HAFB at the skip levels 1/2, 1/4, 1/8 and the bottleneck 1/16 (encoder outputs 1..4).
-        self.fusions = nn.ModuleList(HybridAttentionalFusion(c) for c in widths[1:])
+        self.fusions = nn.ModuleList(HybridAttentionalFusion(c, fusion_norm) for c in widths[1:])
         self.aspp = PooledASPP(widths[4], aspp_dilations, norm, act)
         self.up_blocks = nn.ModuleList(GatedUpBlock(widths[i + 1], widths[i], norm, act) for i in (3, 2, 1))
         self.final_up = upsample(widths[1], widths[0], norm, act)
