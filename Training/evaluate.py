@@ -27,7 +27,7 @@ from .checkpoint import checkpoint_file
 from .config import TrainConfig
 from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid, write_csv
 from .metrics import region_metrics
-from .network_recipes import build_network, uses_modality_dropout
+from .network_recipes import build_network, recipe_of, uses_modality_dropout
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def model_from_checkpoint(path, name=None):
     network, config, _ = load_trained(path)
     return Model(name=name or config.network, network=network, patch_size=tuple(config.patch_size),
                  spacing_mm=tuple(config.spacing) if config.spacing else None, modalities=MODALITIES,
-                 handles_missing_modalities=bool(uses_modality_dropout(config)))
+                 handles_missing_modalities=bool(uses_modality_dropout(config)),
+                 whole_window=recipe_of(config.network).whole_window)
 
 
 def catalogue_segmenter(name, members=None, catalogue=None):

@@ -93,6 +93,7 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
         "handles_missing_modalities": bool(uses_modality_dropout(config)),
         "spacing_mm": list(config.spacing) if config.spacing else None,
         "patch_size": list(config.patch_size),
+        "window": "whole" if recipe.whole_window else "patch",
         "split": {"file": f"{run_dir.name}/split.json", "seed": split.get("seed"),
                   "stratified_by": split.get("stratified_by"), "train": split["train"],
                   "validation": split["validation"]},

@@ -60,6 +60,7 @@ class ModelEntry:
     spacing_mm: Optional[tuple[float, float, float]] = None
     patch_size: tuple[int, int, int] = (128, 128, 128)
     in_default_ensemble: bool = True
+    whole_window: bool = False  # "window": "whole": one window over the whole brain crop (fully convolutional)
     folder: Path = SHIPPED_WEIGHTS
     details: dict[str, Any] = field(default_factory=dict)  # DETAILS: shown, and `precision` read by the pipeline
 
@@ -72,6 +73,7 @@ class ModelEntry:
                        modalities=tuple(data.get("modalities", cls.modalities)),
                        handles_missing_modalities=bool(data.get("handles_missing_modalities", False)),
                        in_default_ensemble=bool(data.get("default_ensemble", True)),
+                       whole_window=data.get("window", "patch") == "whole",
                        spacing_mm=tuple(data["spacing_mm"]) if data.get("spacing_mm") else None,
                        patch_size=tuple(data.get("patch_size", cls.patch_size)), folder=Path(folder),
                        details={k: data[k] for k in DETAILS if k in data})

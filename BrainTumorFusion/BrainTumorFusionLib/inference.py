@@ -130,6 +130,15 @@ def predict_regions(network: torch.nn.Module, image: np.ndarray, roi_size: Seque
                         autocast_dtype("auto" if precision == "fp16" else precision, cpu, cpu_bf16))
 
 
+def covering_window(shape: Sequence[int], patch_size: Sequence[int], network: torch.nn.Module) -> Tuple[int, ...]:
+    """One window that covers an image of `shape`: at least the patch size, each side rounded up to the
+    network's `size_multiple`. For fully convolutional models whose catalogue entry says "window": "whole": one
+    forward pass instead of overlapping patches (hafb: 3.7x less time on the 2 mm brain crop, Dice kept; see the
+    README)."""
+    multiple = int(getattr(network, "size_multiple", 1))
+    return tuple(-(-max(int(s), int(p)) // multiple) * multiple for s, p in zip(shape, patch_size))
+
+
 def _window_size(network: torch.nn.Module, roi_size: Sequence[int]) -> Tuple[int, ...]:
     """The window size as ints; ValueError unless each side is a multiple of the network's `size_multiple`.
 

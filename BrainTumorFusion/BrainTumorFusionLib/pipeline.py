@@ -15,7 +15,8 @@ from .case import Case, Result
 from .catalogue import (DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
                         member_names)
 from .errors import Cancelled, InputError, ModelError
-from .inference import Progress, autocast_dtype, choose_device, classify, precision_name, predict_regions
+from .inference import (Progress, autocast_dtype, choose_device, classify, covering_window, precision_name,
+                        predict_regions)
 from .modalities import DISPLAY_NAMES, MODALITIES
 from .postprocessing import regions_to_labels, region_volumes, uncrop
 from .preprocessing import Crop, prepare
@@ -37,6 +38,7 @@ class Model:
     handles_missing_modalities: bool = False
     notes: str = ""  # the catalogue entry's caveat, passed on with its results
     cpu_bf16: bool = False  # bfloat16 keeps its Dice (catalogue `precision.cpu`), so "auto" may use it on a CPU
+    whole_window: bool = False  # one window over the whole crop instead of patch-sized sliding windows
 
     @classmethod
     def from_catalogue(cls, name: str, task: str, device: Device, catalogue: Optional[Catalogue] = None) -> "Model":
@@ -47,7 +49,7 @@ class Model:
         return cls(name=entry.name, network=load_network(entry, device), patch_size=entry.patch_size,
                    spacing_mm=entry.spacing_mm, modalities=entry.modalities,
                    handles_missing_modalities=entry.handles_missing_modalities,
-                   notes=entry.details.get("notes", ""),
+                   notes=entry.details.get("notes", ""), whole_window=entry.whole_window,
                    cpu_bf16=entry.details.get("precision", {}).get("cpu") == "bf16")
 
     def precisions(self, device: Device, precision: str) -> list[str]:
@@ -74,7 +76,10 @@ class Model:
         progress(0.0, "Preprocessing")
         prepared = prepare(case, self.spacing_mm)
         present = case.present if self.handles_missing_modalities else None
-        probabilities = predict_regions(self.network, prepared.image, self.patch_size, device, present,
+        window = self.patch_size
+        if self.whole_window:
+            window = covering_window(prepared.image.shape[1:], self.patch_size, self.network)
+        probabilities = predict_regions(self.network, prepared.image, window, device, present,
                                         share(progress, 0.05, 1.0), should_cancel, precision=precision,
                                         cpu_bf16=self.cpu_bf16)
         return prepared.to_crop_grid(probabilities), prepared.crop

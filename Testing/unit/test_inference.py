@@ -158,3 +158,29 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     assert flags("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile\n")
     assert flags("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # Arm
     assert not flags("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+
+
+def test_a_whole_window_model_runs_one_window_over_the_whole_crop():
+    from BrainTumorFusionLib.inference import covering_window
+    from BrainTumorFusionLib.pipeline import Model
+    net = CountingNet()
+    net.size_multiple = 16
+    assert covering_window((71, 92, 68), (64, 64, 64), net) == (80, 96, 80)
+    assert covering_window((20, 70, 30), (64, 64, 64), net) == (64, 80, 64)  # never smaller than the patch
+    image = np.zeros((4, 71, 92, 68), np.float32)
+    predict_regions(net, image, covering_window(image.shape[1:], (64, 64, 64), net), "cpu")
+    assert net.calls == 1
+    patches = CountingNet()
+    predict_regions(patches, image, (64, 64, 64), "cpu")
+    assert patches.calls == 8
+    assert Model("m", net).whole_window is False  # patch windows unless the catalogue says "whole"
+
+
+def test_the_catalogue_window_field_reaches_the_model(tmp_path):
+    from BrainTumorFusionLib.pipeline import Model
+    from plumbing import write_catalogue
+    for window, expected in (("whole", True), ("patch", False), (None, False)):
+        fields = {"window": window} if window else {}
+        path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), **fields)
+        entry = Catalogue.load([path]).entry("intensity")
+        assert entry.whole_window is expected and Model.from_entry(entry, "cpu").whole_window is expected
