@@ -87,15 +87,18 @@ class _Monitored(torch.nn.Module):
     """Wraps the network: passes the modality mask, reports progress and honours cancel between windows."""
 
     def __init__(self, network: torch.nn.Module, present: Optional[torch.Tensor], total: int,
-                 progress: Optional[Progress], should_cancel: Optional[Callable[[], bool]]):
+                 progress: Optional[Progress], should_cancel: Optional[Callable[[], bool]],
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.network, self.present, self.total = network, present, max(total, 1)
         self.progress, self.should_cancel, self.done = progress, should_cancel, 0
+        self.memory_format = memory_format
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         if self.should_cancel and self.should_cancel():
             raise Cancelled("Cancelled by the user; nothing was written.")
         present = None if self.present is None else self.present.expand(window.shape[0], -1)
+        window = window.contiguous(memory_format=self.memory_format)
         out = self.network(window) if present is None else self.network(window, present)
         self.done += window.shape[0]
         if self.progress:
@@ -156,12 +159,16 @@ def _predict(network: torch.nn.Module, image: np.ndarray, roi: Tuple[int, ...], 
              present: Optional[Sequence[bool]], progress: Optional[Progress],
              should_cancel: Optional[Callable[[], bool]], overlap: float,
              dtype: Optional[torch.dtype]) -> np.ndarray:
-    network = network.to(device).eval()
+    # Networks that say so run bf16 on the CPU in the channels-last-3d layout (oneDNN's faster kernels there).
+    layout = torch.contiguous_format
+    if device.type == "cpu" and dtype == torch.bfloat16 and getattr(network, "bf16_channels_last", False):
+        layout = torch.channels_last_3d
+    network = network.to(device, memory_format=layout).eval()
     mask = None
     if present is not None and not all(present):
         mask = torch.tensor([list(present)], dtype=torch.bool, device=device)
     # Windows keep the model's patch size (checked against the network's size_multiple); small inputs are padded.
-    monitored = _Monitored(network, mask, window_count(image.shape[1:], roi, overlap), progress, should_cancel)
+    monitored = _Monitored(network, mask, window_count(image.shape[1:], roi, overlap), progress, should_cancel, layout)
     inputs = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     with torch.inference_mode(), autocast:

@@ -184,3 +184,22 @@ def test_the_catalogue_window_field_reaches_the_model(tmp_path):
         path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), **fields)
         entry = Catalogue.load([path]).entry("intensity")
         assert entry.whole_window is expected and Model.from_entry(entry, "cpu").whole_window is expected
+
+
+def test_networks_that_ask_for_it_get_channels_last_windows_in_cpu_bf16_only():
+    class LayoutNet(CountingNet):
+        bf16_channels_last = True
+
+        def __init__(self):
+            super().__init__()
+            self.layouts = []
+
+        def forward(self, x, present=None):
+            self.layouts.append(x.is_contiguous(memory_format=torch.channels_last_3d))
+            return super().forward(x, present)
+
+    image = np.random.default_rng(0).normal(size=(4, 20, 20, 20)).astype(np.float32)
+    for precision, expected in (("bf16", True), ("fp32", False)):
+        net = LayoutNet()
+        predict_regions(net, image, (16, 16, 16), "cpu", precision=precision)
+        assert net.layouts and all(layout is expected for layout in net.layouts), precision

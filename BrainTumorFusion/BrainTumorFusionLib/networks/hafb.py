@@ -188,6 +188,7 @@ class HAFBNet(nn.Module):
     """
 
     size_multiple = 16  # four stride-2 stages; other sizes are padded up to it inside
+    bf16_channels_last = True  # bf16 CPU inference measured 12% faster in the channels-last-3d layout
 
     def __init__(
         self,
