@@ -1,9 +1,12 @@
 """File adapter: find cases in a folder, read a case from image files, write label maps on the input grid."""
 
+import gzip
 import os
 import re
 import uuid
+import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -71,17 +74,94 @@ def find_cases(input_dir: PathLike) -> list[CaseFiles]:
     return cases
 
 
+# Read size of the integrity pass: a multiple of every voxel size, so chunks split the data between voxels.
+_CHUNK = 1 << 20
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+
+
 def read_image(path: PathLike, role: str) -> sitk.Image:
+    label = DISPLAY_NAMES[role]
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise InputError(f"Cannot read the {DISPLAY_NAMES[role]} image {path}: {error}") from None
+        reason = str(error).strip().splitlines()[-1].replace("sitk::ERROR: ", "").rstrip(".")
+        raise InputError(f"Cannot read the {label} image {path}: {reason}. If the file is damaged or truncated, "
+                         "re-export it or download it again.") from None
+    name = Path(path).name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        _check_nifti_data(Path(path), image, label)
+    elif name.endswith((".mha", ".mhd")):
+        _check_metaimage_data(Path(path), image, label)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
-            f"The {DISPLAY_NAMES[role]} image {path} is not a 3D single-channel volume "
+            f"The {label} image {path} is not a 3D single-channel volume "
             f"({image.GetDimension()}D, {image.GetNumberOfComponentsPerPixel()} components). "
             "Extract one 3D scalar volume first.")
     return image
+
+
+def _damaged(path: Path, label: str, why: str) -> InputError:
+    return InputError(f"The {label} image {path} is damaged or truncated ({why}). Re-export it or download it "
+                      "again.")
+
+
+def _check_nifti_data(path: Path, image: sitk.Image, label: str) -> None:
+    """SimpleITK reads a truncated or corrupt .nii(.gz) without error (missing voxels become 0, a cut gzip reads
+    as zeros) and turns NaN and infinite voxels into 0. So stream the file once through Python's gzip, which
+    raises on a cut stream or a bad checksum, and count the data bytes the header promises and the non-finite
+    voxels."""
+    meta = image.GetMetaData
+    voxels = int(np.prod([int(meta(f"dim[{axis}]")) for axis in range(1, int(meta("dim[0]")) + 1)]))
+    offset, expected = int(float(meta("vox_offset"))), voxels * int(meta("bitpix")) // 8
+    float_code = _NIFTI_FLOATS.get(int(meta("datatype")))
+    received = non_finite = 0
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as stream:
+            header = stream.read(offset)
+            byte_order = "<" if int.from_bytes(header[:4], "little") in (348, 540) else ">"  # sizeof_hdr
+            dtype = np.dtype(byte_order + float_code) if float_code else None
+            for chunk in iter(partial(stream.read, _CHUNK), b""):
+                data = chunk[:max(expected - received, 0)]  # bytes past the voxels hold none
+                received += len(chunk)
+                if dtype is not None:
+                    values = np.frombuffer(data[:len(data) - len(data) % dtype.itemsize], dtype)
+                    non_finite += int(values.size - np.count_nonzero(np.isfinite(values)))
+    except (OSError, EOFError, zlib.error) as error:
+        raise _damaged(path, label, str(error).rstrip(".")) from None
+    if len(header) < offset or received < expected:
+        raise _damaged(path, label, f"{received} of the {expected} data bytes its header gives")
+    if non_finite == voxels:
+        raise InputError(f"Every voxel of the {label} image {path} is NaN or infinite: it holds no image. Re-export "
+                         "it from its source.")
+    if non_finite:
+        raise InputError(f"The {label} image {path} has NaN or infinite voxels ({non_finite} of {voxels}). Replace "
+                         "them (e.g. with 0 outside the brain) and save it again.")
+
+
+def _check_metaimage_data(path: Path, image: sitk.Image, label: str) -> None:
+    """SimpleITK reads a compressed MetaImage with corrupt data without error (it only logs "Uncompress failed"):
+    decompress the data once with zlib, which raises on corrupt data, and count the bytes."""
+    fields = {}
+    with open(path, "rb") as stream:
+        while "ElementDataFile" not in fields and (line := stream.readline()):
+            key, _, value = line.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+        start = stream.tell()
+    data_file = fields.get("ElementDataFile", "")
+    source, skip = (path, start) if data_file == "LOCAL" else (path.parent / data_file, 0)
+    if fields.get("CompressedData", "").lower() != "true" or not source.is_file():  # LIST / pattern data: as read
+        return
+    expected = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    decompressor, received = zlib.decompressobj(), 0
+    try:
+        with open(source, "rb") as stream:
+            stream.seek(skip)
+            for chunk in iter(partial(stream.read, _CHUNK), b""):
+                received += len(decompressor.decompress(chunk))
+    except (OSError, zlib.error) as error:
+        raise _damaged(path, label, str(error)) from None
+    if not decompressor.eof or received < expected:
+        raise _damaged(path, label, f"{received} of {expected} data bytes")
 
 
 def read_case(case_files: CaseFiles) -> tuple[Case, sitk.Image]:

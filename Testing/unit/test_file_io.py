@@ -1,9 +1,13 @@
+import shutil
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from BrainTumorFusionLib.errors import InputError, OutputError
-from BrainTumorFusionLib.file_io import check_writable_folder, find_cases, read_case, role_of_file, write_labels
+from BrainTumorFusionLib.file_io import (CaseFiles, check_writable_folder, find_cases, read_case, read_image,
+                                        role_of_file, write_labels)
+from realdata import brats_case_dir
 
 
 def write_image(path, array=None, vector=False):
@@ -78,3 +82,70 @@ def test_unwritable_output_folder(tmp_path):
     reference = sitk.GetImageFromArray(np.zeros((2, 2, 2), np.int16))
     with pytest.raises(OutputError, match="Cannot write"):
         write_labels(np.zeros((2, 2, 2)), reference, blocker / "x.nii.gz")
+
+
+# --- damaged files: SimpleITK reads cut or corrupt .nii.gz / .nii / compressed .mha without an error -------------
+REAL_T1 = "Brats18_CBICA_ABM_1"
+
+
+def real_t1_file(tmp_path, extension):
+    """The real case's T1 in tmp_path as <extension>: the shared file's own bytes for .nii.gz, else re-written."""
+    source = brats_case_dir(REAL_T1) / f"{REAL_T1}_t1.nii.gz"
+    path = tmp_path / f"{REAL_T1}_t1{extension}"
+    if extension == ".nii.gz":
+        shutil.copyfile(source, path)
+    else:
+        sitk.WriteImage(sitk.ReadImage(str(source)), str(path), True)
+    return path
+
+
+def cut(path, size):
+    data = path.read_bytes()
+    path.write_bytes(data[:size])
+
+
+def flip_byte(path, position):
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_an_intact_real_file_still_reads(tmp_path, extension):
+    image = read_image(real_t1_file(tmp_path, extension), "t1")
+    assert image.GetSize() == (240, 240, 155) and sitk.GetArrayViewFromImage(image).any()
+
+
+@pytest.mark.parametrize("extension, damage", [
+    pytest.param(".nii.gz", lambda path: cut(path, path.stat().st_size // 2), id="nii.gz-half"),  # read half before
+    pytest.param(".nii.gz", lambda path: cut(path, 200), id="nii.gz-200-bytes"),  # read as "all zero" before
+    pytest.param(".nii.gz", lambda path: flip_byte(path, path.stat().st_size // 2), id="nii.gz-flipped-byte"),
+    pytest.param(".nii.gz", lambda path: flip_byte(path, path.stat().st_size - 6), id="nii.gz-bad-checksum"),
+    pytest.param(".nii", lambda path: cut(path, path.stat().st_size // 2), id="nii-half"),
+    pytest.param(".nrrd", lambda path: cut(path, path.stat().st_size // 2), id="nrrd-half"),  # its reader raises
+    pytest.param(".mha", lambda path: flip_byte(path, path.stat().st_size // 2), id="mha-flipped-byte"),
+])
+def test_a_damaged_file_is_rejected_with_its_name(tmp_path, extension, damage):
+    path = real_t1_file(tmp_path, extension)
+    damage(path)
+    with pytest.raises(InputError, match="damaged or truncated") as error:
+        read_image(path, "t1")
+    message = str(error.value)
+    assert str(path) in message and "T1" in message and "re-export" in message.lower()
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii", ".nrrd"])
+def test_an_all_nan_file_says_nan_not_all_zero(tmp_path, extension):
+    path = tmp_path / f"A_flair{extension}"
+    write_image(path, np.full((4, 5, 6), np.nan, np.float32))  # the NIfTI reader turns NaN into 0
+    with pytest.raises(InputError, match="NaN") as error:
+        read_case(CaseFiles("A", {"flair": path}))
+    assert "all zero" not in str(error.value) and "FLAIR" in str(error.value)
+
+
+def test_some_nan_or_infinite_voxels_in_a_nifti_file_are_rejected_as_in_other_formats(tmp_path):
+    array = np.ones((4, 5, 6), np.float64)
+    array[0, 0, :2] = np.nan, np.inf
+    write_image(tmp_path / "A_t2.nii.gz", array)
+    with pytest.raises(InputError, match=r"NaN or infinite voxels \(2 of 120\)"):
+        read_image(tmp_path / "A_t2.nii.gz", "t2")
