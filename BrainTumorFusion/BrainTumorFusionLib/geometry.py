@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from .case import Case
 from .errors import InputError
-from .modalities import DISPLAY_NAMES, MODALITIES
+from .modalities import DISPLAY_NAMES, MODALITIES, how_to_give
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # Grids closer than this (mm, or unitless for directions) are the same grid.
@@ -83,8 +83,8 @@ def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], n
     """
     present_roles = [role for role in MODALITIES if volumes.get(role) is not None]
     if not present_roles:
-        raise InputError("No input volume is selected. Select at least the volumes the chosen model needs "
-                         "(T1, T1ce, T2, FLAIR).")
+        raise InputError(f"No input volume is given: {how_to_give(MODALITIES)} (at least those the chosen model "
+                         "needs).")
     for role in present_roles:
         check_volume(role, volumes[role][0])
     reference_array, reference_matrix = volumes[present_roles[0]]

@@ -31,6 +31,19 @@ _TRAILING_TOKEN = re.compile(
     re.IGNORECASE)
 
 
+def display(roles: Sequence[str]) -> str:
+    """"T1, T1ce" for ("t1", "t1ce")."""
+    return ", ".join(DISPLAY_NAMES[role] for role in roles)
+
+
+def how_to_give(roles: Sequence[str]) -> str:
+    """How to supply modalities, in words that fit the command line, a batch folder and the module alike."""
+    them = "it" if len(roles) == 1 else "them"
+    flags = " ".join(f"--{role}" for role in roles)
+    files = ", ".join(f"<id>_{role}" for role in roles)
+    return f"give {them} ({flags}, or {files} in the case folder) or select {them} in the module"
+
+
 def role_of(name: str) -> Optional[str]:
     """Return the modality role a node or file name suggests, or None."""
     lowered = name.lower()

@@ -17,7 +17,7 @@ from .catalogue import (DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Memb
 from .errors import Cancelled, InputError, ModelError
 from .inference import (Progress, autocast_dtype, choose_device, classify, covering_window, precision_name,
                         predict_regions)
-from .modalities import DISPLAY_NAMES, MODALITIES
+from .modalities import MODALITIES, display, how_to_give
 from .postprocessing import regions_to_labels, region_volumes, uncrop
 from .preprocessing import Crop, prepare
 
@@ -57,16 +57,18 @@ class Model:
         return [precision_name(autocast_dtype(precision, torch.device(device), self.cpu_bf16))]
 
     def missing_modalities(self, case: Case) -> list[str]:
-        """Display names of the modalities this model needs and the case lacks (none if it handles that)."""
+        """The modalities (roles) this model needs and the case lacks (none if it handles that)."""
         if self.handles_missing_modalities:
             return []
-        return [DISPLAY_NAMES[m] for m in self.modalities if not case.present[MODALITIES.index(m)]]
+        return [m for m in self.modalities if not case.present[MODALITIES.index(m)]]
 
     def check_modalities(self, case: Case) -> None:
         missing = self.missing_modalities(case)
         if missing:
-            raise InputError(f"Model '{self.name}' needs {', '.join(missing)}, which is not selected. Select it, "
-                             "or choose a model whose catalogue entry says it handles missing modalities.")
+            verb = "is" if len(missing) == 1 else "are"
+            raise InputError(f"Model '{self.name}' needs {display(missing)}, which {verb} missing: "
+                             f"{how_to_give(missing)}; or choose a model whose catalogue entry says it handles "
+                             "missing modalities.")
 
     def crop_probabilities(self, case: Case, device: Device, progress: Progress, should_cancel: ShouldCancel = None,
                            precision: str = "auto") -> tuple[np.ndarray, Crop]:
@@ -109,10 +111,10 @@ class Ensemble:
         lacking = {member.name: member.missing_modalities(case) for member in self.members}
         lacking = {name: missing for name, missing in lacking.items() if missing}
         if lacking:
-            needs = "; ".join(f"'{name}' needs {', '.join(missing)}" for name, missing in lacking.items())
-            volumes = [name for name in DISPLAY_NAMES.values() if any(name in m for m in lacking.values())]
-            raise InputError(f"Ensemble members cannot run without volumes that are not selected: {needs}. "
-                             f"Deselect {', '.join(lacking)} from the members, or select {', '.join(volumes)}.")
+            needs = "; ".join(f"'{name}' needs {display(missing)}" for name, missing in lacking.items())
+            roles = [role for role in MODALITIES if any(role in missing for missing in lacking.values())]
+            raise InputError(f"Ensemble members cannot run without modalities this case lacks: {needs}. Leave "
+                             f"{', '.join(lacking)} out of the members, or {how_to_give(roles)}.")
 
     def precisions(self, device: Device, precision: str) -> list[str]:
         return [name for member in self.members for name in member.precisions(device, precision)]

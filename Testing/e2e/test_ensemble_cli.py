@@ -58,7 +58,8 @@ def test_member_errors_stop_before_any_output(tmp_path, capsys):
     assert main(["predict", "--flair", str(brats_case_dir(CASE) / f"{CASE}_flair.nii.gz"), "--output-dir",
                  str(output), "--model", "ensemble", "--members", "hafb,segresnet"]) == 2
     message = capsys.readouterr().err  # the shipped hafb handles missing modalities, segresnet does not
-    assert "'segresnet' needs T1, T1ce, T2. Deselect segresnet from the members, or select T1, T1ce, T2" in message
+    assert ("'segresnet' needs T1, T1ce, T2. Leave segresnet out of the members, or give them (--t1 --t1ce --t2, or "
+            "<id>_t1, <id>_t1ce, <id>_t2 in the case folder)") in message
     assert main(["predict", "--flair", str(brats_case_dir(CASE) / f"{CASE}_flair.nii.gz"), "--output-dir",
                  str(output), "--members", "hafb,segresnet"]) == 2
     assert "only apply to the model 'ensemble'" in capsys.readouterr().err

@@ -71,7 +71,9 @@ def test_missing_modality_needs_a_model_that_handles_it():
     folder = brats_case_dir("Brats18_CBICA_ABM_1")
     files = {role: folder / f"Brats18_CBICA_ABM_1_{role}.nii.gz" for role in ("t1", "t2", "flair")}
     case, _ = read_case(CaseFiles("no_t1ce", files))
-    with pytest.raises(InputError, match="needs T1ce"):
+    with pytest.raises(InputError, match="needs T1ce") as error:
         Pipeline(device="cpu", segmenter=intensity_model()).run(case)
+    # Files and scene alike: the command-line flag, the batch file name and the module's selector.
+    assert "--t1ce" in str(error.value) and "<id>_t1ce" in str(error.value) and "in the module" in str(error.value)
     result = Pipeline(device="cpu", segmenter=intensity_model(handles_missing=True)).run(case)
     assert result.labels.shape == case.image.shape[1:]

@@ -155,8 +155,8 @@ def test_ensemble_errors_leave_the_scene_unchanged(kit, real_nodes, ensemble_cat
                                          "random-a, random-b"):
         logic.start_segmentation(**real_nodes, members="random-a,nope", **catalogue)  # no process is started
     no_t1ce = {role: node for role, node in real_nodes.items() if role != "t1ce"}
-    with pytest.raises(InputError, match="'random-a' needs T1ce; 'random-b' needs T1ce. Deselect random-a, "
-                                         "random-b from the members, or select T1ce."):
+    with pytest.raises(InputError, match="'random-a' needs T1ce; 'random-b' needs T1ce. Leave random-a, "
+                                         "random-b out of the members, or give it .* or select it in the module."):
         logic.segment(**no_t1ce, members="random-a,random-b", **catalogue)
     assert kit.state() == before
 

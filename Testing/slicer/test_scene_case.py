@@ -42,5 +42,5 @@ def test_case_from_nodes_in_modality_order(kit, vtk_messages):
 
 
 def test_no_node_selected(kit):
-    with pytest.raises(InputError, match="No input volume is selected"):
+    with pytest.raises(InputError, match="No input volume is given: .* or select them in the module"):
         case_from_nodes()

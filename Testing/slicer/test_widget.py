@@ -181,7 +181,8 @@ def test_a_failure_reported_by_the_process_is_shown(kit, widget, processes, capl
     with caplog.at_level(logging.ERROR):
         widget.ui.applyButton.click()
         until(lambda: widget.run is None)
-    message = "Model 'intensity' needs T1ce, which is not selected."
+    message = ("Model 'intensity' needs T1ce, which is missing: give it (--t1ce, or <id>_t1ce in the case folder) "
+               "or select it in the module")
     assert processes[0].process.returncode == 2
     assert widget.ui.statusLabel.text.startswith(f"Failed: {message}")
     assert any(record.getMessage().startswith(message) for record in caplog.records)  # slicer.util.errorDisplay
