@@ -16,6 +16,7 @@ from .evaluate import evaluate
 from .export import export
 from .pretraining import PretrainConfig, pretrain
 from .segmentation import train
+from .tune_cleanup import load_pairs, tune
 
 S = argparse.SUPPRESS  # train options left out keep the defaults (or, with --resume, the run's config.json)
 
@@ -116,6 +117,11 @@ def build_parser():
     evaluate.add_argument("--drop-modalities", default="", help="e.g. t1,t2: evaluate without these")
     evaluate.add_argument("--save-predictions", type=Path, help="also write <case>_seg.nii.gz here")
 
+    cleanup = commands.add_parser("tune-cleanup", help="choose the BraTS clean-up volumes on saved predictions")
+    cleanup.add_argument("--predictions", required=True, type=Path, help="folder of <case>_seg.nii.gz (evaluate "
+                         "--save-predictions)")
+    cleanup.add_argument("--data-dir", required=True, type=Path, help="the cases with their ground truth")
+
     export = commands.add_parser("export", help="weights file + catalogue entry")
     export.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder (best.pt)")
     export.add_argument("--name", required=True, help="catalogue name of the model")
@@ -161,6 +167,8 @@ def main(argv=None):
         means = result["means"]
         print(f"{len(result['rows'])} cases -> {result['csv']}")
         print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
+    elif args.command == "tune-cleanup":
+        tune(load_pairs(args.predictions, args.data_dir))
     elif args.command == "export":
         entry = export(args.checkpoint, args.name, args.catalogue or SHIPPED_CATALOGUE, args.title, args.metrics,
                        args.dtype, args.size_limit_mb, args.data_description)

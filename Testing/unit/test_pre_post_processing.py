@@ -87,3 +87,45 @@ def test_volumes_and_uncrop():
 
 def test_brats_2023_enhancing_label_is_accepted():
     assert brats_labels(np.array([0, 1, 2, 3, 4])).tolist() == [0, 1, 2, 4, 4]
+
+
+def planted_tumor():
+    """A 20^3 label map: one tumor (edema around necrosis around enhancing) and islands of 1 voxel each."""
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:10, 2:10, 2:10] = 2
+    labels[4:8, 4:8, 4:8] = 1
+    labels[5:7, 5:7, 5:7] = 4
+    labels[15, 15, 15] = 2  # a WT island
+    labels[2, 9, 2] = 4  # an ET island inside edema, touching no core
+    return labels
+
+
+def test_cleanup_gives_small_islands_the_label_around_them_and_is_off_by_default():
+    from BrainTumorFusionLib.postprocessing import Cleanup, clean_labels
+    labels, voxel_ml = planted_tumor(), 0.001
+    assert np.array_equal(clean_labels(labels, voxel_ml, Cleanup()), labels)
+    no_wt_island = clean_labels(labels, voxel_ml, Cleanup(wt_island_ml=0.002))
+    assert no_wt_island[15, 15, 15] == 0  # a 1-voxel WT component
+    assert np.array_equal(no_wt_island[:12, :12, :12], labels[:12, :12, :12])  # the ET island lies inside WT
+    no_et_island = clean_labels(labels, voxel_ml, Cleanup(et_island_ml=0.002))
+    assert no_et_island[2, 9, 2] == 1 and (no_et_island[5:7, 5:7, 5:7] == 4).all()  # 8-voxel ET stays
+    no_tc_island = clean_labels(labels, voxel_ml, Cleanup(tc_island_ml=0.002))
+    assert no_tc_island[2, 9, 2] == 2
+    # Less than 0.01 mL of ET in the whole case: relabelled necrotic core (nnU-Net's BraTS rule).
+    no_et = clean_labels(labels, voxel_ml, Cleanup(min_enhancing_ml=0.01))
+    assert not (no_et == 4).any() and (no_et[5:7, 5:7, 5:7] == 1).all()
+    assert np.array_equal(clean_labels(labels, voxel_ml, Cleanup(min_enhancing_ml=0.005)), labels)
+
+
+def test_tune_cleanup_keeps_a_step_only_when_it_raises_dice():
+    from Training.tune_cleanup import tune
+    truth = planted_tumor()
+    truth[15, 15, 15] = 0
+    truth[2, 9, 2] = 2
+    predicted = truth.copy()
+    predicted[14:16, 14:16, 14:16] = 2  # an 8-voxel (0.04 mL) false WT island
+    chosen = tune([("synthetic", predicted, truth, 0.005)], printer=lambda *_: None)
+    assert chosen.wt_island_ml == 0.05  # the smallest volume that removes it
+    assert (chosen.tc_island_ml, chosen.et_island_ml, chosen.min_enhancing_ml) == (0, 0, 0)  # they cost Dice
+    unchanged = tune([("synthetic", truth, truth, 0.005)], printer=lambda *_: None)
+    assert unchanged == type(chosen)()  # a perfect prediction needs no clean-up
