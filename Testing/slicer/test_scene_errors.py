@@ -130,3 +130,14 @@ def test_save_onto_a_folder_path(tmp_path):
     with pytest.raises(OutputError, match="Choose a folder you can write to"):
         save_seg_nrrd(result(), tmp_path / "case.seg.nrrd")
     assert sorted(os.listdir(tmp_path)) == ["case.seg.nrrd"]
+
+
+def test_the_same_image_loaded_twice_is_rejected_in_two_roles(kit, vtk_messages, brats_dir):
+    """Two nodes (not one node in two roles) holding the same real T1: before, all four roles were accepted."""
+    t1 = brats_dir / "Brats18_CBICA_ABM_1" / "Brats18_CBICA_ABM_1_t1.nii.gz"
+    nodes = {role: kit.volumes.AddArchetypeVolume(str(t1), f"copy as {role}") for role in ("t1", "t1ce", "t2", "flair")}
+    before = kit.state()
+    with pytest.raises(InputError, match="T1 and T1ce hold the same image.*Each role needs its own sequence"):
+        case_from_nodes(**nodes)
+    assert kit.state() == before
+    vtk_messages()

@@ -149,3 +149,10 @@ def test_some_nan_or_infinite_voxels_in_a_nifti_file_are_rejected_as_in_other_fo
     write_image(tmp_path / "A_t2.nii.gz", array)
     with pytest.raises(InputError, match=r"NaN or infinite voxels \(2 of 120\)"):
         read_image(tmp_path / "A_t2.nii.gz", "t2")
+
+
+def test_the_same_real_t1_file_in_all_four_roles_is_rejected():
+    """Before: WT 674 mL and grade "LGG 0.9997" with no warning."""
+    t1 = brats_case_dir(REAL_T1) / f"{REAL_T1}_t1.nii.gz"
+    with pytest.raises(InputError, match="T1 and T1ce hold the same image.*Each role needs its own sequence"):
+        read_case(CaseFiles(REAL_T1, {role: t1 for role in ("t1", "t1ce", "t2", "flair")}))

@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.geometry import assemble_case, image_from_array, ijk_to_ras_of, resample_onto
+from realdata import brats_case_dir
 
 
 def oblique_matrix(handedness=1, spacing=(0.9, 1.1, 2.5), origin=(10.0, -20.0, 5.0)):
@@ -109,3 +110,20 @@ def test_infinite_values_rejected():
     with pytest.raises(InputError, match="infinite"):
         assemble_case(vols, "c")
     assert sitk.Version.MajorVersion() >= 2
+
+
+def real_t1():
+    case_id = "Brats18_CBICA_ABM_1"
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(brats_case_dir(case_id) / f"{case_id}_t1.nii.gz")))
+
+
+@pytest.mark.parametrize("copy", [
+    pytest.param(lambda t1, rng: t1.astype(np.float32), id="identical"),
+    pytest.param(lambda t1, rng: t1 * 2.5 + 100.0 * (t1 > 0), id="rescaled"),
+    pytest.param(lambda t1, rng: t1 + rng.normal(0, 0.02 * t1[t1 > 0].std(), t1.shape) * (t1 > 0), id="noisy"),
+])
+def test_the_same_image_in_two_roles_is_rejected(copy):
+    t1 = real_t1()
+    vols = {"t1": (t1, np.eye(4)), "flair": (copy(t1, np.random.default_rng(0)).astype(np.float32), np.eye(4))}
+    with pytest.raises(InputError, match="T1 and FLAIR hold the same image.*Each role needs its own sequence"):
+        assemble_case(vols, "c")
