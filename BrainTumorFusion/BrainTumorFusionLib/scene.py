@@ -89,6 +89,11 @@ def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] 
         node = nodes[role]
         if node is None:
             continue
+        labels = ("label map" if node.IsA("vtkMRMLLabelMapVolumeNode")
+                  else "segmentation" if node.IsA("vtkMRMLSegmentationNode") else None)
+        if labels:  # a label map is a scalar volume node, so the checks below would let it through
+            raise InputError(f"{_describe(node, role)} is a {labels}: labels, not an MR image. Select the "
+                             f"{DISPLAY_NAMES[role]} image (a scalar volume) instead.")
         key = node.GetID() or id(node)
         if key in seen:
             raise InputError(

@@ -9,6 +9,7 @@ import vtk
 import slicer.util
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.errors import InputError, OutputError
+from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.scene import case_from_nodes, save_seg_nrrd, volume_from_node, write_result_to_scene
 
 SHAPE = (5, 6, 7)
@@ -139,5 +140,23 @@ def test_the_same_image_loaded_twice_is_rejected_in_two_roles(kit, vtk_messages,
     before = kit.state()
     with pytest.raises(InputError, match="T1 and T1ce hold the same image.*Each role needs its own sequence"):
         case_from_nodes(**nodes)
+    assert kit.state() == before
+    vtk_messages()
+
+
+def test_a_label_map_or_segmentation_in_a_role_is_rejected(kit, vtk_messages, brats_dir):
+    """Only the automatic role assignment skipped label maps; a label map given for a role was segmented."""
+    folder = brats_dir / "Brats18_CBICA_ABM_1"
+    images = {role: kit.volumes.AddArchetypeVolume(str(folder / f"Brats18_CBICA_ABM_1_{role}.nii.gz"), role)
+              for role in ("t1", "t1ce", "t2")}
+    labels = kit.volumes.AddArchetypeVolume(str(folder / "Brats18_CBICA_ABM_1_seg.nii.gz"), "truth", 1)
+    assert labels.IsA("vtkMRMLLabelMapVolumeNode")
+    segmentation = kit.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "tumor")
+    before = kit.state()
+    with pytest.raises(InputError, match=r"'truth' \(selected as FLAIR\) is a label map: labels, not an MR image. "
+                                         r"Select the FLAIR image"):
+        SceneLogic(kit.scene).segment(**images, flair=labels)  # refused before any model is loaded
+    with pytest.raises(InputError, match=r"'tumor' \(selected as T1\) is a segmentation: labels, not an MR image"):
+        case_from_nodes(t1=segmentation, t1ce=images["t1ce"])
     assert kit.state() == before
     vtk_messages()
