@@ -7,7 +7,7 @@ CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
 MODEL ?= hafb
 DEMO_DIR := out/demo
 
-.PHONY: setup test demo bench-zoo bench-models bench-training gpu-check clean
+.PHONY: setup test demo bench-zoo bench bench-training gpu-check clean
 
 setup: $(STAMP)
 
@@ -32,16 +32,17 @@ demo: setup
 bench-zoo: setup
 	$(PY) Testing/benchmarks/bench_zoo.py
 
-# Every shipped model end to end on real validation cases: CPU seconds per case against segresnet.
-bench-models: setup
-	$(PY) Testing/benchmarks/bench_models.py
+# Every shipped model and the ensemble as whole processes (batch and predict), fp32 against auto, peak RSS, and the
+# MONAI SegResNet sliding-window anchor in the same run. About 15 minutes; run it on an idle machine.
+bench: setup
+	$(PY) Testing/benchmarks/bench.py
 
-# On a CUDA machine: every shipped model, the OOM fallback and 200 training steps against CPU references, one table.
-# The cache (out/gpu_check) is made here from ../shared when missing; carry it to a GPU machine (see README).
 # Seconds per training step of the shared loop: as the shipped models were trained against the loop's defaults.
 bench-training: setup
 	$(PY) Testing/benchmarks/bench_training.py
 
+# On a CUDA machine: every shipped model, the OOM fallback and 200 training steps against CPU references, one table.
+# The cache (out/gpu_check) is made here from ../shared when missing; carry it to a GPU machine (see README).
 gpu-check: setup
 	test -f out/gpu_check/manifest.json || $(PY) Testing/benchmarks/gpu_check.py prepare --out out/gpu_check
 	$(PY) Testing/benchmarks/gpu_check.py run --cache out/gpu_check
