@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from .case import Case
 from .errors import InputError, OutputError
 from .geometry import assemble_case, ijk_to_ras_of
+from .integrity import problem_in
 from .modalities import DISPLAY_NAMES, MODALITIES, role_of_token
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -46,7 +47,8 @@ def role_of_file(path: PathLike) -> Optional[str]:
 
 
 def case_files_in(folder: PathLike) -> Optional[CaseFiles]:
-    """CaseFiles of one case folder, or None when it holds no modality image."""
+    """CaseFiles of one case folder, or None when it holds no modality image. Two images for one modality
+    raise InputError naming both."""
     folder = Path(folder)
     files = {}
     for path in sorted(folder.iterdir()):
@@ -61,13 +63,27 @@ def case_files_in(folder: PathLike) -> Optional[CaseFiles]:
     return CaseFiles(folder.name, files) if files else None
 
 
-def find_cases(input_dir: PathLike) -> list[CaseFiles]:
-    """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored)."""
+def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = None) -> list[CaseFiles]:
+    """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored).
+
+    A case folder that cannot be used (two images for one modality) raises InputError; with `problems` given it
+    is left out and its error stored there under the folder's name instead, so a batch records it as failed and
+    goes on."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise InputError(f"Input folder {input_dir} does not exist. Give a folder with one sub-folder per case.")
-    cases = [c for c in (case_files_in(p) for p in sorted(input_dir.iterdir()) if p.is_dir()) if c is not None]
-    if not cases:
+    cases = []
+    for folder in sorted(p for p in input_dir.iterdir() if p.is_dir()):
+        try:
+            case = case_files_in(folder)
+        except InputError as error:
+            if problems is None:
+                raise
+            problems[folder.name] = error
+            continue
+        if case is not None:
+            cases.append(case)
+    if not cases and not problems:
         raise InputError(
             f"No case found in {input_dir}. Expected one sub-folder per case holding <id>_t1/_t1ce/_t2/_flair "
             "(or -t1n/-t1c/-t2w/-t2f) NIfTI or NRRD images.")
@@ -178,32 +194,59 @@ def read_case(case_files: CaseFiles) -> tuple[Case, sitk.Image]:
 
 
 def write_labels(labels: np.ndarray, reference_image: sitk.Image, path: PathLike) -> None:
-    """Write a uint8 label map with exactly the reference image's grid (origin, spacing, direction)."""
-    image = sitk.GetImageFromArray(np.asarray(labels, dtype=np.uint8))
+    """Write a uint8 label map with exactly the reference image's grid (origin, spacing, direction); the file is
+    read back and compared before it takes its final name."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    image = sitk.GetImageFromArray(labels)
     image.CopyInformation(reference_image)
-    write_atomically(lambda target: sitk.WriteImage(image, str(target), True), path)
+    write_atomically(lambda target: sitk.WriteImage(image, str(target), True), path,
+                     lambda temporary: problem_in(temporary, expected=labels))
 
 
-def write_atomically(write: Callable[[Path], object], path: PathLike) -> None:
-    """Write through a unique temporary name in the same folder, flush it to disk, then rename, so an interrupted
-    run never leaves a half-written file under the final name and two writers never share a temporary file.
+# Temporary names are short (a long case name cannot push them past the 255-byte limit of file names) and mark
+# this tool's files, so stale ones can be recognised; `.partial-<hex>` is the name earlier versions used.
+TEMPORARY_PREFIX = ".btf-"
+_TEMPORARY_NAME = re.compile(r"\.(btf-[0-9a-f]{12}\.partial|partial-[0-9a-f]{12})(\.|$)")
+
+
+def write_atomically(write: Callable[[Path], object], path: PathLike,
+                     verify: Callable[[Path], Optional[str]] = problem_in) -> None:
+    """Write through a unique temporary name in the same folder, flush it to disk, check it is complete, then
+    rename, so an interrupted run or a full disk never leaves a half-written file under the final name and two
+    writers never share a temporary file.
 
     `write(temporary)` writes the file; the temporary name keeps the final name's extension (writers such as
-    SimpleITK choose the format by it) and is removed if anything fails."""
+    SimpleITK choose the format by it) and is removed if anything fails. `verify(temporary)` says what is wrong
+    with the written file, or None (default: integrity.problem_in, by the file's extension)."""
     path = Path(path)
     extension = "".join(path.suffixes[-2:]) if path.name.lower().endswith((".nii.gz", ".seg.nrrd")) else path.suffix
-    temporary = path.with_name(f".partial-{uuid.uuid4().hex[:12]}{extension}")
+    temporary = path.with_name(f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}.partial{extension}")
     try:
         write(temporary)
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
+        problem = verify(temporary)
+        if problem:
+            raise OutputError(f"Writing {path} did not complete: {problem}. The disk may be full: free some space "
+                              "or choose another output folder, then run again.")
         os.replace(temporary, path)
     except (OSError, RuntimeError) as error:  # SimpleITK's writers raise RuntimeError
         raise OutputError(f"Cannot write {path}: {str(error).strip().splitlines()[-1]}. Choose a folder you can "
-                          "write to.") from None
+                          "write to, with free space.") from None
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def remove_stale_temporaries(folder: PathLike, older_than: float) -> list[Path]:
+    """Remove this tool's temporary files (see write_atomically) last modified before `older_than` (a time.time()
+    value) from folder; returns them. Other processes' temporaries that are still being written are newer."""
+    removed = []
+    for path in Path(folder).iterdir():
+        if _TEMPORARY_NAME.match(path.name) and path.is_file() and path.stat().st_mtime < older_than:
+            path.unlink(missing_ok=True)  # another part of the run may have removed it first
+            removed.append(path)
+    return removed
 
 
 def check_writable_folder(folder: PathLike) -> None:
@@ -211,7 +254,8 @@ def check_writable_folder(folder: PathLike) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
+        # A temporary's name: unique across the hosts of a cluster sharing the folder, and removed if left stale.
+        probe = folder / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}.partial"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:

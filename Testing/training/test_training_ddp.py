@@ -7,6 +7,7 @@ import torch.multiprocessing as mp
 from training_support import TINY_HAFB, ddp_worker, free_port, tiny_config
 
 from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.file_io import TEMPORARY_PREFIX
 from Training import checkpoint as ckpt
 
 
@@ -35,4 +36,4 @@ def test_two_gloo_ranks_train_in_step(tmp_path):
         assert torch.equal(saved["model"][name], value), name
     for name, value in rank0["buffers"].items():
         assert torch.equal(saved["model"][name], value), name
-    assert not list((tmp_path / "run" / "checkpoints").glob(".partial-*"))
+    assert not list((tmp_path / "run" / "checkpoints").glob(f"{TEMPORARY_PREFIX}*"))

@@ -1,0 +1,77 @@
+"""Is a file just written complete? Writers do not always say: SimpleITK's NIfTI writer returns normally on a full
+disk and leaves a truncated gzip stream that its reader then reads without error (the missing slices are zeros).
+
+Each check returns None for a complete file, else a short description of what is wrong.
+"""
+
+import gzip
+import json
+import re
+import zlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+_BLOCK = 1 << 20
+
+
+def gzip_problem(stream) -> Optional[str]:
+    """Decompress a gzip stream to its end: a cut stream has no end marker, a damaged one fails its CRC/size."""
+    try:
+        with gzip.GzipFile(fileobj=stream) as unpacked:
+            while unpacked.read(_BLOCK):
+                pass
+    except (EOFError, OSError, zlib.error) as error:  # OSError covers gzip.BadGzipFile
+        return f"its compressed data is cut short or damaged ({error})"
+    return None
+
+
+def nrrd_gzip_problem(path: Path) -> Optional[str]:
+    """NRRD with `encoding: gzip` (Slicer's .seg.nrrd): ITK's reader checks the byte count but not the gzip
+    trailer, so the data after the header (which ends at the first blank line) is checked here as well."""
+    with open(path, "rb") as stream:
+        header = b""
+        for line in iter(stream.readline, b""):
+            if line in (b"\n", b"\r\n"):
+                break
+            header += line
+        else:
+            return "its NRRD header has no end"
+        if not re.search(rb"^encoding:\s*(gz|gzip)\s*$", header, re.MULTILINE):
+            return None
+        return gzip_problem(stream)
+
+
+def problem_in(path: Path, expected: Optional[np.ndarray] = None) -> Optional[str]:
+    """What is wrong with a written file, judged by its name: images (.nii.gz, .nrrd, .seg.nrrd, .mha) are
+    read back with SimpleITK (and compared with `expected`, the array written, if given), gzip streams
+    decompressed to the end, JSON parsed. Other files only need to be non-empty: Python's own writers raise on
+    a full disk."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.stat().st_size == 0:
+        return "it is empty"
+    if name.endswith(".gz"):
+        with open(path, "rb") as stream:
+            problem = gzip_problem(stream)
+        if problem:
+            return problem
+    if name.endswith(".nrrd"):
+        problem = nrrd_gzip_problem(path)
+        if problem:
+            return problem
+    if name.endswith((".nii", ".nii.gz", ".nrrd", ".mha")):
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            return f"it cannot be read back ({str(error).strip().splitlines()[-1]})"
+        if expected is not None and not np.array_equal(sitk.GetArrayViewFromImage(image), expected):
+            return "the voxels read back differ from those written"
+    if name.endswith(".json"):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            return f"it is not complete JSON ({error})"
+    return None
