@@ -22,7 +22,7 @@ from BrainTumorFusionLib.errors import BrainTumorFusionError
 from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.process_runner import BackgroundProcess
-from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE
+from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, WARNINGS_ATTRIBUTE
 
 
 class BrainTumorFusion(ScriptedLoadableModule):
@@ -219,8 +219,14 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not import the result."), waitCursor=True):
             segmentation, volumes, grade = self.logic.finish_segmentation(run)
             segmentation.CreateClosedSurfaceRepresentation()
-            self.ui.statusLabel.text = _("Done: {name} ({model})").format(
-                name=segmentation.GetName(), model=segmentation.GetAttribute(MODEL_ATTRIBUTE))
+            status = _("Done: {name} ({model})").format(name=segmentation.GetName(),
+                                                          model=segmentation.GetAttribute(MODEL_ATTRIBUTE))
+            warnings = (segmentation.GetAttribute(WARNINGS_ATTRIBUTE) or "").splitlines()
+            for warning in warnings:
+                self.ui.logTextEdit.appendPlainText(_("Warning: {warning}").format(warning=warning))
+            if warnings:
+                status += " " + _("with {count} warning(s): see the log.").format(count=len(warnings))
+            self.ui.statusLabel.text = status
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID((grade or volumes).GetID())
 
     def cancelRun(self):

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from .case import Case
 from .errors import InputError
 from .modalities import DISPLAY_NAMES, MODALITIES, how_to_give
-from .plausibility import brain_sample, correlation
+from .plausibility import brain_sample, case_warnings, correlation, grid_warnings
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # Grids closer than this (mm, or unitless for directions) are the same grid.
@@ -99,7 +99,8 @@ def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], n
     """Build a validated Case from role -> (array (K, J, I), ijk_to_ras) or None.
 
     The reference grid is that of the first present modality in MODALITIES order. Volumes on other grids
-    are resampled onto it in physical space (linear interpolation), with a warning in Case.warnings.
+    are resampled onto it in physical space (linear interpolation), with a warning in Case.warnings, which also
+    holds the plausibility warnings (thick slices, small field of view, missing FLAIR, brain volume, intensities).
     """
     present_roles = [role for role in MODALITIES if volumes.get(role) is not None]
     if not present_roles:
@@ -110,7 +111,7 @@ def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], n
     reference_array, reference_matrix = volumes[present_roles[0]]
     shape = reference_array.shape
     image = np.zeros((len(MODALITIES),) + tuple(shape), dtype=np.float32)
-    warnings = []
+    warnings = grid_warnings({role: (volumes[role][0].shape, spacing_of(volumes[role][1])) for role in present_roles})
     for channel, role in enumerate(MODALITIES):
         if role not in present_roles:
             continue
@@ -127,5 +128,7 @@ def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], n
         image[channel] = array
     check_distinct(image, present_roles)
     present = tuple(role in present_roles for role in MODALITIES)
-    return Case(name=name, image=image, ijk_to_ras=np.array(reference_matrix, dtype=float), present=present,
+    case = Case(name=name, image=image, ijk_to_ras=np.array(reference_matrix, dtype=float), present=present,
                 warnings=warnings)
+    case.warnings += case_warnings(case)
+    return case

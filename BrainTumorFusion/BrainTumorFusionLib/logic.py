@@ -6,6 +6,7 @@ The process is made by the `process_factory` the logic is given (default: Backgr
 """
 
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .pipeline import Model, Pipeline
 
     MaybeVolume = Optional[slicer.vtkMRMLScalarVolumeNode]
+
+log = logging.getLogger(__name__)
 
 # Makes the background process from its command line; anything with poll() -> (lines, exit code or None)
 # and cancel(), as BackgroundProcess.
@@ -132,6 +135,8 @@ class SceneLogic:
         pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
                                         catalogue=Catalogue.load(catalogue_files), precision=precision)
         result = pipeline.run(case, progress, should_cancel)
+        for warning in result.warnings:  # the console shows these; the node keeps them (WARNINGS_ATTRIBUTE)
+            log.warning(warning)
         return scene_adapter.write_result_to_scene(result, self._reference(nodes), self.scene)[0]
 
     def grade(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,

@@ -18,6 +18,7 @@ from .errors import Cancelled, InputError, ModelError
 from .inference import (Progress, autocast_dtype, choose_device, classify, covering_window, precision_name,
                         predict_regions)
 from .modalities import MODALITIES, display, how_to_give
+from .plausibility import result_warnings
 from .postprocessing import regions_to_labels, region_volumes, uncrop
 from .preprocessing import Crop, prepare
 
@@ -190,13 +191,19 @@ class Pipeline:
                                                                 should_cancel, self.precision)
         report(0.9, "Postprocessing")
         labels = uncrop(regions_to_labels(probabilities), crop, case.image.shape[1:])
-        grades = self.grade(case) if self.grader else None
-        notes = [f"Grading model '{self.grader.name}': {self.grader.notes}"] if grades and self.grader.notes else []
+        volumes = region_volumes(labels, case.voxel_volume_ml)
+        warnings = list(case.warnings) + result_warnings(volumes)
+        grades = None
+        if self.grader and volumes["WT"] == 0:  # a grader given no tumor still answers (noise came out "HGG 1.0")
+            warnings.append("Not graded: there is no tumor to grade.")
+        elif self.grader:
+            grades = self.grade(case)
+            warnings += [f"Grading model '{self.grader.name}': {self.grader.notes}"] if self.grader.notes else []
         report(1.0, "Done")
-        return Result(case_name=case.name, labels=labels, ijk_to_ras=case.ijk_to_ras,
-                      volumes_ml=region_volumes(labels, case.voxel_volume_ml), grade_probabilities=grades,
-                      model=self.segmenter.name, device=f"{self.device} {self.precision_used()}",
-                      seconds=round(time.perf_counter() - start, 2), warnings=list(case.warnings) + notes)
+        return Result(case_name=case.name, labels=labels, ijk_to_ras=case.ijk_to_ras, volumes_ml=volumes,
+                      grade_probabilities=grades, model=self.segmenter.name,
+                      device=f"{self.device} {self.precision_used()}", seconds=round(time.perf_counter() - start, 2),
+                      warnings=warnings)
 
     def precision_used(self) -> str:
         """e.g. "bf16", or "bf16+fp32" for an ensemble whose members differ."""

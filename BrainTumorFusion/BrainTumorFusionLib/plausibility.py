@@ -1,13 +1,33 @@
 """Is the content plausible? Inputs unlike the images the models were trained on, or where accuracy is known to
-drop, and results outside what BraTS cases show.
+drop, and results outside what BraTS cases show. Each warning is one sentence: what it means for the result and
+what to do; they travel in Case.warnings / Result.warnings.
 
-Thresholds were measured on the 27 shared BraTS cases (../shared/data/brats) and given a margin, so none of them
-fires there."""
+Ranges were measured on the 27 shared BraTS cases (../shared/data/brats) and given a margin, so none of the
+warnings fires there."""
+
+from typing import Sequence
 
 import numpy as np
 
+from .case import Case
+from .modalities import DISPLAY_NAMES, MODALITIES, display
+
 # Brain voxels compared per pair of volumes: enough for a correlation to 3 decimals, cheap on a 240³ grid.
 SAMPLE = 20000
+MAX_SLICE_MM = 3.0  # the models were trained on 1 mm voxels
+MIN_EXTENT_MM = 100.0  # an adult brain is about 140 x 170 x 120 mm
+# Non-zero voxels of the input (the skull-stripped brain): 1146-1729 mL on the shared cases.
+BRAIN_ML = (800.0, 2200.0)
+BRAIN_MEASURED = "1150-1730 mL"
+# Whole tumor of the reference labels: 14.8-217.4 mL on the shared cases.
+TUMOR_ML = (5.0, 350.0)
+TUMOR_MEASURED = "15-217 mL"
+# Correlation of each brain voxel with its neighbour along I: 0.665-0.983 on the shared cases, about 0 for noise.
+MIN_NEIGHBOUR_CORRELATION = 0.3
+# Skewness of each modality's brain voxels: T1 -1.51 to -0.10, T1ce -1.04 to 4.14, T2 0.06 to 2.39, FLAIR -1.47
+# to 1.89 on the shared cases; about 0.75 of margin either side. It tells T1 (negative: dark fluid) from T2
+# (positive: bright fluid), so swapped roles show.
+SKEWNESS = {"t1": (-2.3, 0.65), "t1ce": (-1.8, 4.9), "t2": (-0.7, 3.15), "flair": (-2.2, 2.65)}
 
 
 def brain_sample(image: np.ndarray) -> np.ndarray:
@@ -21,3 +41,85 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     scale = np.sqrt(np.dot(a, a) * np.dot(b, b))
     return float(np.dot(a, b) / scale) if scale > 0 else 0.0
+
+
+def skewness(values: np.ndarray) -> float:
+    centred = values - values.mean()
+    spread = np.sqrt(np.mean(centred ** 2))
+    return float(np.mean(centred ** 3) / spread ** 3) if spread > 0 else 0.0
+
+
+def grid_warnings(grids: dict[str, tuple[Sequence[int], Sequence[float]]]) -> list[str]:
+    """Thick slices and a field of view smaller than a brain, from each role's own grid: role -> ((K, J, I) shape,
+    I/J/K spacing in mm)."""
+    thick = {role: max(spacing) for role, (_, spacing) in grids.items() if max(spacing) > MAX_SLICE_MM}
+    extents = {role: min(n * s for n, s in zip(shape[::-1], spacing)) for role, (shape, spacing) in grids.items()}
+    small = {role: extent for role, extent in extents.items() if extent < MIN_EXTENT_MM}
+    warnings = []
+    if thick:
+        warnings.append(
+            f"{display(thick)} {'has' if len(thick) == 1 else 'have'} {max(thick.values()):.1f} mm slices: the "
+            "models were trained on 1 mm images and overestimate the tumor on thick slices (whole tumor +37 % at "
+            "5 mm); use a thin-slice (3D) series if there is one.")
+    if small:
+        warnings.append(
+            f"{display(small)} {'covers' if len(small) == 1 else 'cover'} only {min(small.values()):.0f} mm along "
+            "one axis, less than a brain: tumor outside it is missed and the volumes are too small; use a series "
+            "that covers the whole brain.")
+    return warnings
+
+
+def case_warnings(case: Case) -> list[str]:
+    """Missing FLAIR, a brain volume outside the BraTS range, and modalities whose intensities look unlike MR
+    images of their role."""
+    warnings = []
+    if not case.present[MODALITIES.index("flair")]:
+        warnings.append(
+            "FLAIR is missing: whole-tumor accuracy drops without it (hafb: Dice 0.630 instead of 0.822 on 17 "
+            "cases); give the FLAIR series if there is one.")
+    flat = case.image.reshape(len(MODALITIES), -1)
+    brain = np.any(flat != 0, axis=0)
+    brain_ml = np.count_nonzero(brain) * case.voxel_volume_ml
+    if brain_ml > BRAIN_ML[1]:
+        warnings.append(
+            f"The non-zero part of the images is {brain_ml:.0f} mL, more than a brain (BraTS: {BRAIN_MEASURED}): "
+            "they are probably not skull-stripped or have a non-zero background, which the models were not "
+            "trained on; strip the skull first (e.g. HD-BET or SynthStrip).")
+    elif brain_ml < BRAIN_ML[0]:
+        warnings.append(
+            f"The non-zero part of the images is only {brain_ml:.0f} mL, less than a brain (BraTS: "
+            f"{BRAIN_MEASURED}): part of the brain is missing or masked out and tumor there is missed; use images "
+            "of the whole brain.")
+    pairs = np.flatnonzero(brain[:-1] & brain[1:])  # voxels whose neighbour along I is brain too
+    sample = pairs[:: max(pairs.size // SAMPLE, 1)]
+    for channel, role in enumerate(MODALITIES):
+        if not case.present[channel]:
+            continue
+        values, label = flat[channel, sample], DISPLAY_NAMES[role]
+        neighbours = correlation(values, flat[channel, sample + 1])
+        skew, (low, high) = skewness(values[values != 0]), SKEWNESS[role]
+        if neighbours < MIN_NEIGHBOUR_CORRELATION:
+            warnings.append(
+                f"{label} shows no anatomy (neighbouring voxels correlate {neighbours:.2f}; BraTS images 0.67 or "
+                "more): it looks like noise, a mask or a misread file, so the result is meaningless; check the file.")
+        elif not low <= skew <= high:
+            warnings.append(
+                f"The {label} intensities are distributed unlike any {label} in BraTS (skewness {skew:.1f}, expected "
+                f"{low:.1f} to {high:.1f}): it may be another sequence or processed differently, which lowers "
+                f"accuracy; check that it is the {label} series.")
+    return warnings
+
+
+def result_warnings(volumes_ml: dict[str, float]) -> list[str]:
+    """No tumor, or a whole tumor outside the BraTS range."""
+    whole = volumes_ml["WT"]
+    if whole == 0:
+        return ["No tumor was found: if there is one, check the inputs (each series in its role, skull-stripped, "
+                "the whole brain covered)."]
+    if whole < TUMOR_ML[0]:
+        return [f"The whole tumor is only {whole:.1f} mL, smaller than the BraTS tumors ({TUMOR_MEASURED}): it may "
+                "be a false detection; check it by eye."]
+    if whole > TUMOR_ML[1]:
+        return [f"The whole tumor is {whole:.0f} mL, larger than the BraTS tumors ({TUMOR_MEASURED}): the inputs may "
+                "be wrong (a series in the wrong role, no skull stripping); check them and the result by eye."]
+    return []

@@ -21,6 +21,8 @@ from .segments import SEGMENTS, VOLUME_COLUMNS
 
 # Node attribute that records which model made a result, e.g. "hafb" or "ensemble (hafb + segresnet)".
 MODEL_ATTRIBUTE = "BrainTumorFusion.Model"
+# Attribute of the segmentation node holding the result's warnings, one a line (absent when there are none).
+WARNINGS_ATTRIBUTE = "BrainTumorFusion.Warnings"
 VolumeNode = slicer.vtkMRMLScalarVolumeNode
 
 
@@ -257,14 +259,16 @@ def write_tables(result: Result, scene: slicer.vtkMRMLScene, parent_like: Option
 def write_result_to_scene(result: Result, reference_node: Optional[VolumeNode], scene: slicer.vtkMRMLScene
                           ) -> tuple[slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLTableNode,
                                      Optional[slicer.vtkMRMLTableNode]]:
-    """Segmentation + tables (each with the model in MODEL_ATTRIBUTE); on any failure every node added here is
-    removed again."""
+    """Segmentation + tables (each with the model in MODEL_ATTRIBUTE, the segmentation with the warnings in
+    WARNINGS_ATTRIBUTE); on any failure every node added here is removed again."""
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     try:
         seg_node = write_segmentation(result, reference_node, scene)
         volumes_table, grade_table = write_tables(result, scene, parent_like=reference_node)
         for node in filter(None, (seg_node, volumes_table, grade_table)):
             node.SetAttribute(MODEL_ATTRIBUTE, result.model)
+        if result.warnings:
+            seg_node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(result.warnings))
     except BaseException:
         added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
         _remove_nodes(scene, [node for node in reversed(added) if node.GetID() not in before])

@@ -17,7 +17,7 @@ import gui_stubs
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Pipeline
 from BrainTumorFusionLib.process_runner import BackgroundProcess
-from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE
+from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, WARNINGS_ATTRIBUTE
 from plumbing import intensity_model
 from realdata import MODULE_DIR
 
@@ -27,14 +27,17 @@ SHAPE = (24, 28, 32)
 
 
 def synthetic_volumes():
-    """Brain-like volumes: zero background, a noisy brain box, a bright lesion on FLAIR and T1ce."""
+    """Brain-like volumes: zero background, a noisy brain box, a bright lesion on FLAIR and its core on T1ce (the
+    same block on both would make them near-identical images, which are refused)."""
     rng = np.random.default_rng(3)
     volumes = {}
     for role in MODALITIES:
         array = np.zeros(SHAPE, np.float32)
         array[2:-2, 3:-3, 3:-3] = 100 + 10 * rng.random((SHAPE[0] - 4, SHAPE[1] - 6, SHAPE[2] - 6))
-        if role in ("flair", "t1ce"):
-            array[9:15, 10:17, 11:19] = 300 if role == "flair" else 400
+        if role == "flair":
+            array[9:15, 10:17, 11:19] = 300
+        if role == "t1ce":
+            array[10:14, 11:16, 12:18] = 400
         volumes[role] = array
     return volumes
 
@@ -145,7 +148,11 @@ def test_apply_shows_progress_then_loads_the_result(kit, widget, processes, hold
     segmentation = kit.scene.GetFirstNodeByName("Case7 tumor")
     volumes = kit.scene.GetFirstNodeByName("Case7 tumor volumes")
     assert segmentation.GetAttribute(MODEL_ATTRIBUTE) == "intensity"
-    assert widget.ui.statusLabel.text == "Done: Case7 tumor (intensity)"
+    # The result's plausibility warnings (this small synthetic case has several) reach the status and the log.
+    warnings = segmentation.GetAttribute(WARNINGS_ATTRIBUTE).splitlines()
+    assert any(warning.startswith("The non-zero part of the images is only 21 mL") for warning in warnings)
+    assert widget.ui.statusLabel.text == f"Done: Case7 tumor (intensity) with {len(warnings)} warning(s): see the log."
+    assert all(f"Warning: {warning}" in widget.ui.logTextEdit.toPlainText() for warning in warnings)
     assert kit.app.GetSelectionNode().GetActiveTableID() == volumes.GetID()
     # The same labels as the same stand-in run in this process.
     in_process = widget.logic.segment(**nodes, pipeline=Pipeline(device="cpu", segmenter=intensity_model()))

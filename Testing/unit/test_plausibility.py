@@ -1,0 +1,121 @@
+"""Plausibility warnings on a real BraTS case, each triggered by one change to it, and no grade without a tumor."""
+
+import numpy as np
+import pytest
+import torch
+
+from BrainTumorFusionLib.catalogue import DEFAULT_MODEL
+from BrainTumorFusionLib.file_io import case_files_in, read_case
+from BrainTumorFusionLib.geometry import assemble_case
+from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.pipeline import Model, Pipeline
+from BrainTumorFusionLib.plausibility import result_warnings
+from plumbing import ConstantGrader, intensity_model
+from realdata import brats_case_dir
+
+CASE = "Brats18_CBICA_ABM_1"
+
+
+@pytest.fixture(scope="module")
+def real():
+    return read_case(case_files_in(brats_case_dir(CASE)))[0]
+
+
+def warnings_of(case, transform=lambda array: array, matrix=None, **replaced):
+    """Warnings of the real case with each volume transformed (and placed by `matrix`), some roles replaced."""
+    matrix = case.ijk_to_ras if matrix is None else matrix
+    volumes = {role: (transform(case.image[channel]), matrix) for channel, role in enumerate(MODALITIES)}
+    volumes.update(replaced)
+    return assemble_case(volumes, "modified").warnings
+
+
+def test_the_real_case_as_it_is_has_no_warning(real):
+    assert real.warnings == [] and warnings_of(real) == []
+
+
+def test_thick_slices(real):
+    """All four at 1 x 1 x 5 mm overestimated the whole tumor by 37 %."""
+    matrix = real.ijk_to_ras @ np.diag([1.0, 1.0, 5.0, 1.0])
+    (warning,) = warnings_of(real, lambda array: array[::5], matrix)
+    assert warning.startswith("T1, T1ce, T2, FLAIR have 5.0 mm slices: the models were trained on 1 mm images")
+    matrix = real.ijk_to_ras @ np.diag([1.0, 4.0, 1.0, 1.0])  # one role only, thick along J
+    t2 = (real.image[2][:, ::4], matrix)
+    assert any(warning.startswith("T2 has 4.0 mm slices") for warning in warnings_of(real, t2=t2))
+
+
+def test_a_field_of_view_smaller_than_a_brain(real):
+    warnings = warnings_of(real, lambda array: array[50:110])
+    assert "T1, T1ce, T2, FLAIR cover only 60 mm along one axis, less than a brain" in warnings[0]
+
+
+def test_missing_flair_quotes_the_measured_drop(real):
+    assert warnings_of(real, flair=None) == [
+        "FLAIR is missing: whole-tumor accuracy drops without it (hafb: Dice 0.630 instead of 0.822 on 17 cases); "
+        "give the FLAIR series if there is one."]
+
+
+def test_a_non_zero_background_looks_like_no_skull_stripping(real):
+    warnings = warnings_of(real, lambda array: np.where(array == 0, 7.0, array).astype(np.float32))
+    assert any("The non-zero part of the images is 8928 mL, more than a brain" in warning and "skull" in warning
+               for warning in warnings)
+
+
+def test_a_brain_cut_down_to_a_ball_is_smaller_than_a_brain(real):
+    k, j, i = np.indices(real.image.shape[1:])
+    ball = (k - 75) ** 2 + (j - 120) ** 2 + (i - 120) ** 2 < 45 ** 2  # 382 mL
+    warnings = warnings_of(real, lambda array: array * ball)
+    assert any("The non-zero part of the images is only" in warning and "less than a brain" in warning
+               for warning in warnings)
+
+
+def test_noise_in_a_role_shows_no_anatomy(real):
+    t2 = real.image[2]
+    noise = np.where(t2 != 0, np.random.default_rng(0).normal(500, 100, t2.shape), 0).astype(np.float32)
+    warnings = warnings_of(real, t2=(noise, real.ijk_to_ras))
+    assert len(warnings) == 1 and warnings[0].startswith("T2 shows no anatomy (neighbouring voxels correlate 0.0")
+
+
+def test_swapped_t1_and_t2_have_intensities_unlike_their_roles(real):
+    warnings = warnings_of(real, t1=(real.image[2], real.ijk_to_ras), t2=(real.image[0], real.ijk_to_ras))
+    assert any(warning.startswith("The T1 intensities are distributed unlike any T1 in BraTS (skewness 1.")
+               for warning in warnings)
+
+
+@pytest.mark.parametrize("whole, words", [
+    (0.0, "No tumor was found"),
+    (2.0, "The whole tumor is only 2.0 mL, smaller than the BraTS tumors (15-217 mL)"),
+    (674.0, "The whole tumor is 674 mL, larger than the BraTS tumors (15-217 mL)"),
+])
+def test_tumor_volume_outside_the_brats_range(whole, words):
+    (warning,) = result_warnings({"WT": whole})
+    assert warning.startswith(words)
+    assert result_warnings({"WT": 54.1}) == []
+
+
+class NoTumor(torch.nn.Module):
+    """Region logits that never pass the threshold."""
+
+    def forward(self, x, present=None):
+        return torch.full((x.shape[0], 3) + x.shape[2:], -10.0)
+
+
+def test_no_grade_without_a_tumor(real):
+    """A grader always answers, so a case without tumor (noise) came out "HGG 1.0"."""
+    grader = Model("constant", ConstantGrader().eval())
+    nothing = Pipeline(device="cpu", segmenter=Model("nothing", NoTumor()), grader=grader).run(real)
+    assert nothing.volumes_ml["WT"] == 0 and nothing.grade_probabilities is None
+    assert nothing.warnings[0].startswith("No tumor was found")
+    assert nothing.warnings[1] == "Not graded: there is no tumor to grade."
+    graded = Pipeline(device="cpu", segmenter=intensity_model(), grader=grader).run(real)
+    assert graded.volumes_ml["WT"] > 0 and set(graded.grade_probabilities) == {"HGG", "LGG"}
+
+
+@pytest.mark.parametrize("case_id", [
+    "Brats18_CBICA_AQR_1",  # the smallest tumor of the shared cases (14.8 mL)
+    "Brats18_2013_20_1",  # the largest tumor (217 mL), FLAIR covering a third less brain than the others
+    "Brats18_CBICA_ATD_1",  # the smallest brain (1146 mL)
+])
+def test_no_warning_on_real_cases_with_the_default_model(case_id):
+    case, _ = read_case(case_files_in(brats_case_dir(case_id)))
+    result = Pipeline(model=DEFAULT_MODEL, device="cpu").run(case)
+    assert result.volumes_ml["WT"] > 0 and result.warnings == []
