@@ -69,14 +69,18 @@ def check_volume(role: str, array: np.ndarray) -> None:
             "Extract one 3D frame (e.g. with the Sequences module) or pick another volume.")
     if array.size == 0:
         raise InputError(f"The {label} volume is empty (no voxels). Load the image again or pick another volume.")
-    if not np.isfinite(array).all():
+    finite = np.isfinite(array)
+    if not finite.any():
+        raise InputError(f"Every voxel of the {label} volume is NaN or infinite: it holds no image. Re-export it "
+                         "from its source.")
+    if not finite.all():
         raise InputError(
-            f"The {label} volume contains NaN or infinite voxels. Replace them (e.g. Simple Filters > "
-            "MaskNegatedImage or a threshold) or re-export the image, then try again.")
+            f"The {label} volume contains NaN or infinite voxels. Replace them (e.g. with 0 outside the brain) or "
+            "re-export the image, then try again.")
     if not np.any(array):
         raise InputError(
-            f"The {label} volume is all zero. Check that the right volume is selected and that it loaded "
-            "correctly.")
+            f"The {label} volume is all zero. Check that the right image is given as {label} (file or selected "
+            "volume) and that it loaded correctly.")
 
 
 def check_distinct(image: np.ndarray, present_roles: list[str]) -> None:

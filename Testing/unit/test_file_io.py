@@ -138,9 +138,8 @@ def test_a_damaged_file_is_rejected_with_its_name(tmp_path, extension, damage):
 def test_an_all_nan_file_says_nan_not_all_zero(tmp_path, extension):
     path = tmp_path / f"A_flair{extension}"
     write_image(path, np.full((4, 5, 6), np.nan, np.float32))  # the NIfTI reader turns NaN into 0
-    with pytest.raises(InputError, match="NaN") as error:
+    with pytest.raises(InputError, match="Every voxel of the FLAIR .*NaN or infinite: it holds no image"):
         read_case(CaseFiles("A", {"flair": path}))
-    assert "all zero" not in str(error.value) and "FLAIR" in str(error.value)
 
 
 def test_some_nan_or_infinite_voxels_in_a_nifti_file_are_rejected_as_in_other_formats(tmp_path):

@@ -79,7 +79,8 @@ def test_different_grid_is_resampled_with_warning():
 
 @pytest.mark.parametrize("bad, words", [
     (np.zeros((8, 9, 10), np.float32), "all zero"),
-    (np.full((8, 9, 10), np.nan, np.float32), "NaN"),
+    (np.full((8, 9, 10), np.nan, np.float32), "Every voxel of the T1ce volume is NaN or infinite: it holds no image"),
+    (np.where(np.eye(10)[:9] > 0, np.nan, 1.0)[None].repeat(8, 0).astype(np.float32), "contains NaN or infinite"),
     (np.ones((2, 8, 9, 10), np.float32), "4 dimensions"),
     (np.ones((0, 9, 10), np.float32), "empty"),
 ])
