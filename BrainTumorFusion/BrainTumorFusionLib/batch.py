@@ -1,96 +1,212 @@
-"""Batch runs over a folder of cases: progress bar, resume (finished cases are skipped), summary.csv."""
+"""Batch runs over a folder of cases: a record per case, resume, failures kept to their case, parts of a cluster
+array sharing one output folder, summary.csv, optional previews.
 
-import csv
-import io
+Per case it writes `<id>.seg.nrrd`, `<id>_seg.nii.gz`, with --preview `<id>_preview.png`, and last its record
+`<id>.json` (records.py): a case is done only once its record says so.
+"""
+
+import os
+import sys
+import time
+import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional, Union
 
-from .case import Result
-from .errors import Cancelled, InputError, ModelError
-from .file_io import PathLike, check_writable_folder, find_cases, read_case, write_atomically, write_labels
-from .pipeline import GRADES, Pipeline
-from .segments import VOLUME_COLUMNS
+import SimpleITK as sitk
 
-SUMMARY_NAME = "summary.csv"
-SUMMARY_COLUMNS = (("case_id", "status") + tuple(f"{name}_ml" for name in VOLUME_COLUMNS) + GRADES
-                   + ("seconds", "device", "model", "message"))
+from .errors import BrainTumorFusionError, Cancelled, OutputError
+from .file_io import (CaseFiles, PathLike, check_writable_folder, find_cases, read_case, remove_stale_temporaries,
+                      write_labels)
+from .memory import available_bytes, needed_bytes
+from .modalities import MODALITIES
+from .pipeline import Pipeline
+from .records import (Record, Row, RunSettings, done_record, failed_record, read_record, rebuild_summary,
+                      summary_row, write_record)
 
-
-Row = dict[str, Any]  # one summary.csv row, column -> value
-
-
-def output_paths(output_dir: PathLike, case_id: str) -> tuple[Path, Path]:
-    return Path(output_dir) / f"{case_id}.seg.nrrd", Path(output_dir) / f"{case_id}_seg.nii.gz"
-
-
-class Summary:
-    """summary.csv, one row per case, rewritten atomically after every case."""
-
-    def __init__(self, path: PathLike):
-        self.path = Path(path)
-        self.rows: dict[str, Row] = {}
-        if self.path.is_file():
-            with open(self.path, newline="") as stream:
-                self.rows = {row["case_id"]: row for row in csv.DictReader(stream)}
-
-    def finished(self, case_id: str, output_dir: PathLike) -> bool:
-        done = self.rows.get(case_id, {}).get("status") == "done"
-        return done and all(path.is_file() for path in output_paths(output_dir, case_id))
-
-    def record(self, row: Row) -> None:
-        self.rows[row["case_id"]] = {column: row.get(column, "") for column in SUMMARY_COLUMNS}
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows[key] for key in sorted(self.rows))
-        write_atomically(lambda target: Path(target).write_text(text.getvalue()), self.path)
+# Temporaries of a killed run are removed when the next run starts, if older than its start by this margin: a part
+# sharing the folder may be writing one at this moment (a temporary is written and renamed within seconds).
+STALE_AFTER_S = 60
+NAME_MAX = 255  # bytes in one file name on the usual file systems
+AvailableMemory = Callable[[], Optional[int]]
 
 
-def result_row(result: Result) -> Row:
-    row = {"case_id": result.case_name, "status": "done", "seconds": result.seconds, "device": result.device,
-           "model": result.model, "message": " ".join(result.warnings)}
-    row.update({f"{name}_ml": result.volumes_ml[name] for name in VOLUME_COLUMNS})
-    row.update(result.grade_probabilities or {})
-    return row
+def output_names(case_id: str, preview: bool = False) -> list[str]:
+    """The files a done case has in the output folder (its record aside)."""
+    return [f"{case_id}.seg.nrrd", f"{case_id}_seg.nii.gz"] + ([f"{case_id}_preview.png"] if preview else [])
 
 
-def run_batch(input_dir: PathLike, output_dir: PathLike, pipeline: Pipeline,
-              should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True,
-              overwrite: bool = False) -> list[Row]:
-    """Segment every case of input_dir into output_dir; returns the summary rows of this run's cases.
+def part(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
+    """This part's share of the sorted case ids: case i goes to part i % num_parts (as nnU-Net's predictor splits
+    its cases), so N jobs given the same input and parts 0..N-1 each run a disjoint share."""
+    return sorted(case_ids)[part_id::num_parts]
 
-    A case that fails on its own input (missing modality, bad values) is recorded as failed and the run goes
-    on; cancelling stops at once and leaves only complete files behind.
+
+def run_batch(input_dir: PathLike, output_dir: PathLike, settings: RunSettings,
+              pipeline: Union[Pipeline, Callable[[], Pipeline]], should_cancel: Optional[Callable[[], bool]] = None,
+              show_progress: bool = True, overwrite: bool = False, num_parts: int = 1, part_id: int = 0,
+              preview: bool = False, available_memory: AvailableMemory = available_bytes) -> list[Row]:
+    """Segment this part's cases of input_dir into output_dir; returns their summary rows.
+
+    `pipeline` is a Pipeline or a function making one: it is called at the first case that needs computing, after
+    the input folder, the output folder and earlier results have been checked. `settings` are recorded with each
+    case and compared with earlier records. `available_memory()` gives the bytes free for a case (None: unknown).
+
+    A case that fails (its input, its output path, too little memory, an error inside the network) is recorded as
+    failed and the run goes on. Cancelling, or Ctrl-C, stops at once and leaves only complete files behind.
     """
     from tqdm import tqdm
 
-    from .scene import save_seg_nrrd  # needs Slicer's MRML (Slicer or the slicer-core wheel)
-
-    cases = find_cases(input_dir)
+    started = time.time()
+    problems: dict[str, BrainTumorFusionError] = {}
+    cases = {case.case_id: case for case in find_cases(input_dir, problems)}
+    case_ids = part(list(cases) + list(problems), num_parts, part_id)
+    output_dir = Path(output_dir)
     check_writable_folder(output_dir)
-    summary = Summary(Path(output_dir) / SUMMARY_NAME)
-    rows = []
-    bar = tqdm(cases, unit="case", disable=not show_progress, dynamic_ncols=True)
-    for case_files in bar:
+    remove_stale_temporaries(output_dir, started - STALE_AFTER_S)
+    run = _Run(output_dir, settings, pipeline, should_cancel, preview, available_memory)
+    if not overwrite:
+        run.refuse_other_settings(case_ids)
+    records = []
+    with tqdm(case_ids, unit="case", disable=not show_progress, dynamic_ncols=True) as bar:
+        for case_id in bar:
+            record = read_record(output_dir, case_id)
+            if case_id in problems:
+                record = run.finish(failed_record(case_id, settings, str(problems[case_id])), bar)
+            elif not overwrite and run.finished(record):
+                bar.set_postfix_str(f"{case_id}: already done, skipped")
+            else:
+                record = run.finish(run.segment(cases[case_id], bar), bar)
+            records.append(record)
+            if should_cancel and should_cancel():
+                raise Cancelled("Cancelled by the user; finished cases are kept and skipped on the next run.")
+    return [summary_row(record) for record in records]
+
+
+class _Run:
+    """What every case of one batch run shares: settings, the pipeline (made at the first case that needs it)."""
+
+    def __init__(self, output_dir: Path, settings: RunSettings, pipeline: Union[Pipeline, Callable[[], Pipeline]],
+                 should_cancel: Optional[Callable[[], bool]], preview: bool, available_memory: AvailableMemory):
+        self.output_dir, self.settings, self.should_cancel = output_dir, settings, should_cancel
+        self.preview, self.available_memory = preview, available_memory
+        self._pipeline = None if callable(pipeline) else pipeline
+        self._make_pipeline = pipeline
+
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = self._make_pipeline()
+        return self._pipeline
+
+    def has_outputs(self, case_id: str) -> bool:
+        return all((self.output_dir / name).is_file() for name in output_names(case_id, self.preview))
+
+    def finished(self, record: Optional[Record]) -> bool:
+        return bool(record and record["status"] == "done" and record.get("settings") == self.settings.as_json()
+                    and self.has_outputs(record["case_id"]))
+
+    def refuse_other_settings(self, case_ids: list[str]) -> None:
+        """Refuse the whole run, before any model loads or any case is recomputed, when the output folder holds
+        results of these cases made with other settings: one folder with two models' results is the mistake this
+        guards against, and refusing at the start tells the user while nothing has changed yet, with every case
+        concerned, rather than one failed case at a time."""
+        clashes = {}
+        for case_id in case_ids:
+            record = read_record(self.output_dir, case_id)
+            if (record and record["status"] == "done" and record.get("settings") != self.settings.as_json()
+                    and self.has_outputs(case_id)):
+                clashes[case_id] = self.settings.differences(record.get("settings") or {})
+        if clashes:
+            first, more = next(iter(clashes)), len(clashes) - 1
+            raise OutputError(
+                f"{self.output_dir} already holds results of {len(clashes)} of these cases made with other settings "
+                f"({first}: {'; '.join(clashes[first])}{f'; and {more} more' if more else ''}). Run again with "
+                "--overwrite to recompute them with the new settings, or choose another output folder.")
+
+    def segment(self, case_files: CaseFiles, bar) -> Record:
+        """Run one case and write its outputs; its failed record when anything goes wrong but a cancel."""
+        from .scene import save_seg_nrrd  # needs Slicer's MRML (Slicer or the slicer-core wheel)
+
         case_id = case_files.case_id
-        if not overwrite and summary.finished(case_id, output_dir):
-            bar.set_postfix_str(f"{case_id}: already done, skipped")
-            rows.append(summary.rows[case_id])
-            continue
+        pipeline = self.pipeline()  # outside the try: a model that cannot load stops the run, not one case
+        names = output_names(case_id, self.preview)
+        longest = max(len(os.fsencode(name)) for name in names)
+        if longest > NAME_MAX:
+            allowed = NAME_MAX - (longest - len(os.fsencode(case_id)))
+            return self.failed(case_id, f"The case name is too long for its output file names ({longest} bytes; file "
+                               f"systems allow {NAME_MAX}). Rename the case folder to at most {allowed} bytes.")
+        need = free = None
         try:
+            need, free = self.memory(case_files, pipeline)
+            if need is not None and free is not None and need > free:
+                return self.failed(case_id, (
+                    f"Not enough memory for this case: it needs about {_size(need)}, and {_size(free)} is "
+                    "available. Free memory (close other programs, run fewer parts per machine) or use a machine "
+                    "with more memory."))
             case, reference = read_case(case_files)
             result = pipeline.run(case, lambda fraction, message: bar.set_postfix_str(
-                f"{case_id}: {message} {fraction:.0%}"), should_cancel)
-        except (InputError, ModelError) as error:
-            row = {"case_id": case_id, "status": "failed", "message": str(error)}
-            bar.write(f"{case_id}: failed: {error}")
-        else:
-            seg_nrrd, seg_nifti = output_paths(output_dir, case_id)
-            save_seg_nrrd(result, seg_nrrd)
-            write_labels(result.labels, reference, seg_nifti)
-            row = result_row(result)
-        summary.record(row)
-        rows.append(summary.rows[case_id])
-        if should_cancel and should_cancel():
-            raise Cancelled("Cancelled by the user; finished cases are kept and skipped on the next run.")
-    return rows
+                f"{case_id}: {message} {fraction:.0%}"), self.should_cancel)
+            writers = [lambda path: save_seg_nrrd(result, path),
+                       lambda path: write_labels(result.labels, reference, path)]
+            if self.preview:
+                from .preview import write_preview  # Pillow is needed only for previews
+
+                writers.append(lambda path: write_preview(case, result.labels, path))
+            _write_all(writers, [self.output_dir / name for name in names])
+            return done_record(self.settings, result, names)
+        except Cancelled:
+            raise
+        except MemoryError:
+            estimate = f" (estimated to need about {_size(need)} of {_size(free)} free)" if need and free else ""
+            return self.failed(case_id, f"Ran out of memory on this case{estimate}. Free memory (close other "
+                               "programs, run fewer parts per machine) or use a machine with more memory.")
+        except BrainTumorFusionError as error:
+            return self.failed(case_id, str(error))
+        except Exception as error:  # inside the network or a library: this case fails, the others still run
+            return self.failed(case_id, f"Unexpected {type(error).__name__}: {error}. The traceback is in "
+                               f"{case_id}.json; please report it.", traceback=traceback.format_exc())
+
+    def failed(self, case_id: str, reason: str, **details) -> Record:
+        return failed_record(case_id, self.settings, reason, **details)
+
+    def memory(self, case_files: CaseFiles, pipeline: Pipeline) -> tuple[Optional[int], Optional[int]]:
+        """(Bytes the case needs by memory.needed_bytes, bytes available); None where unknown. The grid comes from
+        the reference image's header, so nothing large is read before the check."""
+        path = next(case_files.files[role] for role in MODALITIES if role in case_files.files)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:  # read_case says what is wrong with the file
+            return None, self.available_memory()
+        models = getattr(pipeline.segmenter, "members", [pipeline.segmenter])
+        return needed_bytes(reader.GetSize()[:3], reader.GetSpacing()[:3], models), self.available_memory()
+
+    def finish(self, record: Record, bar) -> Record:
+        """Write the record, rebuild summary.csv, and say when a case failed."""
+        if record["status"] != "done":
+            bar.write(f"{record['case_id']}: failed: {record['reason']}", file=sys.stderr)
+        try:
+            write_record(self.output_dir, record)
+        except OutputError as error:  # e.g. a name too long even for the record: the run still goes on
+            bar.write(f"{record['case_id']}: its record could not be written: {error}", file=sys.stderr)
+            return record
+        rebuild_summary(self.output_dir)
+        return record
+
+
+def _write_all(writers: list[Callable[[Path], None]], paths: list[Path]) -> None:
+    """Each writer writes its file (atomically); if one fails or the run is interrupted, those already written
+    are removed too, so a case never has part of its files from this run."""
+    written = []
+    try:
+        for write, path in zip(writers, paths):
+            write(path)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"

@@ -4,6 +4,7 @@ process), `models` (list the catalogue)."""
 import argparse
 import json
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +17,7 @@ from .modalities import MODALITIES
 from .process_runner import format_progress, format_result
 
 if TYPE_CHECKING:
+    from .catalogue import Catalogue
     from .pipeline import Pipeline
 
 
@@ -42,7 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment every case folder of --input-dir")
     segment.add_argument("--input-dir", required=True, type=Path)
     segment.add_argument("--output-dir", required=True, type=Path)
-    segment.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
+    segment.add_argument("--overwrite", action="store_true",
+                         help="recompute cases that are already finished, also those made with other settings")
+    segment.add_argument("--num-parts", type=int, default=1, metavar="N",
+                         help="split the cases into N parts, e.g. the jobs of a cluster array sharing one output "
+                         "folder (default 1)")
+    segment.add_argument("--part-id", type=int, default=0, metavar="K",
+                         help="run part K (0 to N-1): the cases whose position in the sorted list modulo N is K")
+    segment.add_argument("--preview", action="store_true",
+                         help="also write <id>_preview.png: slices through the tumor, FLAIR and T1ce with labels")
     add_model_options(segment)
 
     predict = commands.add_parser("predict", help="segment one case given as files (PROGRESS lines on stdout, then "
@@ -58,22 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_pipeline(args: argparse.Namespace) -> "Pipeline":
+def make_pipeline(args: argparse.Namespace, catalogue: Optional["Catalogue"] = None) -> "Pipeline":
     from .catalogue import Catalogue
     from .pipeline import Pipeline
 
     return Pipeline(model=args.model, device=args.device, grade=args.grade, grading_model=args.grading_model,
-                    catalogue=Catalogue.load(args.catalogue), members=args.members, precision=args.precision)
+                    catalogue=catalogue or Catalogue.load(args.catalogue), members=args.members,
+                    precision=args.precision)
 
 
 def run_segment(args: argparse.Namespace) -> int:
     from .batch import run_batch
+    from .catalogue import Catalogue
+    from .records import SUMMARY_NAME, RunSettings
 
-    rows = run_batch(args.input_dir, args.output_dir, make_pipeline(args), overwrite=args.overwrite)
+    catalogue = Catalogue.load(args.catalogue)
+    settings = RunSettings.from_catalogue(catalogue, args.model, args.members, args.grade, args.grading_model,
+                                          args.precision)
+    # A cluster cancels or times out a job with SIGTERM: stop as on Ctrl-C, removing the temporary being written.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        rows = run_batch(args.input_dir, args.output_dir, settings, lambda: make_pipeline(args, catalogue),
+                         overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
+                         preview=args.preview)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     failed = [row["case_id"] for row in rows if row["status"] != "done"]
-    print(f"{len(rows) - len(failed)} of {len(rows)} cases done; summary in {args.output_dir / 'summary.csv'}")
+    share = f" in part {args.part_id} of parts 0-{args.num_parts - 1}" if args.num_parts > 1 else ""
+    print(f"{len(rows) - len(failed)} of {len(rows)} cases done{share}; summary in {args.output_dir / SUMMARY_NAME}")
     if failed:
-        print(f"Failed: {', '.join(failed)} (reasons in summary.csv)", file=sys.stderr)
+        print(f"Failed: {', '.join(failed)} (reasons in summary.csv and <id>.json)", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -118,7 +142,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # Slicer --python-script passes a separating "--" through
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "segment" and args.num_parts < 1:
+        parser.error(f"--num-parts must be 1 or more (got {args.num_parts}).")
+    if args.command == "segment" and not 0 <= args.part_id < args.num_parts:
+        parser.error(f"--part-id must be from 0 to {args.num_parts - 1} with --num-parts {args.num_parts} (got "
+                     f"{args.part_id}).")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     handlers = {"segment": run_segment, "predict": run_predict, "models": run_models}
     # `predict` is the GUI's background process: whatever happens, its last line says how it ended.
@@ -128,6 +158,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         code = handlers[args.command](args)
     except Cancelled as error:
         print(f"Cancelled: {error}", file=sys.stderr)
+        code, failure = 130, error
+    except KeyboardInterrupt as error:  # Ctrl-C: one line, no traceback; write_atomically removed its temporary
+        print("Interrupted: stopped without leaving a half-written file; finished cases are kept and skipped on the "
+              "next run.", file=sys.stderr)
         code, failure = 130, error
     except BrainTumorFusionError as error:
         print(f"ERROR: {error}", file=sys.stderr)

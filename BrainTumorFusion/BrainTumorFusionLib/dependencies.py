@@ -8,7 +8,7 @@ from .errors import BrainTumorFusionError, Cancelled
 
 TORCH_REQUIREMENT = ">=2.4"
 REQUIREMENTS_FILE = RESOURCES / "requirements-slicer.txt"
-REQUIRED_MODULES = ("torch", "monai", "einops", "tqdm", "SimpleITK")
+REQUIRED_MODULES = ("torch", "monai", "einops", "tqdm", "SimpleITK", "filelock", "PIL")
 
 
 def missing_packages() -> list[str]:

@@ -2,22 +2,18 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
-from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.batch import run_batch
-from BrainTumorFusionLib.errors import Cancelled, OutputError
+from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.errors import Cancelled, InputError, OutputError
 from BrainTumorFusionLib.pipeline import Pipeline
 from BrainTumorFusionLib.segments import SEGMENTS
-from realdata import REPO, brats_case_dir
-from plumbing import intensity_model, write_catalogue
+from batch_cases import intensity_catalogue, random_hafb_catalogue, run_cli, settings_for
+from realdata import brats_case_dir
 
 CASES = ("Brats18_CBICA_ABM_1", "Brats18_2013_11_1")
 
@@ -32,9 +28,14 @@ def linked_input(tmp_path, cases=CASES):
     return folder
 
 
+@pytest.fixture
+def catalogue(tmp_path):
+    return intensity_catalogue(tmp_path / "models")
+
+
 class CountingPipeline(Pipeline):
-    def __init__(self):
-        super().__init__(device="cpu", segmenter=intensity_model(spacing_mm=(2.0, 2.0, 2.0)))
+    def __init__(self, catalogue):
+        super().__init__(model="intensity", device="cpu", catalogue=Catalogue.load([catalogue]))
         self.cases = []
 
     def run(self, case, progress=None, should_cancel=None):
@@ -57,12 +58,12 @@ def read_summary(folder):
         return list(csv.DictReader(stream))
 
 
-def test_batch_writes_outputs_on_input_grid_and_resumes(tmp_path):
+def test_batch_writes_outputs_on_input_grid_and_resumes(tmp_path, catalogue):
     import slicer
 
     output = tmp_path / "out"
-    pipeline = CountingPipeline()
-    rows = run_batch(linked_input(tmp_path), output, pipeline, show_progress=False)
+    pipeline = CountingPipeline(catalogue)
+    rows = run_batch(linked_input(tmp_path), output, settings_for(catalogue), pipeline, show_progress=False)
     assert [r["status"] for r in rows] == ["done", "done"] and sorted(pipeline.cases) == sorted(CASES)
     for case_id in CASES:
         assert_on_input_grid(output / f"{case_id}_seg.nii.gz", case_id)
@@ -76,69 +77,68 @@ def test_batch_writes_outputs_on_input_grid_and_resumes(tmp_path):
     assert [r["case_id"] for r in summary] == sorted(CASES)
     assert all(float(r["WT_ml"]) > 0 and r["device"] == "cpu fp32" for r in summary)  # device and precision
     assert sorted(p.name for p in output.iterdir()) == sorted(
-        ["summary.csv"] + [f"{c}.seg.nrrd" for c in CASES] + [f"{c}_seg.nii.gz" for c in CASES])
+        ["summary.csv", ".summary.csv.lock"] + [f"{c}{end}" for c in CASES for end in (".seg.nrrd", "_seg.nii.gz",
+                                                                                         ".json")])
 
-    again = CountingPipeline()
-    rows = run_batch(output.parent / "input", output, again, show_progress=False)
+    again = CountingPipeline(catalogue)
+    rows = run_batch(output.parent / "input", output, settings_for(catalogue), again, show_progress=False)
     assert again.cases == [] and [r["status"] for r in rows] == ["done", "done"]
     assert read_summary(output) == summary
 
 
-def test_cancel_keeps_finished_cases_and_the_next_run_finishes_the_rest(tmp_path):
+def test_cancel_keeps_finished_cases_and_the_next_run_finishes_the_rest(tmp_path, catalogue):
     output = tmp_path / "out"
     with pytest.raises(Cancelled):  # the user cancels once the first case is recorded
-        run_batch(linked_input(tmp_path), output, CountingPipeline(), show_progress=False,
-                  should_cancel=lambda: (output / "summary.csv").exists())
+        run_batch(linked_input(tmp_path), output, settings_for(catalogue), CountingPipeline(catalogue),
+                  show_progress=False, should_cancel=lambda: (output / "summary.csv").exists())
     first = sorted(CASES)[0]
-    assert sorted(p.name for p in output.iterdir()) == sorted(["summary.csv", f"{first}.seg.nrrd",
-                                                               f"{first}_seg.nii.gz"])
-    resumed = CountingPipeline()
-    run_batch(tmp_path / "input", output, resumed, show_progress=False)
+    assert sorted(p.name for p in output.iterdir()) == sorted(["summary.csv", ".summary.csv.lock", f"{first}.json",
+                                                               f"{first}.seg.nrrd", f"{first}_seg.nii.gz"])
+    resumed = CountingPipeline(catalogue)
+    run_batch(tmp_path / "input", output, settings_for(catalogue), resumed, show_progress=False)
     assert resumed.cases == [sorted(CASES)[1]]
 
 
-def test_cancel_inside_a_case_writes_nothing_for_it(tmp_path):
+def test_cancel_inside_a_case_writes_nothing_for_it(tmp_path, catalogue):
     output = tmp_path / "out"
     with pytest.raises(Cancelled):
-        run_batch(linked_input(tmp_path, CASES[:1]), output, CountingPipeline(), show_progress=False,
-                  should_cancel=lambda: True)
+        run_batch(linked_input(tmp_path, CASES[:1]), output, settings_for(catalogue), CountingPipeline(catalogue),
+                  show_progress=False, should_cancel=lambda: True)
     assert list(output.iterdir()) == []
 
 
-def test_case_with_missing_modality_fails_alone(tmp_path):
+def test_case_with_missing_modality_fails_alone(tmp_path, catalogue):
     folder = linked_input(tmp_path, CASES[:1])
     partial = folder / "partial"
     partial.mkdir()
     for role in ("t1", "t2", "flair"):
         (partial / f"partial_{role}.nii.gz").symlink_to(brats_case_dir(CASES[0]) / f"{CASES[0]}_{role}.nii.gz")
-    rows = run_batch(folder, tmp_path / "out", CountingPipeline(), show_progress=False)
+    rows = run_batch(folder, tmp_path / "out", settings_for(catalogue), CountingPipeline(catalogue),
+                     show_progress=False)
     status = {r["case_id"]: (r["status"], r["message"]) for r in rows}
     assert status[CASES[0]][0] == "done"
     assert status["partial"][0] == "failed" and "needs T1ce" in status["partial"][1]
     assert not (tmp_path / "out" / "partial_seg.nii.gz").exists()
 
 
-def test_unwritable_output_folder_fails_before_any_work(tmp_path):
+def test_input_and_output_folder_errors_come_before_any_model_loads(tmp_path, catalogue):
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    pipeline = CountingPipeline()
+    loaded = []
+
+    def load():
+        loaded.append(True)
+        return CountingPipeline(catalogue)
+
     with pytest.raises(OutputError, match="cannot be written"):
-        run_batch(linked_input(tmp_path, CASES[:1]), blocker / "out", pipeline, show_progress=False)
-    assert pipeline.cases == []
-
-
-def random_hafb_catalogue(folder):
-    """A randomly initialised compact hafb in a user catalogue: plumbing only, never shipped."""
-    torch.manual_seed(0)
-    network = networks.build("hafb", widths=(4, 8, 8, 16, 16))
-    return write_catalogue(folder, "hafb", network.state_dict(), name="random-hafb",
-                           config={"widths": [4, 8, 8, 16, 16]}, spacing_mm=[2.0, 2.0, 2.0],
-                           patch_size=[64, 64, 64], handles_missing_modalities=True)
-
-
-def run_cli(*arguments):
-    return subprocess.run([sys.executable, "-m", "BrainTumorFusionLib", *arguments], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        run_batch(linked_input(tmp_path, CASES[:1]), blocker / "out", settings_for(catalogue), load,
+                  show_progress=False)
+    with pytest.raises(InputError, match="does not exist"):
+        run_batch(tmp_path / "missing", tmp_path / "out", settings_for(catalogue), load, show_progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="No case found"):
+        run_batch(tmp_path / "empty", tmp_path / "out", settings_for(catalogue), load, show_progress=False)
+    assert loaded == []
 
 
 def test_command_line_batch_with_a_random_network(tmp_path):
@@ -165,5 +165,5 @@ def test_command_line_errors_are_specific(tmp_path):
     tampered = run_cli("segment", "--input-dir", str(tmp_path / "input"), "--output-dir", str(tmp_path / "out"),
                        "--model", "random-hafb", "--catalogue", str(catalogue))
     assert tampered.returncode == 2 and "does not match the catalogue" in tampered.stderr
-    assert not (tmp_path / "out").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # checked for writing before the model loads; nothing written
     assert json.loads(catalogue.read_text())["models"][0]["name"] == "random-hafb"

@@ -1,0 +1,154 @@
+"""Per-case records (`<id>.json` in the output folder) and summary.csv, rebuilt from them.
+
+A record says how a case ended (done or failed, and why) and with which settings, so a rerun skips a case only
+when its results came from the same settings, and several processes sharing one output folder (the parts of a
+cluster array) each add their cases without losing the others': summary.csv is rebuilt from every record in the
+folder under a file lock.
+"""
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from filelock import FileLock, Timeout
+
+from . import __version__
+from .case import Result
+from .catalogue import ENSEMBLE, Catalogue, Members
+from .errors import OutputError
+from .file_io import PathLike, write_atomically
+from .pipeline import GRADES
+from .segments import VOLUME_COLUMNS
+
+RECORD_KIND = "BrainTumorFusion case record"
+SUMMARY_NAME = "summary.csv"
+LOCK_NAME = ".summary.csv.lock"
+LOCK_TIMEOUT_S = 120  # rebuilding takes milliseconds; a lock held this long belongs to a hung file system
+SUMMARY_COLUMNS = (("case_id", "status") + tuple(f"{name}_ml" for name in VOLUME_COLUMNS) + GRADES
+                   + ("seconds", "device", "model", "message"))
+
+Record = dict[str, Any]  # a record's JSON
+Row = dict[str, Any]  # one summary.csv row, column -> value
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What makes results differ; a case is skipped only when its record holds the same settings."""
+
+    model: str  # segmentation model, or "ensemble"
+    members: tuple[tuple[str, str], ...]  # (name, weights SHA-256) of each segmentation network, in order
+    grading_model: Optional[tuple[str, str]]  # (name, weights SHA-256) when grading, else None
+    precision: str  # as asked: auto, fp32, bf16, fp16 (the precision used is in each record's device)
+    library_version: str = __version__
+
+    @classmethod
+    def from_catalogue(cls, catalogue: Catalogue, model: str, members: Members, grade: bool, grading_model: str,
+                       precision: str) -> "RunSettings":
+        """Settings of a run, from catalogue entries only (no weights are loaded); unknown names raise
+        ModelError."""
+        entries = (catalogue.ensemble_members(members) if model == ENSEMBLE
+                   else [catalogue.entry(model, "segmentation")])
+        grader = catalogue.entry(grading_model, "grading") if grade else None
+        return cls(model=model, members=tuple((entry.name, entry.sha256) for entry in entries),
+                   grading_model=(grader.name, grader.sha256) if grader else None, precision=precision)
+
+    def as_json(self) -> dict[str, Any]:
+        """The settings as a record holds them."""
+        def model(name_and_hash: tuple[str, str]) -> dict[str, str]:
+            return {"name": name_and_hash[0], "weights_sha256": name_and_hash[1]}
+
+        return {"model": self.model, "members": [model(member) for member in self.members],
+                "grading_model": model(self.grading_model) if self.grading_model else None,
+                "precision": self.precision, "library_version": self.library_version}
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """How a record's settings differ from these, in words ("model hafb, now segresnet")."""
+        current = self.as_json()
+        said = []
+        for key, label in (("model", "model"), ("members", "segmentation weights"),
+                           ("grading_model", "grading"), ("precision", "precision"),
+                           ("library_version", "library version")):
+            if recorded.get(key) != current[key]:
+                said.append(f"{label} {_words(recorded.get(key))}, now {_words(current[key])}")
+        return said
+
+
+def _words(value: Any) -> str:
+    """A setting as said in a message: models by name and the start of their weights' SHA-256."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return f"{value.get('name')} ({str(value.get('weights_sha256'))[:12]})"
+    if isinstance(value, list):
+        return " + ".join(map(_words, value))
+    return str(value)
+
+
+def record_path(output_dir: PathLike, case_id: str) -> Path:
+    return Path(output_dir) / f"{case_id}.json"
+
+
+def read_record(output_dir: PathLike, case_id: str) -> Optional[Record]:
+    """The case's record, or None when there is none (or the file is not one of ours)."""
+    return _load(record_path(output_dir, case_id))
+
+
+def _load(path: Path) -> Optional[Record]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # records are written atomically: an unreadable one is not ours
+        return None
+    return data if isinstance(data, dict) and data.get("record") == RECORD_KIND else None
+
+
+def done_record(settings: RunSettings, result: Result, outputs: list[str]) -> Record:
+    return _record(result.case_name, settings, "done", "", outputs=outputs, volumes_ml=result.volumes_ml,
+                   grade_probabilities=result.grade_probabilities, model_used=result.model, device=result.device,
+                   seconds=result.seconds, warnings=result.warnings)
+
+
+def failed_record(case_id: str, settings: RunSettings, reason: str, **details: Any) -> Record:
+    return _record(case_id, settings, "failed", reason, **details)
+
+
+def _record(case_id: str, settings: RunSettings, status: str, reason: str, **fields: Any) -> Record:
+    return {"record": RECORD_KIND, "case_id": case_id, "status": status, "reason": reason,
+            "settings": settings.as_json(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+
+
+def write_record(output_dir: PathLike, record: Record) -> None:
+    text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
+    write_atomically(lambda target: Path(target).write_text(text, encoding="utf-8"),
+                     record_path(output_dir, record["case_id"]))
+
+
+def summary_row(record: Record) -> Row:
+    row = {"case_id": record["case_id"], "status": record["status"], "seconds": record.get("seconds", ""),
+           "device": record.get("device", ""), "model": record.get("model_used", ""),
+           "message": record["reason"] or " ".join(record.get("warnings", []))}
+    row.update({f"{name}_ml": value for name, value in (record.get("volumes_ml") or {}).items()})
+    row.update(record.get("grade_probabilities") or {})
+    return {column: row.get(column, "") for column in SUMMARY_COLUMNS}
+
+
+def rebuild_summary(output_dir: PathLike) -> None:
+    """summary.csv from every record in output_dir, one row per case sorted by case id. The lock makes parts
+    that finish a case at the same moment write one after the other, each from all records."""
+    output_dir = Path(output_dir)
+    try:
+        with FileLock(output_dir / LOCK_NAME, timeout=LOCK_TIMEOUT_S):
+            records = [record for record in map(_load, sorted(output_dir.glob("*.json"))) if record]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(sorted((summary_row(record) for record in records), key=lambda row: row["case_id"]))
+            write_atomically(lambda target: Path(target).write_text(text.getvalue(), encoding="utf-8"),
+                             output_dir / SUMMARY_NAME)
+    except Timeout:
+        raise OutputError(f"{output_dir / SUMMARY_NAME} stayed locked for {LOCK_TIMEOUT_S} s by another process "
+                          f"({output_dir / LOCK_NAME}). Check that the other parts of the run are alive and the "
+                          "file system supports locks, then run again.") from None
