@@ -94,8 +94,8 @@ def check_distinct(image: np.ndarray, present_roles: list[str]) -> None:
             if similarity > SAME_IMAGE_CORRELATION or np.array_equal(values[first], values[second]):
                 raise InputError(
                     f"{DISPLAY_NAMES[first]} and {DISPLAY_NAMES[second]} hold the same image (correlation "
-                    f"{similarity:.3f} over the brain; different sequences stay below 0.9). Each role needs its own "
-                    f"sequence: check which file or volume is given as {DISPLAY_NAMES[first]} and as "
+                    f"{similarity:.3f} over the brain; different sequences of a BraTS case stay below 0.9). Each role "
+                    f"needs its own sequence: check which file or volume is given as {DISPLAY_NAMES[first]} and as "
                     f"{DISPLAY_NAMES[second]}.")
 
 
