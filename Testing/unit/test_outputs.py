@@ -112,3 +112,10 @@ def test_a_case_folder_with_two_images_for_one_role_is_kept_to_itself(tmp_path):
     assert list(problems) == ["B"] and "two T1 images: B_T1.nrrd and B_t1.nii.gz" in str(problems["B"])
     with pytest.raises(InputError, match="two T1 images"):  # callers that give no `problems` still stop
         find_cases(tmp_path)
+
+
+def test_an_empty_file_is_refused_only_where_its_format_cannot_be_empty(tmp_path):
+    write_atomically(lambda target: target.write_text(""), tmp_path / "metrics.jsonl")  # a log with no line yet
+    with pytest.raises(OutputError, match="record.json did not complete: it is empty"):
+        write_atomically(lambda target: target.write_text(""), tmp_path / "record.json")
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]
