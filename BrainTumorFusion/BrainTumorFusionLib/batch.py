@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 
 import SimpleITK as sitk
 
-from .errors import BrainTumorFusionError, Cancelled, OutputError
+from .errors import BrainTumorFusionError, Cancelled, InputError, OutputError
 from .file_io import (CaseFiles, PathLike, check_writable_folder, find_cases, read_case, remove_stale_temporaries,
                       write_labels)
 from .memory import available_bytes, needed_bytes
@@ -57,7 +57,7 @@ def run_batch(input_dir: PathLike, output_dir: PathLike, settings: RunSettings,
     from tqdm import tqdm
 
     started = time.time()
-    problems: dict[str, BrainTumorFusionError] = {}
+    problems: dict[str, InputError] = {}
     cases = {case.case_id: case for case in find_cases(input_dir, problems)}
     case_ids = part(list(cases) + list(problems), num_parts, part_id)
     output_dir = Path(output_dir)
