@@ -18,7 +18,7 @@ from .errors import Cancelled, InputError, ModelError
 from .inference import (Progress, autocast_dtype, choose_device, classify, covering_window, precision_name,
                         predict_regions)
 from .modalities import MODALITIES, display, how_to_give
-from .plausibility import result_warnings
+from .plausibility import grading_refusal, result_warnings
 from .postprocessing import regions_to_labels, region_volumes, uncrop
 from .preprocessing import Crop, prepare
 
@@ -193,9 +193,9 @@ class Pipeline:
         labels = uncrop(regions_to_labels(probabilities), crop, case.image.shape[1:])
         volumes = region_volumes(labels, case.voxel_volume_ml)
         warnings = list(case.warnings) + result_warnings(volumes)
-        grades = None
-        if self.grader and volumes["WT"] == 0:  # a grader given no tumor still answers (noise came out "HGG 1.0")
-            warnings.append("Not graded: there is no tumor to grade.")
+        grades, refusal = None, grading_refusal(volumes) if self.grader else None
+        if refusal:
+            warnings.append(refusal)
         elif self.grader:
             grades = self.grade(case)
             warnings += [f"Grading model '{self.grader.name}': {self.grader.notes}"] if self.grader.notes else []

@@ -5,7 +5,7 @@ what to do; they travel in Case.warnings / Result.warnings.
 Ranges were measured on the 27 shared BraTS cases (../shared/data/brats) and given a margin, so none of the
 warnings fires there."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -124,3 +124,14 @@ def result_warnings(volumes_ml: dict[str, float]) -> list[str]:
         return [f"The whole tumor is {whole:.0f} mL, larger than the BraTS tumors ({TUMOR_MEASURED}): the inputs may "
                 "be wrong (a series in the wrong role, no skull stripping); check them and the result by eye."]
     return []
+
+
+def grading_refusal(volumes_ml: dict[str, float]) -> Optional[str]:
+    """Why a case is not graded, or None. A grader answers whatever it is given: noise came out "HGG 1.0"."""
+    whole = volumes_ml["WT"]
+    if whole == 0:
+        return "Not graded: there is no tumor to grade."
+    if whole < TUMOR_ML[0]:
+        return (f"Not graded: {whole:.1f} mL of tumor is too little to grade (BraTS tumors: {TUMOR_MEASURED}); "
+                "check the segmentation by eye.")
+    return None

@@ -110,6 +110,18 @@ def test_no_grade_without_a_tumor(real):
     assert graded.volumes_ml["WT"] > 0 and set(graded.grade_probabilities) == {"HGG", "LGG"}
 
 
+def test_noise_in_a_brain_is_not_graded_by_the_default_models(real):
+    """Before: the shipped models found a little "tumor" in noise and graded it "HGG 1.0", without a warning."""
+    brain = np.any(real.image != 0, axis=0)
+    rng = np.random.default_rng(0)
+    noise = {role: (np.where(brain, rng.normal(500, 100, brain.shape), 0).astype(np.float32), real.ijk_to_ras)
+             for role in MODALITIES}
+    result = Pipeline(device="cpu", grade=True).run(assemble_case(noise, "noise"))
+    assert result.grade_probabilities is None
+    assert sum(" shows no anatomy " in warning for warning in result.warnings) == 4
+    assert any(warning.startswith("Not graded: ") for warning in result.warnings)
+
+
 @pytest.mark.parametrize("case_id", [
     "Brats18_CBICA_AQR_1",  # the smallest tumor of the shared cases (14.8 mL)
     "Brats18_2013_20_1",  # the largest tumor (217 mL), FLAIR covering a third less brain than the others
