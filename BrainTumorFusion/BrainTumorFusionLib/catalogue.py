@@ -1,17 +1,18 @@
 """The model catalogue: which trained weights exist, what they need, and hash-checked loading.
 
 Entries live in Resources/models.json (shipped models) and in any extra catalogue JSON a user passes (their
-own trained models; weight paths in such a file are relative to it). Each entry records: name, title, task
-(segmentation | grading), network, config, modalities (the ones it needs), handles_missing_modalities,
+own trained models; each weights file is a plain file name next to that catalogue). Each entry records: name,
+title, task (segmentation | grading), network, config, modalities (the ones it needs), handles_missing_modalities,
 spacing_mm (I, J, K), patch_size (D, H, W), weights {file, sha256}, training, metrics and notes (e.g. caveats).
 """
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 
 from .errors import ModelError
 from .modalities import MODALITIES
@@ -46,6 +47,62 @@ def cache_folder() -> Path:
 DETAILS = ("training", "metrics", "split", "notes", "precision")
 
 
+# Entries are checked by typed parsing rather than a JSON Schema: messages can say what to do, and Slicer's
+# Python needs no extra package.
+TASKS = ("segmentation", "grading")
+_FIX = "Correct the entry (Resources/models.json holds complete ones) or re-export it with Training's export command."
+_REQUIRED = object()
+# DETAILS the library reads (notes are shown as warnings, precision.cpu by the pipeline); the others are shown as
+# they are.
+_DETAIL_TYPES = {"notes": ("a string", lambda v: isinstance(v, str)),
+                 "precision": ('an object such as {"cpu": "bf16"}', lambda v: isinstance(v, dict))}
+
+
+def _shown(value: Any) -> str:
+    shown = json.dumps(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _field(data: dict, path: str, expected: str, valid: Callable[[Any], bool], where: str, default: Any) -> Any:
+    """data[path] (dotted for nested objects) if valid, `default` if absent, else a ModelError naming the field."""
+    value = data
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            if default is not _REQUIRED:
+                return default
+            raise ModelError(f"{where}: field '{path}' is missing; it must be {expected}. {_FIX}")
+        value = value[key]
+    if not valid(value):
+        raise ModelError(f"{where}: field '{path}' is {_shown(value)}; it must be {expected}. {_FIX}")
+    return value
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _three(value: Any, kinds: tuple[type, ...]) -> bool:
+    """3 positive finite numbers of `kinds` (JSON true/false are not numbers)."""
+    return isinstance(value, list) and len(value) == 3 and all(
+        isinstance(v, kinds) and not isinstance(v, bool) and 0 < v < math.inf for v in value)
+
+
+def _modality_list(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value) and all(isinstance(m, str) and m in MODALITIES for m in value)
+            and len(set(value)) == len(value))
+
+
+def _plain_file_name(value: Any) -> bool:
+    """A file name without any folder part (either separator, a drive, '..'): it can only name a file next to
+    the catalogue."""
+    return (_text(value) and value not in (".", "..")
+            and PurePosixPath(value).name == PureWindowsPath(value).name == value)
+
+
 @dataclass
 class ModelEntry:
     name: str
@@ -65,27 +122,53 @@ class ModelEntry:
     details: dict[str, Any] = field(default_factory=dict)  # DETAILS: shown, and `precision` read by the pipeline
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], folder: Union[str, os.PathLike]) -> "ModelEntry":
-        try:
-            return cls(name=data["name"], task=data["task"], network=data["network"],
-                       weights_file=data["weights"]["file"], sha256=data["weights"]["sha256"].lower(),
-                       title=data.get("title", data["name"]), config=data.get("config", {}),
-                       modalities=tuple(data.get("modalities", cls.modalities)),
-                       handles_missing_modalities=bool(data.get("handles_missing_modalities", False)),
-                       in_default_ensemble=bool(data.get("default_ensemble", True)),
-                       whole_window=data.get("window", "patch") == "whole",
-                       spacing_mm=tuple(data["spacing_mm"]) if data.get("spacing_mm") else None,
-                       patch_size=tuple(data.get("patch_size", cls.patch_size)), folder=Path(folder),
-                       details={k: data[k] for k in DETAILS if k in data})
-        except (KeyError, TypeError, AttributeError) as error:
-            raise ModelError(f"Catalogue entry {data.get('name', '?') if isinstance(data, dict) else data!r} "
-                             f"is incomplete ({error}). Re-export it with Training's export command.") from None
+    def from_json(cls, data: Any, folder: Union[str, os.PathLike], where: str = "Catalogue entry") -> "ModelEntry":
+        """An entry of a catalogue JSON with every field checked; `where` starts error messages (the file and
+        the entry's position, from Catalogue.load). Raises ModelError naming the entry and the field."""
+        if not isinstance(data, dict):
+            raise ModelError(f"{where} is {_shown(data)}, not an object such as {{\"name\": ..., \"task\": ...}}. "
+                             f"{_FIX}")
+        if isinstance(data.get("name"), str):
+            where = f"{where} ('{data['name']}')"
+
+        def get(path: str, expected: str, valid: Callable[[Any], bool], default: Any = _REQUIRED) -> Any:
+            return _field(data, path, expected, valid, where, default)
+
+        text = "a non-empty string"
+        name = get("name", text, _text)
+        get("weights", 'an object {"file": ..., "sha256": ...}', lambda v: isinstance(v, dict))
+        spacing = get("spacing_mm", "null or 3 positive numbers [I, J, K] in mm",
+                      lambda v: v is None or _three(v, (int, float)), None)
+        return cls(name=name, task=get("task", " or ".join(map(repr, TASKS)), lambda v: v in TASKS),
+                   network=get("network", text, _text),
+                   weights_file=get("weights.file", "a plain file name next to the catalogue (no folder, no '..')",
+                                    _plain_file_name),
+                   sha256=get("weights.sha256", text, _text).lower(), title=get("title", text, _text, name),
+                   config=get("config", "an object of network arguments", lambda v: isinstance(v, dict), {}),
+                   modalities=tuple(get("modalities", f"a list of distinct names from {list(MODALITIES)}",
+                                        _modality_list, list(cls.modalities))),
+                   handles_missing_modalities=get("handles_missing_modalities", "true or false", _flag, False),
+                   in_default_ensemble=get("default_ensemble", "true or false", _flag, True),
+                   whole_window=get("window", '"patch" or "whole"', lambda v: v in ("patch", "whole"),
+                                    "patch") == "whole",
+                   spacing_mm=tuple(spacing) if spacing else None,
+                   patch_size=tuple(get("patch_size", "3 positive integers [D, H, W]", lambda v: _three(v, (int,)),
+                                        list(cls.patch_size))),
+                   folder=Path(folder),
+                   details={k: get(k, *_DETAIL_TYPES[k]) if k in _DETAIL_TYPES else data[k]
+                            for k in DETAILS if k in data})
 
     def weights_path(self) -> Path:
-        """The weights file: next to its catalogue, else in the user cache folder."""
+        """The weights file: next to its catalogue, else in the user cache folder; never a file elsewhere."""
         for folder in (self.folder, cache_folder()):
             path = Path(folder) / self.weights_file
             if path.is_file():
+                # A link (or a name with a folder in it) could make us read, and name for deletion, any file.
+                if path.resolve().parent != Path(folder).resolve():
+                    raise ModelError(
+                        f"Weights of model '{self.name}' ({path}) lead outside {folder} (to {path.resolve()}). "
+                        "The weights file must be a plain file next to the catalogue: copy it there instead of "
+                        "linking to it.")
                 return path
         raise ModelError(
             f"Weights of model '{self.name}' ({self.weights_file}) not found in {self.folder} or "
@@ -118,7 +201,12 @@ class Catalogue:
                 raise ModelError(f"Model catalogue {path} not found. Check the path.") from None
             except json.JSONDecodeError as error:
                 raise ModelError(f"Model catalogue {path} is not valid JSON ({error}).") from None
-            entries += [ModelEntry.from_json(item, weights_folder) for item in data.get("models", [])]
+            models = data.get("models") if isinstance(data, dict) else None
+            if not isinstance(models, list):
+                raise ModelError(f"Model catalogue {path} must be an object {{\"models\": [...]}} that lists the "
+                                 f"entries; it is {_shown(data)}. Wrap the entries in {{\"models\": [...]}}.")
+            entries += [ModelEntry.from_json(item, weights_folder, f"Model catalogue {path}, entry {number}")
+                        for number, item in enumerate(models, 1)]
         return cls(entries)
 
     def names(self, task: Optional[str] = None) -> list[str]:

@@ -74,7 +74,7 @@ def test_missing_weights_and_incomplete_entry(tmp_path, monkeypatch):
         load_network(Catalogue.load([path]).entry("intensity"))
     assert cache_folder() == tmp_path / "cache"
     path.write_text(json.dumps({"models": [{"name": "x", "task": "segmentation"}]}))
-    with pytest.raises(ModelError, match="incomplete"):
+    with pytest.raises(ModelError, match="entry 1 \\('x'\\): field 'weights' is missing"):
         Catalogue.load([path])
     path.write_text("{")
     with pytest.raises(ModelError, match="not valid JSON"):
@@ -95,3 +95,82 @@ def test_a_graders_caveat_reaches_the_result_warnings(tmp_path):
     assert result.grade_probabilities and f"Grading model 'grader': {caveat}" in result.warnings
     plain = Pipeline(device="cpu", segmenter=intensity_model()).run(case)
     assert not any("Grading model" in warning for warning in plain.warnings)
+
+
+def test_shipped_catalogue_loads_with_its_fields():
+    shipped = json.loads(SHIPPED_CATALOGUE.read_text())["models"]
+    catalogue = Catalogue.load()
+    assert catalogue.names() == sorted(model["name"] for model in shipped)
+    hafb = catalogue.entry("hafb", "segmentation")
+    assert hafb.whole_window and hafb.handles_missing_modalities and hafb.patch_size == (64, 64, 64)
+    assert catalogue.entry("cmg", "grading").details["precision"]["cpu"] == "bf16"
+
+
+def test_a_catalogue_that_is_a_list_is_refused_when_loaded(tmp_path):
+    path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict())
+    path.write_text(json.dumps(json.loads(path.read_text())["models"]))
+    with pytest.raises(ModelError, match=r"catalogue .*catalogue\.json must be an object \{\"models\": \[\.\.\.\]\}"):
+        Catalogue.load([path])
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("patch_size", [64, 64], "3 positive integers"),
+    ("patch_size", [64, 64, 64.5], "3 positive integers"),
+    ("spacing_mm", "2.0", "null or 3 positive numbers"),
+    ("spacing_mm", [2.0, 2.0], "null or 3 positive numbers"),
+    ("name", 7, "a non-empty string"),
+    ("network", ["intensity"], "a non-empty string"),
+    ("modalities", ["t1", "pd"], "a list of distinct names from"),
+    ("handles_missing_modalities", "false", "true or false"),
+    ("window", "sliding", '"patch" or "whole"'),
+    ("precision", "bf16", "an object"),
+])
+def test_a_malformed_entry_field_is_named_when_the_catalogue_is_loaded(tmp_path, field, value, expected):
+    path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), **{field: value})
+    with pytest.raises(ModelError) as error:
+        Catalogue.load([path])
+    message = str(error.value)
+    assert message.startswith(f"Model catalogue {path}, entry 1")
+    assert f"field '{field}' is {json.dumps(value)}; it must be {expected}" in message
+    assert "re-export it with Training's export command" in message
+
+
+@pytest.mark.parametrize("weights, field", [({"sha256": "0" * 64}, "weights.file"),
+                                            ({"file": "intensity.pt"}, "weights.sha256"),
+                                            ("intensity.pt", "weights")])
+def test_missing_weights_fields_are_named(tmp_path, weights, field):
+    path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), weights=weights)
+    with pytest.raises(ModelError, match=f"entry 1 \\('intensity'\\): field '{field}' (is missing|is \\\"intensity)"):
+        Catalogue.load([path])
+
+
+def test_an_entry_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "catalogue.json"
+    path.write_text(json.dumps({"models": ["hafb"]}))
+    with pytest.raises(ModelError, match=r"catalogue .*, entry 1 is \"hafb\", not an object"):
+        Catalogue.load([path])
+
+
+@pytest.mark.parametrize("escaping", ["../../etc/passwd", "/etc/passwd", "sub/intensity.pt"])
+def test_weights_outside_the_catalogue_folder_are_refused_when_loaded(tmp_path, escaping):
+    path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict())
+    data = json.loads(path.read_text())
+    data["models"][0]["weights"]["file"] = escaping
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=f"field 'weights.file' is \"{escaping}\"; it must be a plain file name "
+                                         "next to the catalogue"):
+        Catalogue.load([path])
+
+
+def test_a_weights_link_out_of_the_folder_is_not_read_nor_named_for_deletion(tmp_path):
+    """A plain name that is a link elsewhere: refused before hashing, so no message says 'delete' that file."""
+    outside = tmp_path / "elsewhere.pt"
+    outside.write_bytes(b"someone else's file")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path = write_catalogue(folder, "intensity", IntensityNet().state_dict())
+    (folder / "intensity.pt").unlink()
+    (folder / "intensity.pt").symlink_to(outside)
+    with pytest.raises(ModelError, match="lead outside .*copy it there instead of linking") as error:
+        load_network(Catalogue.load([path]).entry("intensity"))
+    assert "elete" not in str(error.value)
