@@ -185,6 +185,8 @@ class _Run:
         """Write the record, rebuild summary.csv, and say when a case failed."""
         if record["status"] != "done":
             bar.write(f"{record['case_id']}: failed: {record['reason']}", file=sys.stderr)
+        for warning in record.get("warnings") or []:
+            bar.write(f"{record['case_id']}: warning: {warning}", file=sys.stderr)
         try:
             write_record(self.output_dir, record)
         except OutputError as error:  # e.g. a name too long even for the record: the run still goes on

@@ -70,13 +70,18 @@ def grid_warnings(grids: dict[str, tuple[Sequence[int], Sequence[float]]]) -> li
 
 
 def case_warnings(case: Case) -> list[str]:
-    """Missing FLAIR, a brain volume outside the BraTS range, and modalities whose intensities look unlike MR
+    """Missing FLAIR or T1ce, a brain volume outside the BraTS range, and modalities whose intensities look unlike MR
     images of their role."""
     warnings = []
     if not case.present[MODALITIES.index("flair")]:
         warnings.append(
             "FLAIR is missing: whole-tumor accuracy drops without it (hafb: Dice 0.630 instead of 0.822 on 17 "
             "cases); give the FLAIR series if there is one.")
+    if not case.present[MODALITIES.index("t1ce")]:
+        warnings.append(
+            "T1ce is missing: the enhancing tumor and the tumor core cannot be told reliably without it (hafb: "
+            "ET Dice 0.083 instead of 0.480, TC 0.322 instead of 0.546 on 17 cases); give the post-contrast T1 "
+            "if there is one.")
     flat = case.image.reshape(len(MODALITIES), -1)
     brain = np.any(flat != 0, axis=0)
     brain_ml = np.count_nonzero(brain) * case.voxel_volume_ml

@@ -54,6 +54,12 @@ def test_missing_flair_quotes_the_measured_drop(real):
         "give the FLAIR series if there is one."]
 
 
+def test_missing_t1ce_quotes_the_measured_drop(real):
+    [warning] = warnings_of(real, t1ce=None)
+    assert warning.startswith("T1ce is missing: the enhancing tumor and the tumor core cannot be told reliably")
+    assert "ET Dice 0.083 instead of 0.480" in warning
+
+
 def test_a_non_zero_background_looks_like_no_skull_stripping(real):
     warnings = warnings_of(real, lambda array: np.where(array == 0, 7.0, array).astype(np.float32))
     assert any("The non-zero part of the images is 8928 mL, more than a brain" in warning and "skull" in warning
