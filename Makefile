@@ -35,7 +35,9 @@ bench-zoo: setup
 # Every shipped model and the ensemble as whole processes (batch and predict), fp32 against auto, peak RSS, and the
 # MONAI SegResNet sliding-window anchor in the same run. About 15 minutes; run it on an idle machine.
 bench: setup
-	$(PY) Testing/benchmarks/bench.py
+	test -x .venv-runtime/bin/python || ($(PYTHON) -m venv .venv-runtime && .venv-runtime/bin/pip install --quiet \
+		-r requirements.txt && .venv-runtime/bin/pip install --quiet --no-deps -e .)
+	$(PY) Testing/benchmarks/bench.py --runtime-python .venv-runtime/bin/python
 
 # Seconds per training step of the shared loop: as the shipped models were trained against the loop's defaults.
 bench-training: setup
@@ -48,4 +50,4 @@ gpu-check: setup
 	$(PY) Testing/benchmarks/gpu_check.py run --cache out/gpu_check
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) .venv-runtime out .pytest_cache

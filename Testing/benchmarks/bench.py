@@ -1,7 +1,7 @@
 """Benchmark what a user waits for: every shipped segmentation model and the ensemble, as whole processes.
 
 Usage:  .venv/bin/python Testing/benchmarks/bench.py [--cases 6] [--repeats 3] [--models a,b,...]
-                                                     [--precisions fp32,auto] [--no-anchor]
+                                                     [--precisions fp32,auto] [--no-anchor] [--runtime-python PY]
 
 For each model and precision (`--precision fp32` against `auto`, the default):
 - batch: `python -m BrainTumorFusionLib segment` over the first --cases validation cases of the default model's
@@ -12,6 +12,10 @@ For each model and precision (`--precision fp32` against `auto`, the default):
 The anchor, in the same run: MONAI SegResNet (init_filters 16, untrained: speed only) sliding-window inference,
 128^3 windows, overlap 0.25, fp32, on the 1 mm brain crop of the same case, reading included, as a whole process
 (`bench.py anchor ...`), median of --repeats. It prints one markdown table with the ratios anchor / model.
+`predict` and the anchor run with --runtime-python (`make bench`: a venv with requirements.txt only, what a user of
+the command line installs): the development venv also holds slicer-core, whose VTK brings matplotlib, and
+tensorboard, which MONAI's import loads when present (about 1 s more per process). The batch needs slicer-core
+(it writes .seg.nrrd through MRML), so it runs with this interpreter.
 Run it on an otherwise idle machine: figures measured beside other work are noise.
 """
 
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LIBRARY = [sys.executable, "-m", "BrainTumorFusionLib"]
+LIBRARY = ["-m", "BrainTumorFusionLib"]
 
 
 def timed(command: list) -> tuple:
@@ -81,6 +85,8 @@ def main() -> None:
     parser.add_argument("--models", default="", help="comma-separated (default: every segmentation model, ensemble)")
     parser.add_argument("--precisions", default="fp32,auto")
     parser.add_argument("--no-anchor", action="store_true")
+    parser.add_argument("--runtime-python", default=sys.executable,
+                        help="interpreter for predict and the anchor (default: this one)")
     args = parser.parse_args()
 
     from BrainTumorFusionLib.catalogue import Catalogue
@@ -96,17 +102,22 @@ def main() -> None:
             (inputs / case.case_id).mkdir()
             for path in case.files.values():
                 (inputs / case.case_id / Path(path).name).symlink_to(Path(path).resolve())
+        # One untimed start per interpreter first: the first process after the page cache lost the libraries
+        # (torch, VTK) spent 14 s more before its first case.
+        for python in {sys.executable, args.runtime_python}:
+            timed([python] + LIBRARY + ["models"])
         anchor_runs = [] if args.no_anchor else [
-            timed([sys.executable, __file__, "anchor", str(inputs / first.case_id)]) for _ in range(args.repeats)]
+            timed([args.runtime_python, __file__, "anchor", str(inputs / first.case_id)])
+            for _ in range(args.repeats)]
         anchor_seconds = statistics.median(s for s, _ in anchor_runs) if anchor_runs else None
         anchor_rss = max((r for _, r in anchor_runs), default=None)
         for model in models:
             for precision in args.precisions.split(","):
                 options = ["--model", model, "--precision", precision]
                 out = Path(tmp) / f"batch-{model}-{precision}"
-                batch_seconds, batch_rss = timed(LIBRARY + ["segment", "--input-dir", str(inputs),
+                batch_seconds, batch_rss = timed([sys.executable] + LIBRARY + ["segment", "--input-dir", str(inputs),
                                                             "--output-dir", str(out)] + options)
-                predicts = [timed(LIBRARY + ["predict", *predict_inputs, "--output-dir",
+                predicts = [timed([args.runtime_python] + LIBRARY + ["predict", *predict_inputs, "--output-dir",
                                              str(Path(tmp) / f"predict-{model}-{precision}-{i}")] + options)
                             for i in range(args.repeats)]
                 row = {"model": model, "precision": precision, "batch_s_per_case": batch_seconds / len(cases),
@@ -117,7 +128,8 @@ def main() -> None:
 
     import torch
     print(f"\n{len(cases)} validation cases in the batch, predict on {first.case_id} (median of {args.repeats}); "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; whole processes\n")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; whole processes; predict and anchor with "
+          f"{args.runtime_python}\n")
     print("| model | precision | batch s/case | batch peak RSS (MiB) | predict s | predict peak RSS (MiB) "
           "| anchor / predict | auto vs fp32 (predict) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
