@@ -116,6 +116,9 @@ def build_parser():
                           help="inference precision (default fp32: scores that do not depend on the CPU)")
     evaluate.add_argument("--drop-modalities", default="", help="e.g. t1,t2: evaluate without these")
     evaluate.add_argument("--save-predictions", type=Path, help="also write <case>_seg.nii.gz here")
+    evaluate.add_argument("--window", default="patch", choices=("patch", "whole"),
+                          help="with --checkpoint: patch-sized sliding windows, or one window over the whole brain "
+                               "crop (fully convolutional networks)")
 
     cleanup = commands.add_parser("tune-cleanup", help="choose the BraTS clean-up volumes on saved predictions")
     cleanup.add_argument("--predictions", required=True, type=Path, help="folder of <case>_seg.nii.gz (evaluate "
@@ -131,6 +134,8 @@ def build_parser():
     export.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16"))
     export.add_argument("--size-limit-mb", type=float, default=50.0, help="auto: float16 above this (default 50)")
     export.add_argument("--data-description", help="what the training data was, for the entry")
+    export.add_argument("--window", default="patch", choices=("patch", "whole"),
+                        help="the inference window the entry records (measure both with evaluate --window)")
 
     grading_cli.add_commands(commands)  # train-grader, evaluate-grader, export-grader
     return parser
@@ -163,7 +168,8 @@ def main(argv=None):
     elif args.command == "evaluate":
         drop = tuple(m for m in args.drop_modalities.split(",") if m)
         result = evaluate(args.checkpoint, args.data_dir, args.split, args.output, args.device, drop,
-                          args.save_predictions, model=args.model, members=args.members, precision=args.precision)
+                          args.save_predictions, model=args.model, members=args.members, precision=args.precision,
+                          window=args.window)
         means = result["means"]
         print(f"{len(result['rows'])} cases -> {result['csv']}")
         print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
@@ -171,7 +177,7 @@ def main(argv=None):
         tune(load_pairs(args.predictions, args.data_dir))
     elif args.command == "export":
         entry = export(args.checkpoint, args.name, args.catalogue or SHIPPED_CATALOGUE, args.title, args.metrics,
-                       args.dtype, args.size_limit_mb, args.data_description)
+                       args.dtype, args.size_limit_mb, args.data_description, args.window)
         print(f"Exported '{entry['name']}' ({entry['weights']['file']}, sha256 {entry['weights']['sha256'][:12]}...) "
               f"into {args.catalogue or SHIPPED_CATALOGUE}")
     else:

@@ -69,7 +69,7 @@ def initialisation(config):
 
 
 def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_csv=None, dtype="auto",
-           size_limit_mb=SIZE_LIMIT_MB, data_description=None):
+           size_limit_mb=SIZE_LIMIT_MB, data_description=None, window="patch"):
     """Write <name>.pt and the catalogue entry; returns the entry (dict). The written entry is loaded back
     through the library (hash check, strict state_dict) when the library can build the network."""
     path = checkpoint_file(checkpoint)
@@ -93,7 +93,7 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
         "handles_missing_modalities": bool(uses_modality_dropout(config)),
         "spacing_mm": list(config.spacing) if config.spacing else None,
         "patch_size": list(config.patch_size),
-        "window": "whole" if recipe.whole_window else "patch",
+        "window": window,
         "split": {"file": f"{run_dir.name}/split.json", "seed": split.get("seed"),
                   "stratified_by": split.get("stratified_by"), "train": split["train"],
                   "validation": split["validation"]},

@@ -25,8 +25,6 @@ class NetworkRecipe:
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient in supervised training
     pretrainable: bool = False  # has `pretrain_forward` (self-supervised pretraining, Training.pretraining)
     cpu_bf16: bool = False  # --amp auto trains in bf16 on CPUs with native bf16 (measured faster, finite gradients)
-    whole_window: bool = False  # inference in one window over the whole brain crop (catalogue "window": "whole"):
-    # fully convolutional networks only, where validation Dice held (Testing/benchmarks/bench.py, README)
     notes: dict = field(default_factory=dict)  # extra catalogue `training` fields
 
 
@@ -37,7 +35,7 @@ RECIPES = {
         compact={"widths": [8, 16, 32, 64, 128], "norm": ["instance", {"affine": True}], "fusion_norm": "instance"},
         aux_term=hafb_masked_consistency, aux_weight=0.1,
         aux_description="masked-cube consistency", masked_view=hafb_masked_view, handles_missing_modalities=True,
-        cpu_bf16=True, whole_window=True),
+        cpu_bf16=True),
     "missu": NetworkRecipe(
         compact={"widths": [8, 16, 32, 64], "hidden_size": 64, "num_heads": 4, "mlp_dim": 128, "num_layers": 2},
         aux_term=missu_self_distillation, aux_weight=0.3,

@@ -151,6 +151,7 @@ def test_trained_hafb_exports_into_a_catalogue_the_library_loads(tmp_path):
     assert entry["task"] == "segmentation" and entry["network"] == "hafb"
     assert entry["handles_missing_modalities"] is True  # hafb trained with modality dropout
     assert entry["spacing_mm"] == [2.0, 2.0, 2.0] and entry["patch_size"] == [32, 32, 32]
+    assert entry["window"] == "patch"  # a whole-crop window only where it was measured and asked for
     assert entry["metrics"]["dice"] == {"WT": 0.7, "TC": 0.6, "ET": 0.5} and entry["metrics"]["cases"] == 2
     assert entry["split"]["train"] and entry["split"]["validation"] and entry["training"]["steps"] == 1
 
@@ -161,7 +162,8 @@ def test_trained_hafb_exports_into_a_catalogue_the_library_loads(tmp_path):
     assert torch.load(weights, weights_only=True).keys() == state.keys()
 
     # Exporting again under the same name replaces the entry; float16 halves the file and still loads.
-    entry16 = export(run["last"], "tiny_hafb", catalogue, dtype="float16")
+    entry16 = export(run["last"], "tiny_hafb", catalogue, dtype="float16", window="whole")
+    assert Catalogue.load([catalogue]).entry("tiny_hafb").whole_window
     data = json.loads(catalogue.read_text())
     assert [m["name"] for m in data["models"]] == ["other", "tiny_hafb"]
     assert entry16["training"]["weights_dtype"] == "float16"
