@@ -173,7 +173,8 @@ def repeated_core_cases(case_ids, paths, repeats):
         return list(case_ids)
     listed = []
     for case_id in case_ids:
-        wt, tc, et = (int(r.sum()) for r in load_cached(paths[case_id], np.float16)["regions"])
+        with np.load(paths[case_id]) as stored:  # the regions alone, not the image
+            wt, tc, et = (int(r.sum()) for r in stored["regions"])
         listed += [case_id] * (repeats if tc - et > CORE_CASE_FRACTION * max(wt, 1) else 1)
     return listed
 

@@ -46,22 +46,16 @@ def timed(command: list) -> tuple:
     return seconds, usage.ru_maxrss / 1024
 
 
-def case_files(folder: Path) -> dict:
-    from BrainTumorFusionLib.file_io import find_cases
-    [case] = [c for c in find_cases(folder.parent) if c.case_id == folder.name]
-    return dict(case.files)
-
-
 def anchor(folder: Path) -> None:
     """The anchor's whole job in this process: read, brain crop at 1 mm, z-score, 128^3 windows, overlap 0.25."""
     import torch
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import SegResNet
 
-    from BrainTumorFusionLib.file_io import CaseFiles, read_case
+    from BrainTumorFusionLib.file_io import case_files_in, read_case
     from BrainTumorFusionLib.preprocessing import prepare
 
-    case, _ = read_case(CaseFiles(folder.name, case_files(folder)))
+    case, _ = read_case(case_files_in(folder))
     image = torch.from_numpy(prepare(case, (1.0, 1.0, 1.0)).image[None])
     torch.manual_seed(0)
     network = SegResNet(spatial_dims=3, init_filters=16, in_channels=4, out_channels=3).eval()
