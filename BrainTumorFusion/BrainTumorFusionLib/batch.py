@@ -1,8 +1,9 @@
 """Batch runs over a folder of cases: a record per case, resume, failures kept to their case, parts of a cluster
 array sharing one output folder, summary.csv, optional previews.
 
-Per case it writes `<id>.seg.nrrd`, `<id>_seg.nii.gz`, with --preview `<id>_preview.png`, and last its record
-`<id>.json` (records.py): a case is done only once its record says so.
+Per case it writes `<id>.seg.nrrd`, `<id>_seg.nii.gz`, for a case of DICOM series `<id>_seg.dcm` (a DICOM
+Segmentation, dicom_io.py), with --preview `<id>_preview.png`, and last its record `<id>.json` (records.py): a case
+is done only once its record says so.
 """
 
 import os
@@ -12,13 +13,10 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import SimpleITK as sitk
-
 from .errors import BrainTumorFusionError, Cancelled, InputError, OutputError
-from .file_io import (CaseFiles, PathLike, check_writable_folder, find_cases, read_case, remove_stale_temporaries,
-                      write_labels)
+from .file_io import (CaseFiles, PathLike, check_writable_folder, find_cases, read_case, reference_grid,
+                      remove_stale_temporaries, write_labels)
 from .memory import available_bytes, needed_bytes
-from .modalities import MODALITIES
 from .pipeline import Pipeline
 from .records import (Record, Row, RunSettings, done_record, failed_record, read_record, rebuild_summary,
                       summary_row, write_record)
@@ -30,9 +28,10 @@ NAME_MAX = 255  # bytes in one file name on the usual file systems
 AvailableMemory = Callable[[], Optional[int]]
 
 
-def output_names(case_id: str, preview: bool = False) -> list[str]:
-    """The files a done case has in the output folder (its record aside)."""
-    return [f"{case_id}.seg.nrrd", f"{case_id}_seg.nii.gz"] + ([f"{case_id}_preview.png"] if preview else [])
+def output_names(case_id: str, preview: bool = False, dicom: bool = False) -> list[str]:
+    """The files a done case has in the output folder (its record aside); `dicom`: the case came as DICOM series."""
+    return ([f"{case_id}.seg.nrrd", f"{case_id}_seg.nii.gz"] + ([f"{case_id}_seg.dcm"] if dicom else [])
+            + ([f"{case_id}_preview.png"] if preview else []))
 
 
 def part(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
@@ -58,12 +57,13 @@ def run_batch(input_dir: PathLike, output_dir: PathLike, settings: RunSettings,
 
     started = time.time()
     problems: dict[str, InputError] = {}
-    cases = {case.case_id: case for case in find_cases(input_dir, problems)}
+    cases = {case.case_id: case for case in find_cases(input_dir, problems, dicom=True)}
     case_ids = part(list(cases) + list(problems), num_parts, part_id)
     output_dir = Path(output_dir)
     check_writable_folder(output_dir)
     remove_stale_temporaries(output_dir, started - STALE_AFTER_S)
-    run = _Run(output_dir, settings, pipeline, should_cancel, preview, available_memory)
+    run = _Run(output_dir, settings, pipeline, should_cancel, preview, available_memory,
+               frozenset(case_id for case_id, case in cases.items() if case.dicom))
     if not overwrite:
         run.refuse_other_settings(case_ids)
     records = []
@@ -86,9 +86,10 @@ class _Run:
     """What every case of one batch run shares: settings, the pipeline (made at the first case that needs it)."""
 
     def __init__(self, output_dir: Path, settings: RunSettings, pipeline: Union[Pipeline, Callable[[], Pipeline]],
-                 should_cancel: Optional[Callable[[], bool]], preview: bool, available_memory: AvailableMemory):
+                 should_cancel: Optional[Callable[[], bool]], preview: bool, available_memory: AvailableMemory,
+                 dicom_cases: frozenset[str] = frozenset()):
         self.output_dir, self.settings, self.should_cancel = output_dir, settings, should_cancel
-        self.preview, self.available_memory = preview, available_memory
+        self.preview, self.available_memory, self.dicom_cases = preview, available_memory, dicom_cases
         self._pipeline = None if callable(pipeline) else pipeline
         self._make_pipeline = pipeline
 
@@ -98,7 +99,8 @@ class _Run:
         return self._pipeline
 
     def has_outputs(self, case_id: str) -> bool:
-        return all((self.output_dir / name).is_file() for name in output_names(case_id, self.preview))
+        return all((self.output_dir / name).is_file()
+                   for name in output_names(case_id, self.preview, case_id in self.dicom_cases))
 
     def finished(self, record: Optional[Record]) -> bool:
         return bool(record and record["status"] == "done" and record.get("settings") == self.settings.as_json()
@@ -128,7 +130,7 @@ class _Run:
 
         case_id = case_files.case_id
         pipeline = self.pipeline()  # outside the try: a model that cannot load stops the run, not one case
-        names = output_names(case_id, self.preview)
+        names = output_names(case_id, self.preview, case_files.dicom)
         longest = max(len(os.fsencode(name)) for name in names)
         if longest > NAME_MAX:
             allowed = NAME_MAX - (longest - len(os.fsencode(case_id)))
@@ -147,12 +149,19 @@ class _Run:
                 f"{case_id}: {message} {fraction:.0%}"), self.should_cancel)
             writers = [lambda path: save_seg_nrrd(result, path),
                        lambda path: write_labels(result.labels, reference, path)]
+            if case_files.dicom:
+                from .dicom_io import write_segmentation
+
+                writers.append(lambda path: write_segmentation(result, case_files, path))
             if self.preview:
                 from .preview import write_preview  # Pillow is needed only for previews
 
                 writers.append(lambda path: write_preview(case, result.labels, path))
             _write_all(writers, [self.output_dir / name for name in names])
-            return done_record(self.settings, result, names)
+            record = done_record(self.settings, result, names)
+            if case_files.dicom:  # which series gave each role
+                record["dicom_series"] = case_files.describe()
+            return record
         except Cancelled:
             raise
         except MemoryError:
@@ -171,15 +180,11 @@ class _Run:
     def memory(self, case_files: CaseFiles, pipeline: Pipeline) -> tuple[Optional[int], Optional[int]]:
         """(Bytes the case needs by memory.needed_bytes, bytes available); None where unknown. The grid comes from
         the reference image's header, so nothing large is read before the check."""
-        path = next(case_files.files[role] for role in MODALITIES if role in case_files.files)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:  # read_case says what is wrong with the file
+        grid = reference_grid(case_files)
+        if grid is None:  # read_case says what is wrong with the file
             return None, self.available_memory()
         models = getattr(pipeline.segmenter, "members", [pipeline.segmenter])
-        return needed_bytes(reader.GetSize()[:3], reader.GetSpacing()[:3], models), self.available_memory()
+        return needed_bytes(*grid, models), self.available_memory()
 
     def finish(self, record: Record, bar) -> Record:
         """Write the record, rebuild summary.csv, and say when a case failed."""

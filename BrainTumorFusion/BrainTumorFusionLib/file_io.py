@@ -8,7 +8,7 @@ import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, ClassVar, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,6 +30,7 @@ PathLike = Union[str, os.PathLike]
 class CaseFiles:
     case_id: str
     files: dict[str, Path]  # role -> image file
+    dicom: ClassVar[bool] = False  # dicom_io.DicomCase: a folder of DICOM series
 
 
 def strip_extension(name: str) -> Optional[str]:
@@ -63,8 +64,11 @@ def case_files_in(folder: PathLike) -> Optional[CaseFiles]:
     return CaseFiles(folder.name, files) if files else None
 
 
-def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = None) -> list[CaseFiles]:
-    """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored).
+def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = None,
+               dicom: bool = False) -> list[CaseFiles]:
+    """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored). With `dicom`,
+    a sub-folder without such images that holds DICOM files is a dicom_io.DicomCase (its series are looked at
+    when it is read).
 
     A case folder that cannot be used (two images for one modality) raises InputError; with `problems` given it
     is left out and its error stored there under the folder's name instead, so a batch records it as failed and
@@ -76,6 +80,10 @@ def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = 
     for folder in sorted(p for p in input_dir.iterdir() if p.is_dir()):
         try:
             case = case_files_in(folder)
+            if case is None and dicom:
+                from .dicom_io import dicom_case_in  # pydicom is needed only for DICOM cases
+
+                case = dicom_case_in(folder)
         except InputError as error:
             if problems is None:
                 raise
@@ -86,7 +94,7 @@ def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = 
     if not cases and not problems:
         raise InputError(
             f"No case found in {input_dir}. Expected one sub-folder per case holding <id>_t1/_t1ce/_t2/_flair "
-            "(or -t1n/-t1c/-t2w/-t2f) NIfTI or NRRD images.")
+            f"(or -t1n/-t1c/-t2w/-t2f) NIfTI or NRRD images{' or DICOM series' if dicom else ''}.")
     return cases
 
 
@@ -181,16 +189,34 @@ def _check_metaimage_data(path: Path, image: sitk.Image, label: str) -> None:
 
 
 def read_case(case_files: CaseFiles) -> tuple[Case, sitk.Image]:
-    """(Case, reference SimpleITK image) from CaseFiles; the reference is the first present modality."""
-    volumes, reference = {}, None
-    for role in MODALITIES:
-        path = case_files.files.get(role)
-        if path is None:
-            continue
-        image = read_image(path, role)
-        reference = reference or image
-        volumes[role] = (sitk.GetArrayFromImage(image), ijk_to_ras_of(image))
-    return assemble_case(volumes, case_files.case_id), reference
+    """(Case, reference SimpleITK image) from CaseFiles (or a dicom_io.DicomCase)."""
+    if case_files.dicom:
+        return case_files.read()
+    images = {role: read_image(case_files.files[role], role) for role in MODALITIES if role in case_files.files}
+    return case_from_images(images, case_files.case_id)
+
+
+def case_from_images(images: dict[str, sitk.Image], case_id: str) -> tuple[Case, sitk.Image]:
+    """(Case, reference image) from one SimpleITK image per present role; the reference is the first present
+    modality."""
+    present = [role for role in MODALITIES if role in images]
+    volumes = {role: (sitk.GetArrayFromImage(images[role]), ijk_to_ras_of(images[role])) for role in present}
+    return assemble_case(volumes, case_id), (images[present[0]] if present else None)
+
+
+def reference_grid(case_files: CaseFiles) -> Optional[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """(size, spacing) of the reference grid, (I, J, K), from file headers alone (nothing large is read); None when
+    the header cannot be read (read_case then says why)."""
+    if case_files.dicom:
+        return case_files.grid()
+    path = next(case_files.files[role] for role in MODALITIES if role in case_files.files)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader.GetSize()[:3], reader.GetSpacing()[:3]
 
 
 def write_labels(labels: np.ndarray, reference_image: sitk.Image, path: PathLike) -> None:

@@ -78,3 +78,21 @@ def problem_in(path: Path, expected: Optional[np.ndarray] = None) -> Optional[st
         except ValueError as error:
             return f"it is not complete JSON ({error})"
     return None
+
+
+def dicom_seg_problem(path: Path, expected: np.ndarray, source_uids: list[str]) -> Optional[str]:
+    """What is wrong with a written DICOM Segmentation: it is read back with highdicom and its segments, decoded
+    per source instance (frame k on source_uids[k]), must equal `expected` (segment numbers, 0 background)."""
+    import highdicom
+
+    if path.stat().st_size == 0:
+        return "it is empty"
+    try:
+        segmentation = highdicom.seg.segread(path)
+        decoded = segmentation.get_pixels_by_source_instance(
+            source_uids, combine_segments=True, assert_missing_frames_are_empty=True)  # empty frames are omitted
+    except Exception as error:  # a cut file fails in pydicom or highdicom with many kinds of error
+        return f"it cannot be read back as a DICOM Segmentation ({type(error).__name__}: {error})"
+    if not np.array_equal(decoded, expected):
+        return "the segments read back differ from those written"
+    return None

@@ -4,11 +4,13 @@ from dataclasses import dataclass
 
 from .case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_NECROTIC
 
+# Codes as codingScheme^codeValue^codeMeaning (DICOM CID 7168/7169 brain lesion codes, region brain); Slicer's
+# terminology entries and the DICOM SEG (dicom_io.py) are both made from these.
+CATEGORY_CODE = "SCT^49755003^Morphologically Altered Structure"
+ANATOMY_CODE = "SCT^12738006^Brain"
 # Slicer terminology entries serialise as
-# context~category~type~typeModifier~anatomicContext~anatomicRegion~anatomicRegionModifier,
-# each code as codingScheme^codeValue^codeMeaning (DICOM CID 7168/7169 brain lesion codes, region brain).
-_CATEGORY = "SCT^49755003^Morphologically Altered Structure"
-_ANATOMY = "Anatomic codes - DICOM master list~SCT^12738006^Brain~^^"
+# context~category~type~typeModifier~anatomicContext~anatomicRegion~anatomicRegionModifier.
+_ANATOMY = f"Anatomic codes - DICOM master list~{ANATOMY_CODE}~^^"
 _CONTEXT = "Segmentation category and type - DICOM master list"
 
 
@@ -22,7 +24,7 @@ class SegmentSpec:
 
     @property
     def terminology(self) -> str:
-        return f"{_CONTEXT}~{_CATEGORY}~{self.type_code}~^^~{_ANATOMY}"
+        return f"{_CONTEXT}~{CATEGORY_CODE}~{self.type_code}~^^~{_ANATOMY}"
 
 
 SEGMENTS = (
@@ -32,6 +34,13 @@ SEGMENTS = (
     SegmentSpec("enhancing_tumor", LABEL_ENHANCING, "Enhancing tumor", (0.95, 0.85, 0.20),
                 "NCIt^C113842^Enhancing Lesion"),
 )
+
+
+def code_parts(code: str) -> tuple[str, str, str]:
+    """(coding scheme, code value, code meaning) of a codingScheme^codeValue^codeMeaning string."""
+    scheme, value, meaning = code.split("^")
+    return scheme, value, meaning
+
 
 # Region volume columns of every volumes table and summary.csv, in this order.
 VOLUME_COLUMNS = ("NCR", "ED", "ET", "TC", "WT")
