@@ -97,6 +97,7 @@ def test_a_non_mr_series_with_a_role_name_is_refused(tmp_path, images):
     assert "series 4 'T1CE' (12 files in patient), is CT, not MR" in read_error(tmp_path / "in")
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached:UserWarning")  # pydicom on the cut files
 def test_unreadable_files_are_named(tmp_path, images):
     folder = tmp_path / "in" / "patient"
     write_dicom_case(folder, images, layout="folders")
