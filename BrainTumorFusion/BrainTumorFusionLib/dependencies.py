@@ -39,3 +39,21 @@ def ensure_installed(confirm: Optional[Callable[[str], bool]] = None) -> None:
             raise BrainTumorFusionError("PyTorch could not be installed; see the Python console for details.")
     if set(missing) - {"torch"}:
         slicer.util.pip_install(["-r", str(REQUIREMENTS_FILE)])
+
+
+def ensure_skull_stripping_installed(confirm: Optional[Callable[[str], bool]] = None) -> None:
+    """Install deepbet (skull_stripping.py) into Slicer's Python, only when an input still has its skull: inputs
+    that are already skull-stripped (BraTS style) never need it. `confirm` as in ensure_installed."""
+    from .skull_stripping import DEEPBET_REQUIREMENT
+
+    if importlib.util.find_spec("deepbet") is not None:
+        return
+    message = ("The inputs still show the skull. Removing it needs the Python package deepbet (MIT licence; its "
+               "networks ship inside its 10 MB wheel, with pandas, nibabel and two small image libraries about "
+               "150 MB in all). It will be downloaded and installed into Slicer's Python now.")
+    if confirm is not None and not confirm(message):
+        raise Cancelled("Installation of deepbet was declined; nothing was run. Give skull-stripped inputs (brain "
+                        "only, background exactly zero) or allow the installation.")
+    import slicer.util
+
+    slicer.util.pip_install(DEEPBET_REQUIREMENT)
