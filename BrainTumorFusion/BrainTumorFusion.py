@@ -63,6 +63,8 @@ class BrainTumorFusionParameterNode:
     device: str = "auto"
     precision: str = "auto"
     grade: bool = False
+    register: str = "auto"
+    skullStrip: str = "auto"
 
 
 class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -191,7 +193,8 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.run = self.logic.start_segmentation(t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair,
                                                      model=p.model, device=p.device, grade=p.grade,
                                                      members=p.members if p.model == ENSEMBLE else None,
-                                                     precision=p.precision)
+                                                     precision=p.precision, register=p.register,
+                                                     skull_strip=p.skullStrip)
         except BrainTumorFusionError as error:
             slicer.util.errorDisplay(str(error))
             return

@@ -144,9 +144,13 @@ class _Run:
                     f"Not enough memory for this case: it needs about {_size(need)}, and {_size(free)} is "
                     "available. Free memory (close other programs, run fewer parts per machine) or use a machine "
                     "with more memory."))
-            case, reference = read_case(case_files)
-            result = pipeline.run(case, lambda fraction, message: bar.set_postfix_str(
-                f"{case_id}: {message} {fraction:.0%}"), self.should_cancel)
+            def progress(fraction, message):
+                bar.set_postfix_str(f"{case_id}: {message} {fraction:.0%}")
+
+            # input preparation (registration, skull stripping) as the settings ask; none for settings without it
+            case, reference = read_case(case_files, **dict(self.settings.preparation), progress=progress,
+                                        should_cancel=self.should_cancel)
+            result = pipeline.run(case, progress, self.should_cancel)
             writers = [lambda path: save_seg_nrrd(result, path),
                        lambda path: write_labels(result.labels, reference, path)]
             if case_files.dicom:
@@ -158,7 +162,8 @@ class _Run:
 
                 writers.append(lambda path: write_preview(case, result.labels, path))
             _write_all(writers, [self.output_dir / name for name in names])
-            record = done_record(self.settings, result, names)
+            record = done_record(self.settings, result, names, reference=case.reference_role,
+                                 registration=[alignment.as_json() for alignment in case.alignments.values()])
             if case_files.dicom:  # which series gave each role
                 record["dicom_series"] = case_files.describe()
             return record

@@ -29,6 +29,13 @@ class Case:
     ijk_to_ras: np.ndarray
     present: tuple[bool, ...]
     warnings: list[str] = field(default_factory=list)
+    # Input preparation (preparation.py): the role whose grid this is, how each other input was brought onto it
+    # (role -> registration.Alignment), each input's own grid (role -> ((K, J, I) shape, IJK-to-RAS)) and the
+    # seconds of each preparation stage ("register", "skull_strip").
+    reference_role: str = ""
+    alignments: dict = field(default_factory=dict)
+    input_grids: dict = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def present_modalities(self) -> tuple[str, ...]:
@@ -52,3 +59,4 @@ class Result:
     device: str = ""
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage: register, skull_strip, segment

@@ -2,6 +2,7 @@
 process), `models` (list the catalogue)."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -41,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--catalogue", action="append", default=[], metavar="JSON",
                              help="extra model catalogue file (your own trained models); repeatable")
 
+    def add_preparation_options(command):
+        command.add_argument("--register", default="auto", choices=("auto", "on", "off"),
+                             help="rigid co-registration of the other inputs onto the reference: auto (default) when "
+                             "an input lies on another grid or looks misaligned, on, or off")
+        command.add_argument("--reference", default="t1ce", choices=MODALITIES,
+                             help="the input whose grid the result lies on (default t1ce; the first present one when "
+                             "it is absent)")
+        command.add_argument("--skull-strip", default="auto", choices=("auto", "on", "off"),
+                             help="brain extraction: auto (default) when an input still has its skull, on, or off")
+
     segment = commands.add_parser("segment", help="segment every case folder of --input-dir")
     segment.add_argument("--input-dir", required=True, type=Path)
     segment.add_argument("--output-dir", required=True, type=Path)
@@ -54,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--preview", action="store_true",
                          help="also write <id>_preview.png: slices through the tumor, FLAIR and T1ce with labels")
     add_model_options(segment)
+    add_preparation_options(segment)
 
     predict = commands.add_parser("predict", help="segment one case given as files (PROGRESS lines on stdout, then "
                                   "a RESULT line: see process_runner)")
@@ -62,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output-dir", required=True, type=Path)
     predict.add_argument("--name", default="case")
     add_model_options(predict)
+    add_preparation_options(predict)
+    predict.add_argument("--each-input-grid", action="store_true",
+                         help="also write labels_<role>.nrrd: the labels on each other input's own grid (through the "
+                         "inverse of its registration)")
 
     models = commands.add_parser("models", help="list the models of the catalogue")
     models.add_argument("--catalogue", action="append", default=[], metavar="JSON")
@@ -77,6 +93,11 @@ def make_pipeline(args: argparse.Namespace, catalogue: Optional["Catalogue"] = N
                     precision=args.precision)
 
 
+def preparation_options(args: argparse.Namespace) -> dict:
+    """geometry.assemble_case's input preparation settings from the command line."""
+    return {"register": args.register, "reference": args.reference, "skull_strip": args.skull_strip}
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from .batch import run_batch
     from .catalogue import Catalogue
@@ -85,6 +106,7 @@ def run_segment(args: argparse.Namespace) -> int:
     catalogue = Catalogue.load(args.catalogue)
     settings = RunSettings.from_catalogue(catalogue, args.model, args.members, args.grade, args.grading_model,
                                           args.precision)
+    settings = dataclasses.replace(settings, preparation=tuple(preparation_options(args).items()))
     # A cluster cancels or times out a job with SIGTERM: stop as on Ctrl-C, removing the temporary being written.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -103,18 +125,33 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Writes labels.nrrd (on the reference input's grid) and result.json into --output-dir."""
-    from .file_io import CaseFiles, check_writable_folder, read_case, write_atomically, write_labels
+    import SimpleITK as sitk
 
+    from .file_io import CaseFiles, check_writable_folder, read_case, write_atomically, write_labels
+    from .pipeline import share
+    from .preparation import labels_on_input_grids
+
+    def report(fraction, message):
+        print(format_progress(fraction, message), flush=True)
+
+    # Registration and skull stripping, when they run (case.stages), take about as long as the segmentation: half
+    # the bar each.
     files = {role: getattr(args, role) for role in MODALITIES if getattr(args, role) is not None}
-    case, reference = read_case(CaseFiles(args.name, files))
+    case, reference = read_case(CaseFiles(args.name, files), **preparation_options(args),
+                                progress=share(report, 0.0, 0.5))
     pipeline = make_pipeline(args)
     pipeline.check_modalities(case)  # input and model errors come before the output folder is made
     check_writable_folder(args.output_dir)
-    result = pipeline.run(case, lambda fraction, message: print(format_progress(fraction, message), flush=True))
+    result = pipeline.run(case, share(report, 0.5 if case.stages else 0.0, 1.0))
     write_labels(result.labels, reference, args.output_dir / "labels.nrrd")
+    if args.each_input_grid:
+        for role, labels in labels_on_input_grids(result.labels, case).items():
+            write_labels(sitk.GetArrayFromImage(labels), labels, args.output_dir / f"labels_{role}.nrrd")
     summary = {"case_name": result.case_name, "volumes_ml": result.volumes_ml,
                "grade_probabilities": result.grade_probabilities, "model": result.model, "device": result.device,
-               "seconds": result.seconds, "warnings": result.warnings}
+               "seconds": result.seconds, "warnings": result.warnings,
+               "stages": result.stages, "reference": case.reference_role,
+               "registration": [alignment.as_json() for alignment in case.alignments.values()]}
     write_atomically(lambda target: Path(target).write_text(json.dumps(summary, indent=1)),
                      args.output_dir / "result.json")
     return 0

@@ -114,10 +114,10 @@ class DicomCase:
         row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
         return size, (column_spacing, row_spacing, _slice_gap(series.headers) or float(first.get("SliceThickness", 1)))
 
-    def read(self) -> tuple[Case, sitk.Image]:
-        """(Case, reference image), as file_io.read_case gives them for image files."""
+    def read(self, **preparation) -> tuple[Case, sitk.Image]:
+        """(Case, reference image), as file_io.read_case gives them for image files (same `preparation` options)."""
         images = {role: _read_series(series, role, self.folder) for role, series in self.series().items()}
-        case, reference = case_from_images(images, self.case_id)
+        case, reference = case_from_images(images, self.case_id, **preparation)
         self.reference_role = next(role for role, image in images.items() if image is reference)
         return case, reference
 

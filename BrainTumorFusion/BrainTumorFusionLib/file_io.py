@@ -188,20 +188,22 @@ def _check_metaimage_data(path: Path, image: sitk.Image, label: str) -> None:
         raise _damaged(path, label, f"{received} of {expected} data bytes")
 
 
-def read_case(case_files: CaseFiles) -> tuple[Case, sitk.Image]:
-    """(Case, reference SimpleITK image) from CaseFiles (or a dicom_io.DicomCase)."""
+def read_case(case_files: CaseFiles, **preparation) -> tuple[Case, sitk.Image]:
+    """(Case, reference SimpleITK image) from CaseFiles (or a dicom_io.DicomCase). `preparation`:
+    geometry.assemble_case's register, reference, skull_strip, progress and should_cancel."""
     if case_files.dicom:
-        return case_files.read()
+        return case_files.read(**preparation)
     images = {role: read_image(case_files.files[role], role) for role in MODALITIES if role in case_files.files}
-    return case_from_images(images, case_files.case_id)
+    return case_from_images(images, case_files.case_id, **preparation)
 
 
-def case_from_images(images: dict[str, sitk.Image], case_id: str) -> tuple[Case, sitk.Image]:
-    """(Case, reference image) from one SimpleITK image per present role; the reference is the first present
-    modality."""
+def case_from_images(images: dict[str, sitk.Image], case_id: str, **preparation) -> tuple[Case, sitk.Image]:
+    """(Case, reference image) from one SimpleITK image per present role; the reference is T1ce (or `reference`)
+    when present, else the first present modality. `preparation`: as read_case."""
     present = [role for role in MODALITIES if role in images]
     volumes = {role: (sitk.GetArrayFromImage(images[role]), ijk_to_ras_of(images[role])) for role in present}
-    return assemble_case(volumes, case_id), (images[present[0]] if present else None)
+    case = assemble_case(volumes, case_id, **preparation)
+    return case, images[case.reference_role]
 
 
 def reference_grid(case_files: CaseFiles) -> Optional[tuple[tuple[int, ...], tuple[float, ...]]]:

@@ -10,6 +10,7 @@ from .case import Case
 from .errors import InputError
 from .modalities import DISPLAY_NAMES, MODALITIES, how_to_give
 from .plausibility import brain_sample, case_warnings, correlation, grid_warnings
+from .registration import DEFAULT_REFERENCE
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # Grids closer than this (mm, or unitless for directions) are the same grid.
@@ -99,40 +100,40 @@ def check_distinct(image: np.ndarray, present_roles: list[str]) -> None:
                     f"{DISPLAY_NAMES[second]}.")
 
 
-def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], name: str) -> Case:
+def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], name: str, register: str = "off",
+                  reference: str = DEFAULT_REFERENCE, skull_strip: str = "off", progress=None,
+                  should_cancel=None) -> Case:
     """Build a validated Case from role -> (array (K, J, I), ijk_to_ras) or None.
 
-    The reference grid is that of the first present modality in MODALITIES order. Volumes on other grids
-    are resampled onto it in physical space (linear interpolation), with a warning in Case.warnings, which also
-    holds the plausibility warnings (thick slices, small field of view, missing FLAIR, brain volume, intensities).
+    The grid is that of the `reference` role (T1ce by default; the first present modality in MODALITIES order when
+    it is absent). The other volumes are registered onto it or resampled in physical space as `register` says
+    (auto / on / off), and skull-stripped as `skull_strip` says (preparation.py), with progress(fraction, message)
+    and should_cancel(). Case.warnings holds what preparation found (a different grid, a misaligned or poorly
+    registered input) and the plausibility warnings (thick slices, small field of view, missing FLAIR, brain volume,
+    intensities).
     """
+    from .preparation import prepare_volumes
+
     present_roles = [role for role in MODALITIES if volumes.get(role) is not None]
     if not present_roles:
         raise InputError(f"No input volume is given: {how_to_give(MODALITIES)} (at least those the chosen model "
                          "needs).")
     for role in present_roles:
         check_volume(role, volumes[role][0])
-    reference_array, reference_matrix = volumes[present_roles[0]]
-    shape = reference_array.shape
-    image = np.zeros((len(MODALITIES),) + tuple(shape), dtype=np.float32)
+    prepared = prepare_volumes({role: volumes[role] for role in present_roles}, register, reference, skull_strip,
+                               progress, should_cancel)
+    reference_array, reference_matrix = volumes[prepared.reference_role]
+    image = np.zeros((len(MODALITIES),) + tuple(reference_array.shape), dtype=np.float32)
     warnings = grid_warnings({role: (volumes[role][0].shape, spacing_of(volumes[role][1])) for role in present_roles})
+    warnings += prepared.warnings
     for channel, role in enumerate(MODALITIES):
-        if role not in present_roles:
-            continue
-        array, matrix = volumes[role]
-        if not same_grid(array.shape, matrix, shape, reference_matrix):
-            warnings.append(
-                f"{DISPLAY_NAMES[role]} lies on a different voxel grid than {DISPLAY_NAMES[present_roles[0]]}; "
-                "it was resampled onto that grid (linear interpolation).")
-            array = resample_onto(array, matrix, shape, reference_matrix)
-            if not np.any(array):
-                raise InputError(
-                    f"{DISPLAY_NAMES[role]} does not overlap {DISPLAY_NAMES[present_roles[0]]} in physical "
-                    "space. Register the volumes first (e.g. the General Registration (BRAINS) module).")
-        image[channel] = array
+        if role in present_roles:
+            image[channel] = prepared.volumes[role]
     check_distinct(image, present_roles)
     present = tuple(role in present_roles for role in MODALITIES)
     case = Case(name=name, image=image, ijk_to_ras=np.array(reference_matrix, dtype=float), present=present,
-                warnings=warnings)
+                warnings=warnings, reference_role=prepared.reference_role, alignments=prepared.alignments,
+                input_grids={role: (volumes[role][0].shape, np.array(volumes[role][1], dtype=float))
+                             for role in present_roles}, stages=prepared.stages)
     case.warnings += case_warnings(case)
     return case

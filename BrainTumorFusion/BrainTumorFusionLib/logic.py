@@ -23,6 +23,7 @@ from .file_io import PathLike
 from .geometry import image_from_array, ijk_to_ras_of
 from .modalities import MODALITIES, assign_roles, case_name_of
 from .process_runner import BackgroundProcess, library_command, parse_progress, parse_result
+from .registration import DEFAULT_REFERENCE
 
 if TYPE_CHECKING:
     import slicer
@@ -53,9 +54,11 @@ class BackgroundSegmentation:
     """A segmentation running in another process: poll() for updates, cancel() to kill it."""
 
     def __init__(self, process: BackgroundProcess, folder: PathLike,
-                 reference_node: "slicer.vtkMRMLScalarVolumeNode", case_name: str):
+                 reference_node: "slicer.vtkMRMLScalarVolumeNode", case_name: str,
+                 nodes: Optional[dict[str, "MaybeVolume"]] = None):
         self.process, self.folder = process, Path(folder)
         self.reference_node, self.case_name = reference_node, case_name
+        self.nodes = nodes or {}  # role -> input node: registered ones go under the registration's transform node
         self.result: Optional[dict[str, Any]] = None  # the RESULT line's fields, once it came
 
     def poll(self) -> RunUpdate:
@@ -123,21 +126,33 @@ class SceneLogic:
                 flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto", grade: bool = False,
                 progress: Optional["Progress"] = None, should_cancel: Optional[Callable[[], bool]] = None,
                 catalogue_files: Iterable[PathLike] = (), pipeline: Optional["Pipeline"] = None,
-                members: Members = None, precision: str = "auto") -> "slicer.vtkMRMLSegmentationNode":
+                members: Members = None, precision: str = "auto", register: str = "auto",
+                reference: str = DEFAULT_REFERENCE, skull_strip: str = "auto") -> "slicer.vtkMRMLSegmentationNode":
         """Segment in this process; returns the new segmentation node (tables are added beside it).
 
         model="ensemble" averages the segmentation models in `members` (list or "a,b"; default: all).
-        precision: auto, fp32, bf16 or fp16 (CUDA)."""
-        from .pipeline import Pipeline
+        precision: auto, fp32, bf16 or fp16 (CUDA). register: auto (when an input lies on another grid or looks
+        misaligned), on or off; the registered volumes are put under transform nodes "BrainTumorFusion <role> to
+        <reference>". skull_strip: auto (when an input has its skull), on or off. The result lies on the
+        `reference` volume's grid (T1ce by default)."""
+        from .pipeline import Pipeline, share
+        from .registration import ras_transform_to_parent
 
+        report = progress or (lambda fraction, message: None)
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
-        case = scene_adapter.case_from_nodes(**nodes)
+        case = scene_adapter.case_from_nodes(**nodes, register=register, reference=reference, skull_strip=skull_strip,
+                                             progress=share(report, 0.0, 0.5), should_cancel=should_cancel)
         pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
                                         catalogue=Catalogue.load(catalogue_files), precision=precision)
-        result = pipeline.run(case, progress, should_cancel)
+        # registration and skull stripping, when they ran, had the first half of the progress
+        result = pipeline.run(case, share(report, 0.5 if case.stages else 0.0, 1.0), should_cancel)
         for warning in result.warnings:  # the console shows these; the node keeps them (WARNINGS_ATTRIBUTE)
             log.warning(warning)
-        return scene_adapter.write_result_to_scene(result, self._reference(nodes), self.scene)[0]
+        segmentation = scene_adapter.write_result_to_scene(result, nodes[case.reference_role], self.scene)[0]
+        transforms = {role: ras_transform_to_parent(alignment.transform)
+                      for role, alignment in case.alignments.items() if alignment.registered}
+        scene_adapter.add_registration_transforms(self.scene, nodes, transforms, case.reference_role)
+        return segmentation
 
     def grade(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
               flair: "MaybeVolume" = None, model: str = DEFAULT_GRADER, device: str = "auto",
@@ -157,15 +172,21 @@ class SceneLogic:
     def start_segmentation(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
                            flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto",
                            grade: bool = False, catalogue_files: Iterable[PathLike] = (),
-                           members: Members = None, precision: str = "auto") -> BackgroundSegmentation:
-        """Write the inputs to temporary NRRD files and start the `predict` command on them."""
+                           members: Members = None, precision: str = "auto", register: str = "auto",
+                           reference: str = DEFAULT_REFERENCE, skull_strip: str = "auto") -> BackgroundSegmentation:
+        """Write the inputs to temporary NRRD files and start the `predict` command on them (register, reference,
+        skull_strip: as segment)."""
+        from .preparation import check_modes, reference_role_of
+
+        check_modes(register, skull_strip)
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
         scene_adapter.case_from_nodes(**nodes)  # validate here, so bad input fails before any process starts
         if model == ENSEMBLE:  # check the members here too, and pass the defaults on by name
             members = [entry.name for entry in Catalogue.load(catalogue_files).ensemble_members(members)]
         folder = Path(tempfile.mkdtemp(prefix="BrainTumorFusion-"))
         arguments = ["predict", "--output-dir", str(folder / "output"), "--model", model, "--device", device,
-                     "--precision", precision]
+                     "--precision", precision, "--register", register, "--reference", reference,
+                     "--skull-strip", skull_strip]
         arguments += ["--members", ",".join(member_names(members))] if members else []
         for role, node in nodes.items():
             if node is not None:
@@ -176,15 +197,16 @@ class SceneLogic:
         arguments += ["--grade"] if grade else []
         for extra in catalogue_files:
             arguments += ["--catalogue", str(extra)]
-        reference = self._reference(nodes)
-        name = case_name_of(reference.GetName())
+        name = case_name_of(self._reference(nodes).GetName())
         arguments += ["--name", name]
+        present = [role for role in MODALITIES if nodes[role] is not None]
+        reference_node = nodes[reference_role_of(present, reference)]
         try:
             process = self.process_factory(library_command(self.python_executable, *arguments))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return BackgroundSegmentation(process, folder, reference, name)
+        return BackgroundSegmentation(process, folder, reference_node, name, nodes)
 
     def finish_segmentation(self, run: BackgroundSegmentation
                             ) -> tuple["slicer.vtkMRMLSegmentationNode", "slicer.vtkMRMLTableNode",
@@ -198,6 +220,11 @@ class SceneLogic:
                             ijk_to_ras=ijk_to_ras_of(image), volumes_ml=summary["volumes_ml"],
                             grade_probabilities=summary["grade_probabilities"], model=summary["model"],
                             device=summary["device"], seconds=summary["seconds"], warnings=summary["warnings"])
-            return scene_adapter.write_result_to_scene(result, run.reference_node, self.scene)
+            written = scene_adapter.write_result_to_scene(result, run.reference_node, self.scene)
+            transforms = {entry["role"]: np.array(entry["ras_transform_to_parent"])
+                          for entry in summary.get("registration", []) if entry["registered"]}
+            scene_adapter.add_registration_transforms(self.scene, run.nodes, transforms,
+                                                      summary.get("reference", "t1ce"))
+            return written
         finally:
             run.cleanup()

@@ -200,10 +200,11 @@ class Pipeline:
             grades = self.grade(case)
             warnings += [f"Grading model '{self.grader.name}': {self.grader.notes}"] if self.grader.notes else []
         report(1.0, "Done")
+        seconds = round(time.perf_counter() - start, 2)
         return Result(case_name=case.name, labels=labels, ijk_to_ras=case.ijk_to_ras, volumes_ml=volumes,
                       grade_probabilities=grades, model=self.segmenter.name,
-                      device=f"{self.device} {self.precision_used()}", seconds=round(time.perf_counter() - start, 2),
-                      warnings=warnings)
+                      device=f"{self.device} {self.precision_used()}", seconds=seconds, warnings=warnings,
+                      stages={**case.stages, "segment": seconds})  # the case's preparation stages come first
 
     def precision_used(self) -> str:
         """e.g. "bf16", or "bf16+fp32" for an ensemble whose members differ."""

@@ -28,8 +28,10 @@ RECORD_KIND = "BrainTumorFusion case record"
 SUMMARY_NAME = "summary.csv"
 LOCK_NAME = ".summary.csv.lock"
 LOCK_TIMEOUT_S = 120  # rebuilding takes milliseconds; a lock held this long belongs to a hung file system
+STAGES = ("register", "skull_strip", "segment")  # seconds of each stage of a case (Result.stages)
 SUMMARY_COLUMNS = (("case_id", "status") + tuple(f"{name}_ml" for name in VOLUME_COLUMNS) + GRADES
-                   + ("seconds", "device", "model", "message"))
+                   + ("seconds", "device", "model")
+                   + tuple(f"{stage}_s" for stage in STAGES) + ("message",))
 
 Record = dict[str, Any]  # a record's JSON
 Row = dict[str, Any]  # one summary.csv row, column -> value
@@ -44,6 +46,9 @@ class RunSettings:
     grading_model: Optional[tuple[str, str]]  # (name, weights SHA-256) when grading, else None
     precision: str  # as asked: auto, fp32, bf16, fp16 (the precision used is in each record's device)
     library_version: str = __version__
+    # Input preparation (register, reference, skull_strip) as asked: ("register", "auto"), ...; empty for callers
+    # that prepare nothing
+    preparation: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_catalogue(cls, catalogue: Catalogue, model: str, members: Members, grade: bool, grading_model: str,
@@ -63,7 +68,8 @@ class RunSettings:
 
         return {"model": self.model, "members": [model(member) for member in self.members],
                 "grading_model": model(self.grading_model) if self.grading_model else None,
-                "precision": self.precision, "library_version": self.library_version}
+                "precision": self.precision, "library_version": self.library_version,
+                **({"preparation": dict(self.preparation)} if self.preparation else {})}
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """How a record's settings differ from these, in words ("model hafb, now segresnet")."""
@@ -71,9 +77,9 @@ class RunSettings:
         said = []
         for key, label in (("model", "model"), ("members", "segmentation weights"),
                            ("grading_model", "grading"), ("precision", "precision"),
-                           ("library_version", "library version")):
-            if recorded.get(key) != current[key]:
-                said.append(f"{label} {_words(recorded.get(key))}, now {_words(current[key])}")
+                           ("library_version", "library version"), ("preparation", "input preparation")):
+            if recorded.get(key) != current.get(key):
+                said.append(f"{label} {_words(recorded.get(key))}, now {_words(current.get(key))}")
         return said
 
 
@@ -81,6 +87,8 @@ def _words(value: Any) -> str:
     """A setting as said in a message: models by name and the start of their weights' SHA-256."""
     if value is None:
         return "none"
+    if isinstance(value, dict) and "name" not in value:  # input preparation: {"register": "auto", ...}
+        return ", ".join(f"{key} {setting}" for key, setting in value.items())
     if isinstance(value, dict):
         return f"{value.get('name')} ({str(value.get('weights_sha256'))[:12]})"
     if isinstance(value, list):
@@ -105,10 +113,10 @@ def _load(path: Path) -> Optional[Record]:
     return data if isinstance(data, dict) and data.get("record") == RECORD_KIND else None
 
 
-def done_record(settings: RunSettings, result: Result, outputs: list[str]) -> Record:
+def done_record(settings: RunSettings, result: Result, outputs: list[str], **details: Any) -> Record:
     return _record(result.case_name, settings, "done", "", outputs=outputs, volumes_ml=result.volumes_ml,
                    grade_probabilities=result.grade_probabilities, model_used=result.model, device=result.device,
-                   seconds=result.seconds, warnings=result.warnings)
+                   seconds=result.seconds, stages=result.stages, warnings=result.warnings, **details)
 
 
 def failed_record(case_id: str, settings: RunSettings, reason: str, **details: Any) -> Record:
@@ -132,6 +140,7 @@ def summary_row(record: Record) -> Row:
            "message": record["reason"] or " ".join(record.get("warnings", []))}
     row.update({f"{name}_ml": value for name, value in (record.get("volumes_ml") or {}).items()})
     row.update(record.get("grade_probabilities") or {})
+    row.update({f"{stage}_s": seconds for stage, seconds in (record.get("stages") or {}).items()})
     return {column: row.get(column, "") for column in SUMMARY_COLUMNS}
 
 

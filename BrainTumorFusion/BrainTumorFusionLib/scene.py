@@ -81,8 +81,10 @@ def volume_from_node(node: Optional[slicer.vtkMRMLNode], role: Optional[str] = N
 
 def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] = None,
                     t2: Optional[VolumeNode] = None, flair: Optional[VolumeNode] = None,
-                    name: Optional[str] = None) -> Case:
-    """Validated Case from up to four volume nodes (reference grid: first present in MODALITIES order)."""
+                    name: Optional[str] = None, **preparation) -> Case:
+    """Validated Case from up to four volume nodes (reference grid: T1ce's, or `reference`'s, when present, else the
+    first present in MODALITIES order). `preparation`: geometry.assemble_case's register, reference, skull_strip,
+    progress and should_cancel. The nodes are only read."""
     from .geometry import assemble_case  # lazy: keeps this module importable on its own
 
     nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
@@ -107,7 +109,39 @@ def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] 
     if name is None:
         reference = next((nodes[role] for role in MODALITIES if nodes[role] is not None), None)
         name = case_name_of(reference.GetName()) if reference is not None else "case"
-    return assemble_case(volumes, name)
+    return assemble_case(volumes, name, **preparation)
+
+
+def add_registration_transforms(scene: slicer.vtkMRMLScene, nodes: dict[str, Optional[VolumeNode]],
+                                transforms: dict[str, np.ndarray], reference_role: str) -> list:
+    """For each registered role: a linear transform node "BrainTumorFusion <role> to <reference>" placed above that
+    role's volume node, so the volume shows where the registration put it (on the result). `transforms`: role -> 4x4
+    RAS matrix moving the input's world coordinates onto the reference's (registration.ras_transform_to_parent).
+    Undo: take the volume out of the transform (Data module) or delete the transform node; the volume's voxels and
+    geometry are not touched. A volume already under a transform keeps it: the new node goes between the two."""
+    added, moved = [], []
+    try:
+        for role, matrix in transforms.items():
+            node = nodes[role]
+            parent = node.GetParentTransformNode()
+            moved.append((node, parent))
+            to_world = _transform_to_world(node, _describe(node, role))
+            name = f"BrainTumorFusion {DISPLAY_NAMES[role]} to {DISPLAY_NAMES[reference_role]}"
+            transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", scene.GenerateUniqueName(name))
+            added.append(transform)
+            # world = parent . this . volume, and it must equal registration . parent . volume
+            local = np.linalg.inv(to_world) @ np.asarray(matrix, dtype=float) @ to_world
+            transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(local))
+            if parent is not None:
+                transform.SetAndObserveTransformNodeID(parent.GetID())
+            _place_in_hierarchy(scene, transform, nodes.get(reference_role))
+            node.SetAndObserveTransformNodeID(transform.GetID())
+    except BaseException:
+        for node, parent in moved:  # the volumes go back under the transforms they had
+            node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
+        _remove_nodes(scene, added)
+        raise
+    return added
 
 
 def add_volume_node(scene: slicer.vtkMRMLScene, array: np.ndarray, ijk_to_ras: np.ndarray, name: str,

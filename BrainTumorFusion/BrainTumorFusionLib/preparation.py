@@ -1,0 +1,188 @@
+"""Input preparation: bring every input onto the reference input's grid (rigid registration when asked or needed,
+else resampling in physical space), then strip the skull when asked or needed. Each stage reports progress,
+honours cancel and is timed.
+
+register: "off" resamples in physical space (as the headers place the volumes) and only warns when an input on
+another grid looks misaligned; "on" registers every other input; "auto" registers an input that lies on another
+grid, or whose head lies less inside the reference's than in aligned BraTS cases (registration.HEAD_ALIGNED).
+skull_strip: "off", "on", or "auto" (only when an input is not skull-stripped already); skull_stripping.py.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import Cancelled, InputError
+from .modalities import DISPLAY_NAMES, MODALITIES
+from .plausibility import MIN_NEIGHBOUR_CORRELATION, SAMPLE, correlation
+from .registration import (DEFAULT_REFERENCE, HEAD_ALIGNED, REGISTER_MODES, Alignment, _Similarity, align,
+                           resample_registered)
+
+SKULL_STRIP_MODES = ("auto", "on", "off")
+Volume = tuple[np.ndarray, np.ndarray]  # (array (K, J, I), IJK-to-RAS)
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Prepared:
+    volumes: dict[str, np.ndarray]  # role -> float32 array on the reference grid
+    reference_role: str
+    alignments: dict[str, Alignment] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def reference_role_of(present_roles: list[str], reference: str = DEFAULT_REFERENCE) -> str:
+    """The asked reference role when it is present, else the first present role in MODALITIES order."""
+    if reference not in MODALITIES:
+        raise InputError(f"Unknown reference '{reference}': choose one of {', '.join(MODALITIES)}.")
+    return reference if reference in present_roles else present_roles[0]
+
+
+def check_modes(register: str, skull_strip: str) -> None:
+    if register not in REGISTER_MODES:
+        raise InputError(f"Unknown registration setting '{register}': choose one of {', '.join(REGISTER_MODES)}.")
+    if skull_strip not in SKULL_STRIP_MODES:
+        raise InputError(f"Unknown skull stripping setting '{skull_strip}': choose one of "
+                         f"{', '.join(SKULL_STRIP_MODES)}.")
+
+
+def shows_anatomy(array: np.ndarray) -> bool:
+    """Neighbouring non-zero voxels correlate as in an image (plausibility's threshold); noise does not, and its
+    similarity to anything is meaningless, so it is neither judged nor registered (plausibility warns about it)."""
+    flat = array.reshape(-1)
+    nonzero = np.flatnonzero(flat[:-1] != 0)
+    sample = nonzero[:: max(nonzero.size // SAMPLE, 1)]
+    return sample.size > 1 and correlation(flat[sample], flat[sample + 1]) >= MIN_NEIGHBOUR_CORRELATION
+
+
+def _check_cancel(should_cancel: Optional[Callable[[], bool]]) -> None:
+    if should_cancel and should_cancel():
+        raise Cancelled("Cancelled by the user; nothing was written.")
+
+
+def prepare_volumes(volumes: dict[str, Volume], register: str = "off", reference: str = DEFAULT_REFERENCE,
+                    skull_strip: str = "off", progress: Optional[Progress] = None,
+                    should_cancel: Optional[Callable[[], bool]] = None) -> Prepared:
+    """Every present volume (role -> (array, IJK-to-RAS), checked by geometry.check_volume) on the reference
+    role's grid, registered and skull-stripped as the modes say."""
+    from .geometry import image_from_array, same_grid as grids_match  # geometry imports this module
+
+    check_modes(register, skull_strip)
+    report = progress or (lambda fraction, message: None)
+    register_end = 0.6 if skull_strip != "off" else 1.0  # share of the progress bar before skull stripping
+    roles = [role for role in MODALITIES if role in volumes]
+    reference_role = reference_role_of(roles, reference)
+    reference_array, reference_matrix = volumes[reference_role]
+    reference_image = image_from_array(reference_array.astype(np.float32, copy=False), reference_matrix)
+    prepared = Prepared({reference_role: reference_array.astype(np.float32, copy=False)}, reference_role)
+    reference_anatomy = shows_anatomy(reference_array)
+    similarity = _Similarity(reference_image) if register != "off" or reference_anatomy else None
+    others = [role for role in roles if role != reference_role]
+    started = time.perf_counter()
+    for index, role in enumerate(others):
+        _check_cancel(should_cancel)
+        array, matrix = volumes[role]
+
+        def part(fraction, message, index=index):  # this input's share of the registration's progress
+            report(register_end * (index + fraction) / len(others), message)
+
+        on_grid = grids_match(array.shape, matrix, reference_array.shape, reference_matrix)
+        moving = image_from_array(array.astype(np.float32, copy=False), matrix)
+        judged = reference_anatomy and shows_anatomy(array)
+        registering = register == "on" or (register == "auto" and judged and (
+            not on_grid or _misaligned(moving, similarity)))
+        if registering:
+            alignment, warnings = align(reference_image, moving, role, reference_role, part, should_cancel,
+                                        similarity=similarity)
+            prepared.alignments[role] = alignment
+            prepared.warnings += warnings
+            prepared.volumes[role] = resample_registered(moving, reference_image, alignment.transform)
+        else:
+            if not on_grid:
+                prepared.warnings.append(
+                    f"{DISPLAY_NAMES[role]} lies on a different voxel grid than {DISPLAY_NAMES[reference_role]}; it "
+                    "was resampled onto that grid (linear interpolation).")
+                if judged:  # a separately acquired series may have moved: say so instead of a silent misfit
+                    prepared.warnings += _misalignment_warning(role, reference_role, moving, similarity)
+            prepared.volumes[role] = (array.astype(np.float32, copy=False) if on_grid else
+                                      resample_registered(moving, reference_image, sitk.Transform()))
+        if not np.any(prepared.volumes[role]):
+            raise InputError(
+                f"{DISPLAY_NAMES[role]} does not overlap {DISPLAY_NAMES[reference_role]} in physical space. Register "
+                "the volumes first (e.g. the General Registration (BRAINS) module), or run with registration on.")
+    if prepared.alignments:
+        prepared.stages["register"] = round(time.perf_counter() - started, 2)
+    _check_cancel(should_cancel)
+    _strip_skull(prepared, reference_image, skull_strip,
+                 lambda fraction, message: report(register_end + (1 - register_end) * fraction, message), should_cancel)
+    if prepared.stages:  # nothing to say, and no progress to show, when nothing was registered or stripped
+        report(1.0, "Inputs prepared")
+    return prepared
+
+
+def _misaligned(moving: sitk.Image, similarity: _Similarity) -> bool:
+    """As the headers place it, the input's head lies less inside the reference's (or the reference's inside the
+    input's) than in any aligned BraTS case (registration.HEAD_ALIGNED)."""
+    return similarity.head_containment(sitk.Cast(moving, sitk.sitkFloat32), sitk.Euler3DTransform()) < HEAD_ALIGNED
+
+
+def _misalignment_warning(role: str, reference_role: str, moving: sitk.Image, similarity: _Similarity) -> list[str]:
+    if not _misaligned(moving, similarity):
+        return []
+    label, reference_label = DISPLAY_NAMES[role], DISPLAY_NAMES[reference_role]
+    return [f"{label} is probably misaligned with {reference_label} (its head overlaps the {reference_label} head less "
+            "than in any aligned BraTS case): the segmentation may be wrong; run with registration on (Register "
+            "inputs: auto or on, --register auto|on) or register them yourself."]
+
+
+def _has_skull(array: np.ndarray, spacing) -> bool:
+    """Not skull-stripped (skull_stripping.is_skull_stripped) and more non-zero voxels than a brain fills: an
+    image smaller than that (a slab, a synthetic test volume) has no skull to strip, and plausibility says it is
+    small."""
+    from . import skull_stripping
+
+    nonzero_ml = np.count_nonzero(array) * float(np.prod(spacing)) / 1000.0
+    return nonzero_ml > skull_stripping.MAX_BRAIN_ML and not skull_stripping.is_skull_stripped(array, spacing)
+
+
+def _strip_skull(prepared: Prepared, reference_image: sitk.Image, mode: str, report: Progress,
+                 should_cancel: Optional[Callable[[], bool]]) -> None:
+    """Zero every volume outside the brain mask of the reference, when asked or (auto) when any input still has
+    its skull."""
+    if mode == "off":
+        return
+    from . import skull_stripping
+
+    spacing = reference_image.GetSpacing()
+    if mode == "auto" and not any(_has_skull(array, spacing) for array in prepared.volumes.values()):
+        return
+    started = time.perf_counter()
+    report(0.0, "Skull stripping")
+    # deepbet was trained on T1-weighted heads: T1 when there is one (now on the reference grid), else the reference
+    image = sitk.GetImageFromArray(prepared.volumes.get("t1", prepared.volumes[prepared.reference_role]))
+    image.CopyInformation(reference_image)
+    mask = sitk.GetArrayViewFromImage(skull_stripping.brain_mask(image, report, should_cancel)) > 0
+    for role, array in prepared.volumes.items():
+        prepared.volumes[role] = np.where(mask, array, np.float32(0.0)).astype(np.float32)
+    prepared.stages["skull_strip"] = round(time.perf_counter() - started, 2)
+
+
+def labels_on_input_grids(labels: np.ndarray, case) -> dict[str, sitk.Image]:
+    """The label map (on the case's reference grid) on each other input's own grid, role -> uint8 image: through the
+    inverse of its registration (as the headers place it when it was not registered), nearest neighbour."""
+    from .geometry import image_from_array
+    from .registration import labels_on_input_grid
+
+    on_reference = image_from_array(np.asarray(labels, dtype=np.uint8), case.ijk_to_ras)
+    out = {}
+    for role, (shape, matrix) in case.input_grids.items():
+        if role == case.reference_role:
+            continue
+        alignment = case.alignments.get(role)
+        transform = alignment.transform if alignment is not None else sitk.Euler3DTransform()
+        out[role] = labels_on_input_grid(on_reference, image_from_array(np.zeros(shape, np.uint8), matrix), transform)
+    return out
