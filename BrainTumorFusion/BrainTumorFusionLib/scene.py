@@ -112,16 +112,27 @@ def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] 
     return assemble_case(volumes, name, **preparation)
 
 
+def _moves_nothing(matrix: np.ndarray) -> bool:
+    """The rigid RAS matrix shifts by under 0.1 mm and turns by under 0.1 degree."""
+    matrix = np.asarray(matrix, dtype=float)
+    rotation_degrees = np.degrees(np.arccos(np.clip((np.trace(matrix[:3, :3]) - 1) / 2, -1.0, 1.0)))
+    return bool(np.linalg.norm(matrix[:3, 3]) < 0.1 and rotation_degrees < 0.1)
+
+
 def add_registration_transforms(scene: slicer.vtkMRMLScene, nodes: dict[str, Optional[VolumeNode]],
                                 transforms: dict[str, np.ndarray], reference_role: str) -> list:
     """For each registered role: a linear transform node "BrainTumorFusion <role> to <reference>" placed above that
     role's volume node, so the volume shows where the registration put it (on the result). `transforms`: role -> 4x4
     RAS matrix moving the input's world coordinates onto the reference's (registration.ras_transform_to_parent).
     Undo: take the volume out of the transform (Data module) or delete the transform node; the volume's voxels and
-    geometry are not touched. A volume already under a transform keeps it: the new node goes between the two."""
+    geometry are not touched. A volume already under a transform keeps it: the new node goes between the two. A
+    registration that moves nothing (under 0.1 mm and 0.1 degree, e.g. a second run on volumes already placed by the
+    first) adds no node."""
     added, moved = [], []
     try:
         for role, matrix in transforms.items():
+            if _moves_nothing(matrix):
+                continue
             node = nodes[role]
             parent = node.GetParentTransformNode()
             moved.append((node, parent))

@@ -117,3 +117,17 @@ def test_a_failed_registration_leaves_the_scene_unchanged(kit, brats_dir, tmp_pa
                                       pipeline=Pipeline(device="cpu", segmenter=intensity_model(handles_missing=True)))
     assert kit.state() == state and flair.GetParentTransformNode() is None
     np.testing.assert_array_equal(node_geometry(flair)[0], geometry[0])
+
+
+def test_a_registration_that_moves_nothing_adds_no_node(kit, brats_dir):
+    """A second run on volumes the first registration placed finds (about) the identity: no second node."""
+    t1ce = kit.volumes.AddArchetypeVolume(str(brats_dir / CASE / f"{CASE}_t1ce.nii.gz"), f"{CASE}_t1ce")
+    t2 = kit.volumes.AddArchetypeVolume(str(brats_dir / CASE / f"{CASE}_t2.nii.gz"), f"{CASE}_t2")
+    state = kit.state()
+    nearly = np.eye(4)
+    nearly[:3, 3] = [0.02, -0.03, 0.01]
+    assert add_registration_transforms(kit.scene, {"t1ce": t1ce, "t2": t2}, {"t2": nearly}, "t1ce") == []
+    assert kit.state() == state and t2.GetParentTransformNode() is None
+    shifted = nearly.copy()
+    shifted[0, 3] = 1.0
+    assert len(add_registration_transforms(kit.scene, {"t1ce": t1ce, "t2": t2}, {"t2": shifted}, "t1ce")) == 1
