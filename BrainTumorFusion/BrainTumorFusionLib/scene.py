@@ -113,10 +113,11 @@ def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] 
 
 
 def _moves_nothing(matrix: np.ndarray) -> bool:
-    """The rigid RAS matrix shifts by under 0.1 mm and turns by under 0.1 degree."""
+    """The rigid RAS matrix shifts by under 0.5 mm and turns by under 0.5 degree: nothing the 2 mm registration can
+    tell from its own noise."""
     matrix = np.asarray(matrix, dtype=float)
     rotation_degrees = np.degrees(np.arccos(np.clip((np.trace(matrix[:3, :3]) - 1) / 2, -1.0, 1.0)))
-    return bool(np.linalg.norm(matrix[:3, 3]) < 0.1 and rotation_degrees < 0.1)
+    return bool(np.linalg.norm(matrix[:3, 3]) < 0.5 and rotation_degrees < 0.5)
 
 
 def add_registration_transforms(scene: slicer.vtkMRMLScene, nodes: dict[str, Optional[VolumeNode]],
@@ -126,7 +127,7 @@ def add_registration_transforms(scene: slicer.vtkMRMLScene, nodes: dict[str, Opt
     RAS matrix moving the input's world coordinates onto the reference's (registration.ras_transform_to_parent).
     Undo: take the volume out of the transform (Data module) or delete the transform node; the volume's voxels and
     geometry are not touched. A volume already under a transform keeps it: the new node goes between the two. A
-    registration that moves nothing (under 0.1 mm and 0.1 degree, e.g. a second run on volumes already placed by the
+    registration that moves nothing (under 0.5 mm and 0.5 degree, e.g. a second run on volumes already placed by the
     first) adds no node."""
     added, moved = [], []
     try:
