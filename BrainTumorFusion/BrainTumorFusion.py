@@ -22,7 +22,7 @@ from BrainTumorFusionLib.errors import BrainTumorFusionError
 from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.process_runner import BackgroundProcess
-from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, WARNINGS_ATTRIBUTE
+from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUTE, WARNINGS_ATTRIBUTE
 
 
 class BrainTumorFusion(ScriptedLoadableModule):
@@ -38,7 +38,7 @@ class BrainTumorFusion(ScriptedLoadableModule):
             "Model 'ensemble' averages the models listed in Members (empty: the default ones shown there).<br>"
             "The result is a segmentation node '&lt;case&gt; tumor' and a table of volumes (mL).<br>"
             "<b>Python console</b>: <code>logic = slicer.util.getModuleLogic('BrainTumorFusion')</code>; "
-            "<code>seg = logic.segment(t1=n1, t1ce=n2, t2=n3, flair=n4, model='hafb', device='auto', "
+            "<code>seg = logic.segment(t1=n1, t1ce=n2, t2=n3, flair=n4, model='auto', device='auto', "
             "precision='auto')</code> "
             "(or <code>model='ensemble', members='hafb,segresnet'</code>); "
             "<code>logic.grade(t1=n1, t1ce=n2, t2=n3, flair=n4)</code>.<br>"
@@ -224,6 +224,10 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentation.CreateClosedSurfaceRepresentation()
             status = _("Done: {name} ({model})").format(name=segmentation.GetName(),
                                                           model=segmentation.GetAttribute(MODEL_ATTRIBUTE))
+            choice = segmentation.GetAttribute(MODEL_CHOICE_ATTRIBUTE)
+            if choice:  # the model "auto": what it chose and why, on the status line and in the log
+                self.ui.logTextEdit.appendPlainText(_("Model choice: {choice}").format(choice=choice))
+                status += " - " + choice
             warnings = (segmentation.GetAttribute(WARNINGS_ATTRIBUTE) or "").splitlines()
             for warning in warnings:
                 self.ui.logTextEdit.appendPlainText(_("Warning: {warning}").format(warning=warning))

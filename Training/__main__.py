@@ -10,6 +10,7 @@ from pathlib import Path
 from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
 
 from . import grading_cli
+from .choose_auto import choose_auto
 from .config import TrainConfig, config_from_args, spacing_argument
 from .data import discover, prepare_cache
 from .evaluate import evaluate
@@ -125,6 +126,12 @@ def build_parser():
                          "--save-predictions)")
     cleanup.add_argument("--data-dir", required=True, type=Path, help="the cases with their ground truth")
 
+    auto = commands.add_parser("choose-auto", help="measure every combination of the catalogue's segmentation models "
+                               "on the validation cases and write the catalogue's 'auto' table")
+    auto.add_argument("--data-dir", required=True, type=Path)
+    auto.add_argument("--catalogue", type=Path, help="catalogue JSON (default: the module's Resources/models.json)")
+    auto.add_argument("--output", type=Path, help="also write the table as CSV here")
+
     export = commands.add_parser("export", help="weights file + catalogue entry")
     export.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder (best.pt)")
     export.add_argument("--name", required=True, help="catalogue name of the model")
@@ -175,6 +182,11 @@ def main(argv=None):
         print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
     elif args.command == "tune-cleanup":
         tune(load_pairs(args.predictions, args.data_dir))
+    elif args.command == "choose-auto":
+        rows = choose_auto(args.data_dir, args.catalogue or SHIPPED_CATALOGUE, args.output)
+        for row in rows:
+            print(f"{'+'.join(row['members']):45s} " + " ".join(f"{k} {v:.4f}" for k, v in row["dice"].items())
+                  + f"  worst WT {row['worst_wt']:.4f}  {row['cpu_seconds']:.2f} s")
     elif args.command == "export":
         entry = export(args.checkpoint, args.name, args.catalogue or SHIPPED_CATALOGUE, args.title, args.metrics,
                        args.dtype, args.size_limit_mb, args.data_description, args.window)

@@ -31,7 +31,8 @@ from .network_recipes import build_network, uses_modality_dropout
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = tuple(f"dice_{r}" for r in REGIONS) + tuple(f"hd95_{r}" for r in REGIONS)
+METRIC_COLUMNS = (tuple(f"dice_{r}" for r in REGIONS) + tuple(f"hd95_{r}" for r in REGIONS)
+                  + tuple(f"lesion_dice_{r}" for r in REGIONS))
 COLUMNS = ("case_id",) + METRIC_COLUMNS + ("seconds",)
 MEAN_ROW = "mean"
 
@@ -90,7 +91,7 @@ def read_means(path):
     mean = next((r for r in rows if r["case_id"] == MEAN_ROW), None)
     if mean is None:
         raise ValueError(f"{path} has no `{MEAN_ROW}` row; is it an evaluation CSV of Training.evaluate?")
-    out = {k: float(mean[k]) for k in METRIC_COLUMNS}
+    out = {k: float(mean[k]) for k in METRIC_COLUMNS if k in mean}  # older CSVs have no lesion-wise columns
     out["cases"] = len(rows) - 1
     return out
 

@@ -49,8 +49,10 @@ def export_state_dict(network, dtype="auto", size_limit_mb=SIZE_LIMIT_MB):
 
 def metrics_entry(csv_path):
     means = read_means(csv_path)
+    lesion_wise = ({"lesion_dice": {r: round(means[f"lesion_dice_{r}"], 4) for r in REGIONS}}
+                   if f"lesion_dice_{REGIONS[0]}" in means else {})  # evaluations before Panoptica lack them
     return {"dice": {r: round(means[f"dice_{r}"], 4) for r in REGIONS},
-            "hd95_mm": {r: round(means[f"hd95_{r}"], 2) for r in REGIONS},
+            "hd95_mm": {r: round(means[f"hd95_{r}"], 2) for r in REGIONS}, **lesion_wise,
             "cases": means["cases"], "evaluation": Path(csv_path).name}
 
 

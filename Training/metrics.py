@@ -4,6 +4,7 @@ Dice: MONAI's `compute_dice` (ignore_empty=False: both masks empty -> 1, only on
 HD95: MONAI's `compute_hausdorff_distance(percentile=95)` in mm (spacing of the grid; it needs SciPy). Both masks
 empty -> 0; only one empty -> the diagonal of the volume in mm (373.13 mm for the BraTS 240 x 240 x 155 grid, the
 value the BraTS evaluation uses).
+Lesion-wise Dice (BraTS 2023+ ranks on it): Panoptica with its BraTS evaluator configuration on each region mask.
 """
 
 import math
@@ -34,9 +35,36 @@ def hd95(pred, truth, spacing=(1.0, 1.0, 1.0)):
     return float(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=list(spacing))[0, 0])
 
 
+def lesion_wise_dice(pred, truth):
+    """Panoptic-quality Dice of two boolean arrays by Panoptica's BraTS configuration: lesions are connected
+    components, matched one to one at IoU > 0.5; the mean Dice of matched lesions times the F1 of lesion detection,
+    so every missed lesion and every false island counts. Both masks empty -> 1 (as legacy Dice). The region mask
+    is given, so BraTS label values (4 or 3 for enhancing) do not matter here."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if not pred.any() and not truth.any():
+        return 1.0
+    (result,) = _panoptica_evaluator().evaluate(pred.astype(np.uint8), truth.astype(np.uint8), log_times=False,
+                                                 verbose=False).values()
+    return float(result.pq_dsc)
+
+
+_EVALUATOR = []
+
+
+def _panoptica_evaluator():
+    if not _EVALUATOR:  # Panoptica is a Training dependency only; import it (and its banner) once, when needed
+        from panoptica import Panoptica_Evaluator
+        from panoptica.utils.citation_reminder import disable_citation_reminder
+        from panoptica.utils.filepath import config_by_name
+
+        disable_citation_reminder()
+        _EVALUATOR.append(Panoptica_Evaluator.load_from_config(config_by_name("panoptica_evaluator_BRATS")))
+    return _EVALUATOR[0]
+
+
 def region_metrics(pred_labels, true_labels, spacing=None):
-    """{"dice_WT": ..., "dice_TC": ..., "dice_ET": ..., ["hd95_WT": ... when spacing is given]} of two BraTS
-    label maps (K, J, I); spacing (mm) in (I, J, K) order as the library's geometry gives it."""
+    """{"dice_WT": ..., "dice_TC": ..., "dice_ET": ..., ["hd95_WT": ..., "lesion_dice_WT": ... when spacing is
+    given]} of two BraTS label maps (K, J, I); spacing (mm) in (I, J, K) order as the library's geometry gives it."""
     pred_regions, true_regions = regions_from_labels(pred_labels), regions_from_labels(true_labels)
     out = {}
     for i, region in enumerate(REGIONS):
@@ -45,4 +73,6 @@ def region_metrics(pred_labels, true_labels, spacing=None):
         spacing_dhw = tuple(float(s) for s in reversed(tuple(spacing)))
         for i, region in enumerate(REGIONS):
             out[f"hd95_{region}"] = hd95(pred_regions[i], true_regions[i], spacing_dhw)
+        for i, region in enumerate(REGIONS):
+            out[f"lesion_dice_{region}"] = lesion_wise_dice(pred_regions[i], true_regions[i])
     return out

@@ -3,8 +3,9 @@
 `python -m Training tune-cleanup --predictions runs/pred/ensemble --data-dir ../shared/data/brats` reads every
 `<case>_seg.nii.gz` of --predictions (as written by `evaluate --save-predictions`) and its ground truth, then
 tries each step's volumes one step at a time, in the order the library applies them (nnU-Net's way of choosing
-its postprocessing): a value is kept only when it raises the mean Dice of the region it changes by more than
-`MIN_GAIN` over the best so far; the next step starts from the choices made. Prints one table row per value.
+its postprocessing): a value is kept only when it raises the mean Dice or the mean lesion-wise Dice (BraTS 2023+,
+which every false island lowers) of the region it changes by more than `MIN_GAIN` over the best so far and lowers
+neither by more than `MIN_GAIN`; the next step starts from the choices made. Prints one table row per value.
 """
 
 import dataclasses
@@ -17,12 +18,12 @@ from BrainTumorFusionLib.geometry import ijk_to_ras_of
 from BrainTumorFusionLib.postprocessing import Cleanup, clean_labels
 
 from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid, regions_from_labels
-from .metrics import dice
+from .metrics import dice, lesion_wise_dice
 
 # (Cleanup field, region it is scored on, volumes tried in mL)
-STEPS = (("wt_island_ml", "WT", (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)),
-         ("tc_island_ml", "TC", (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)),
-         ("et_island_ml", "ET", (0.0, 0.02, 0.05, 0.1, 0.25, 0.5)),
+STEPS = (("wt_island_ml", "WT", (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)),
+         ("tc_island_ml", "TC", (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)),
+         ("et_island_ml", "ET", (0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)),
          ("min_enhancing_ml", "ET", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)))
 MIN_GAIN = 0.002  # below this a step is noise on a few validation cases: leave it off
 
@@ -47,28 +48,41 @@ def load_pairs(predictions_dir, data_dir):
 
 
 def mean_dice(pairs, cleanup):
-    """Mean Dice per region over the cases after `cleanup`."""
-    scores = np.zeros(len(REGIONS))
+    """({region: mean Dice}, {region: mean lesion-wise Dice}) over the cases after `cleanup`."""
+    scores, lesions = np.zeros(len(REGIONS)), np.zeros(len(REGIONS))
     for _, predicted, truth, voxel_ml in pairs:
         cleaned = regions_from_labels(clean_labels(predicted, voxel_ml, cleanup))
         expected = regions_from_labels(truth)
         scores += [dice(cleaned[i], expected[i]) for i in range(len(REGIONS))]
-    return dict(zip(REGIONS, scores / len(pairs)))
+        lesions += [lesion_wise_dice(cleaned[i], expected[i]) for i in range(len(REGIONS))]
+    return dict(zip(REGIONS, scores / len(pairs))), dict(zip(REGIONS, lesions / len(pairs)))
+
+
+def better(trial, best, region):
+    """Whether a trial's (Dice, lesion-wise Dice) of `region` gains more than MIN_GAIN on one and loses at most
+    MIN_GAIN on the other."""
+    gains = [new[region] - old[region] for new, old in zip(trial, best)]
+    return max(gains) > MIN_GAIN and min(gains) >= -MIN_GAIN
 
 
 def tune(pairs, printer=print):
-    """The chosen Cleanup; prints `| step | mL | WT | TC | ET | kept |` rows."""
+    """The chosen Cleanup; prints `| step | mL | Dice WT | TC | ET | lesion-wise WT | TC | ET | kept |` rows."""
     chosen = Cleanup()
     best = mean_dice(pairs, chosen)
-    printer(f"{len(pairs)} cases; without clean-up WT {best['WT']:.4f} TC {best['TC']:.4f} ET {best['ET']:.4f}\n")
-    printer("| step | mL | WT | TC | ET | kept |\n|---|---:|---:|---:|---:|---|")
+
+    def row(scores):
+        return " | ".join(f"{part[r]:.4f}" for part in scores for r in REGIONS)
+
+    printer(f"{len(pairs)} cases\n")
+    printer("| step | mL | Dice WT | TC | ET | lesion-wise WT | TC | ET | kept |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    printer(f"| none | - | {row(best)} | |")
     for field, region, volumes in STEPS:
         for volume in volumes[1:]:
             trial = dataclasses.replace(chosen, **{field: volume})
             scores = mean_dice(pairs, trial)
-            kept = scores[region] > best[region] + MIN_GAIN
-            printer(f"| {field} | {volume} | {scores['WT']:.4f} | {scores['TC']:.4f} | {scores['ET']:.4f} | "
-                    f"{'yes' if kept else ''} |")
+            kept = better(scores, best, region)
+            printer(f"| {field} | {volume} | {row(scores)} | {'yes' if kept else ''} |")
             if kept:
                 # Later volumes of the same step compete with this one.
                 chosen, best = trial, scores

@@ -56,6 +56,7 @@ class Result:
     volumes_ml: dict[str, float]  # NCR, ED, ET, TC, WT
     grade_probabilities: Optional[dict[str, float]] = None  # {"HGG": p, "LGG": p} when grading was asked for
     model: str = ""
+    model_choice: str = ""  # with the model "auto": what it chose and why
     device: str = ""
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)

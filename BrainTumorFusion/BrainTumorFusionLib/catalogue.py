@@ -23,12 +23,15 @@ if TYPE_CHECKING:
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
 SHIPPED_CATALOGUE = RESOURCES / "models.json"
 SHIPPED_WEIGHTS = RESOURCES / "Weights"
-# The models used when none is named: GUI, console, command line and Training all read these two.
-DEFAULT_MODEL = "hafb"  # the only shipped model that handles missing modalities
-DEFAULT_GRADER = "cmg"
 # Reserved model name: averages the region probabilities of several segmentation models. An entry with
 # "default_ensemble": false is left out of the default members (it can still be named as a member).
 ENSEMBLE = "ensemble"
+# Reserved model name: per case, the most accurate measured choice of the catalogue's "auto" table that runs on
+# the modalities present within the time budget (auto_choice.py).
+AUTO = "auto"
+# The models used when none is named: GUI, console, command line and Training all read these two.
+DEFAULT_MODEL = AUTO
+DEFAULT_GRADER = "cmg"
 # Ensemble members: a list of names or one comma-separated string ("hafb, segresnet").
 Members = Union[str, Sequence[str], None]
 
@@ -183,16 +186,77 @@ def file_sha256(path: Union[str, os.PathLike]) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class MeasuredChoice:
+    """One row of a catalogue's "auto" table: a model or an ensemble, with figures measured on the validation
+    cases (four modalities) by `python -m Training choose-auto`."""
+
+    members: tuple[tuple[str, str], ...]  # (name, weights SHA-256) of each network it runs; 2 or more: an ensemble
+    dice: dict[str, float]  # validation mean Dice of WT, TC, ET
+    cpu_seconds: float  # per case on the measuring CPU (the table's "hardware")
+    worst_wt: float = 1.0  # the lowest whole-tumor Dice of a validation case
+
+    @property
+    def model(self) -> str:
+        return ENSEMBLE if len(self.members) > 1 else self.members[0][0]
+
+    @property
+    def member_names(self) -> list[str]:
+        return [name for name, _ in self.members]
+
+    @property
+    def mean_dice(self) -> float:
+        return sum(self.dice.values()) / len(self.dice)
+
+
+@dataclass(frozen=True)
+class AutoTable:
+    choices: tuple[MeasuredChoice, ...] = ()
+    cpu_seconds_limit: float = 10.0  # a choice slower than this per case on a CPU is not taken there
+    hardware: str = ""
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "AutoTable":
+        def get(item: Any, path: str, expected: str, valid: Callable[[Any], bool], place: str,
+                default: Any = _REQUIRED) -> Any:
+            return _field(item, path, expected, valid, place, default)
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+        if not isinstance(data, dict):
+            raise ModelError(f"{where} is {_shown(data)}, not an object such as {{\"choices\": [...]}}. {_FIX}")
+        rows = get(data, "choices", "a list of measured choices", lambda v: isinstance(v, list), where)
+        choices = []
+        for number_, row in enumerate(rows, 1):
+            place = f"{where}, choice {number_}"
+            if not isinstance(row, dict):
+                raise ModelError(f"{place} is {_shown(row)}, not an object. {_FIX}")
+            members = get(row, "members", 'a list of {"name": ..., "weights_sha256": ...}', lambda v: (
+                isinstance(v, list) and bool(v) and all(isinstance(m, dict) and _text(m.get("name"))
+                                                        and _text(m.get("weights_sha256")) for m in v)), place)
+            dice = get(row, "dice", 'an object {"WT": ..., "TC": ..., "ET": ...} of numbers', lambda v: (
+                isinstance(v, dict) and set(v) == {"WT", "TC", "ET"} and all(map(number, v.values()))), place)
+            choices.append(MeasuredChoice(
+                members=tuple((m["name"], m["weights_sha256"].lower()) for m in members), dice=dict(dice),
+                cpu_seconds=float(get(row, "cpu_seconds", "a number of seconds", number, place)),
+                worst_wt=float(get(row, "worst_wt", "a number from 0 to 1", lambda v: number(v) and v <= 1, place,
+                                   1.0))))
+        return cls(choices=tuple(choices), hardware=get(data, "hardware", "a string", _text, where, ""),
+                   cpu_seconds_limit=float(get(data, "cpu_seconds_limit", "a number of seconds", number, where, 10.0)))
+
+
 class Catalogue:
-    def __init__(self, entries: Iterable[ModelEntry] = ()):
+    def __init__(self, entries: Iterable[ModelEntry] = (), auto: Optional[AutoTable] = None):
         self.entries: dict[str, ModelEntry] = {}
         for entry in entries:
             self.entries[entry.name] = entry
+        self.auto = auto or AutoTable()
 
     @classmethod
     def load(cls, extra_files: Iterable[Union[str, os.PathLike]] = ()) -> "Catalogue":
         """Shipped catalogue plus extra catalogue files (their entries win on equal names)."""
-        entries = []
+        entries, auto = [], None
         for path, weights_folder in [(SHIPPED_CATALOGUE, SHIPPED_WEIGHTS)] + [(Path(p), Path(p).parent)
                                                                            for p in extra_files]:
             try:
@@ -207,7 +271,9 @@ class Catalogue:
                                  f"entries; it is {_shown(data)}. Wrap the entries in {{\"models\": [...]}}.")
             entries += [ModelEntry.from_json(item, weights_folder, f"Model catalogue {path}, entry {number}")
                         for number, item in enumerate(models, 1)]
-        return cls(entries)
+            if "auto" in data:  # a later file's table replaces an earlier one, as its entries do
+                auto = AutoTable.from_json(data["auto"], f"Model catalogue {path}, field 'auto'")
+        return cls(entries, auto)
 
     def names(self, task: Optional[str] = None) -> list[str]:
         return sorted(name for name, entry in self.entries.items() if task in (None, entry.task))
@@ -220,9 +286,11 @@ class Catalogue:
         return entry
 
     def segmentation_choices(self) -> list[str]:
-        """What a user can pick to segment: every segmentation model, plus "ensemble" when two or more exist."""
+        """What a user can pick to segment: "auto" first when the catalogue has a measured table, every
+        segmentation model, and "ensemble" when two or more exist."""
         names = self.names("segmentation")
-        return names + [ENSEMBLE] if len(names) >= 2 else names
+        names = names + [ENSEMBLE] if len(names) >= 2 else names
+        return [AUTO] + names if self.auto.choices else names
 
     def default_ensemble(self) -> list[str]:
         """The ensemble's members when none are named: every segmentation model, except entries that opt out.
@@ -238,8 +306,8 @@ class Catalogue:
         available = ", ".join(self.names("segmentation")) or "none"
         for index, name in enumerate(names):
             entry = self.entries.get(name)
-            if name == ENSEMBLE:
-                raise ModelError(f"'{ENSEMBLE}' cannot be a member of an ensemble. List segmentation models: "
+            if name in (ENSEMBLE, AUTO):
+                raise ModelError(f"'{name}' cannot be a member of an ensemble. List segmentation models: "
                                  f"{available}.")
             if entry is None:
                 raise ModelError(f"Unknown ensemble member '{name}'. Available segmentation models: {available}.")

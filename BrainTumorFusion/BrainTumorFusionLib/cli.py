@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .catalogue import DEFAULT_GRADER, DEFAULT_MODEL
+from .catalogue import AUTO, DEFAULT_GRADER, DEFAULT_MODEL
 from .errors import BrainTumorFusionError, Cancelled
 from .inference import PRECISIONS
 from .modalities import MODALITIES
@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_model_options(command):
-        command.add_argument("--model", default=DEFAULT_MODEL, help="segmentation model from the catalogue (default "
-                             f"{DEFAULT_MODEL}), or 'ensemble' to average several")
+        command.add_argument("--model", default=DEFAULT_MODEL, help=f"'{AUTO}' (default): per case the most accurate "
+                             "measured choice for the modalities present within 10 s per case on a CPU (the models "
+                             "command lists the table); a segmentation model of the catalogue; or 'ensemble' to "
+                             "average several")
         command.add_argument("--members", metavar="A,B,...",
                              help="with --model ensemble: comma-separated segmentation models to average (default: "
                              "every segmentation model of the catalogue; see the models command)")
@@ -148,9 +150,9 @@ def run_predict(args: argparse.Namespace) -> int:
         for role, labels in labels_on_input_grids(result.labels, case).items():
             write_labels(sitk.GetArrayFromImage(labels), labels, args.output_dir / f"labels_{role}.nrrd")
     summary = {"case_name": result.case_name, "volumes_ml": result.volumes_ml,
-               "grade_probabilities": result.grade_probabilities, "model": result.model, "device": result.device,
-               "seconds": result.seconds, "warnings": result.warnings,
-               "stages": result.stages, "reference": case.reference_role,
+               "grade_probabilities": result.grade_probabilities, "model": result.model,
+               "model_choice": result.model_choice, "device": result.device, "seconds": result.seconds,
+               "warnings": result.warnings, "stages": result.stages, "reference": case.reference_role,
                "registration": [alignment.as_json() for alignment in case.alignments.values()]}
     write_atomically(lambda target: Path(target).write_text(json.dumps(summary, indent=1)),
                      args.output_dir / "result.json")
@@ -158,7 +160,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from .catalogue import ENSEMBLE, Catalogue
+    from .auto_choice import describe, usable_choices
+    from .catalogue import AUTO, ENSEMBLE, Catalogue
+    from .errors import ModelError
 
     catalogue = Catalogue.load(args.catalogue)
     if not catalogue.entries:
@@ -172,6 +176,16 @@ def run_models(args: argparse.Namespace) -> int:
     if ENSEMBLE in catalogue.segmentation_choices():
         print(f"{ENSEMBLE:12s} {'segmentation':13s} mean of --members (default: "
               f"{','.join(catalogue.default_ensemble())})")
+    try:
+        choices = usable_choices(catalogue)
+    except ModelError:
+        return 0
+    print(f"{AUTO:12s} {'segmentation':13s} per case the most accurate of these measured choices that runs on the "
+          f"modalities present, within {catalogue.auto.cpu_seconds_limit:g} s per case on a CPU "
+          f"({catalogue.auto.hardware}):")
+    for choice in sorted(choices, key=lambda choice: -choice.mean_dice):
+        print(f"{'':12s}   {describe(choice):55s} Dice " + " ".join(f"{k} {v:.3f}" for k, v in choice.dice.items())
+              + f"  {choice.cpu_seconds:.1f} s")
     return 0
 
 

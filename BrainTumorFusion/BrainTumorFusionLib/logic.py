@@ -219,7 +219,7 @@ class SceneLogic:
             result = Result(case_name=run.case_name, labels=sitk.GetArrayFromImage(image).astype(np.uint8),
                             ijk_to_ras=ijk_to_ras_of(image), volumes_ml=summary["volumes_ml"],
                             grade_probabilities=summary["grade_probabilities"], model=summary["model"],
-                            device=summary["device"], seconds=summary["seconds"], warnings=summary["warnings"])
+                            model_choice=summary["model_choice"], device=summary["device"], seconds=summary["seconds"], warnings=summary["warnings"])
             written = scene_adapter.write_result_to_scene(result, run.reference_node, self.scene)
             transforms = {entry["role"]: np.array(entry["ras_transform_to_parent"])
                           for entry in summary.get("registration", []) if entry["registered"]}

@@ -11,8 +11,9 @@ from typing import Callable, Iterable, Optional, Union
 import numpy as np
 import torch
 
+from .auto_choice import choose, collapse_warning, usable_choices
 from .case import Case, Result
-from .catalogue import (DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
+from .catalogue import (AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
                         member_names)
 from .errors import Cancelled, InputError, ModelError
 from .inference import (Progress, autocast_dtype, choose_device, classify, covering_window, precision_name,
@@ -144,6 +145,35 @@ class Ensemble:
         return total, crop
 
 
+class Auto:
+    """The model "auto": per case, the catalogue's most accurate measured choice for the modalities it has
+    (auto_choice.choose). Chosen segmenters are loaded once and kept for the next cases."""
+
+    name = AUTO
+
+    def __init__(self, catalogue: Catalogue, device: torch.device):
+        usable_choices(catalogue)  # a catalogue without a usable table is refused before any case
+        self.catalogue, self.device, self.loaded = catalogue, device, {}
+
+    @property
+    def members(self) -> list[ModelEntry]:
+        """Every network a choice may run (for memory estimates: entries have spacing, patch and window)."""
+        names = dict.fromkeys(name for choice in usable_choices(self.catalogue) for name in choice.member_names)
+        return [self.catalogue.entries[name] for name in names]
+
+    def choose(self, case: Case) -> tuple[Union[Model, "Ensemble"], str, list[str]]:
+        """(The segmenter for this case, why it was chosen, warnings about the choice)."""
+        choice, reason = choose(self.catalogue, case.present, self.device.type == "cpu")
+        key = tuple(choice.member_names)
+        if key not in self.loaded:
+            self.loaded[key] = segmentation_model(choice.model, key if len(key) > 1 else None, self.device,
+                                                  self.catalogue)
+        return self.loaded[key], f"{AUTO}: {reason}", collapse_warning(choice)
+
+    def check_modalities(self, case: Case) -> None:
+        self.choose(case)[0].check_modalities(case)
+
+
 def share(progress: Progress, start: float, end: float, label: Optional[str] = None) -> Progress:
     """Progress callback mapping [0, 1] of a part of the work onto [start, end] of the whole."""
     def report(fraction, message):
@@ -153,7 +183,9 @@ def share(progress: Progress, start: float, end: float, label: Optional[str] = N
 
 def segmentation_model(name: str, members: Members, device: Device,
                        catalogue: Optional[Catalogue]) -> Union[Model, Ensemble]:
-    """The segmenter a pipeline uses for a catalogue name ("ensemble" with `members`, or one model)."""
+    """The segmenter a pipeline uses for a catalogue name ("auto", "ensemble" with `members`, or one model)."""
+    if name == AUTO and not members:
+        return Auto(catalogue or Catalogue.load(), torch.device(device))
     if name == ENSEMBLE:
         return Ensemble.from_catalogue(members, catalogue)
     if members:
@@ -165,9 +197,10 @@ def segmentation_model(name: str, members: Members, device: Device,
 class Pipeline:
     """Segment (and optionally grade) cases with models from the catalogue or injected Model objects.
 
-    model=None makes a grading-only pipeline (use `grade`). model="ensemble" averages the models named in
-    `members` (a list or "a,b"; default: the catalogue's default_ensemble()). `precision`: auto, fp32, bf16 or
-    fp16 (see inference).
+    model=None makes a grading-only pipeline (use `grade`). model="auto" (the default) picks per case the
+    catalogue's most accurate measured choice for the modalities present (auto_choice). model="ensemble" averages
+    the models named in `members` (a list or "a,b"; default: the catalogue's default_ensemble()). `precision`:
+    auto, fp32, bf16 or fp16 (see inference).
     """
 
     def __init__(self, model: Optional[str] = DEFAULT_MODEL, device: Optional[str] = "auto", grade: bool = False,
@@ -187,12 +220,15 @@ class Pipeline:
         report = progress or (lambda fraction, message: None)
         start = time.perf_counter()
         self.check_modalities(case)
-        probabilities, crop = self.segmenter.crop_probabilities(case, self.device, share(report, 0.0, 0.9),
-                                                                should_cancel, self.precision)
+        segmenter, choice, choice_warnings = self.segmenter_for(case)
+        probabilities, crop = segmenter.crop_probabilities(case, self.device, share(report, 0.0, 0.9),
+                                                           should_cancel, self.precision)
         report(0.9, "Postprocessing")
         labels = uncrop(regions_to_labels(probabilities), crop, case.image.shape[1:])
         volumes = region_volumes(labels, case.voxel_volume_ml)
-        warnings = list(case.warnings) + result_warnings(volumes)
+        caveat = getattr(segmenter, "notes", "")  # a model's known weakness, e.g. a collapse on a validation case
+        warnings = (list(case.warnings) + choice_warnings + ([f"Model '{segmenter.name}': {caveat}"] if caveat else [])
+                    + result_warnings(volumes))
         grades, refusal = None, grading_refusal(volumes) if self.grader else None
         if refusal:
             warnings.append(refusal)
@@ -202,13 +238,20 @@ class Pipeline:
         report(1.0, "Done")
         seconds = round(time.perf_counter() - start, 2)
         return Result(case_name=case.name, labels=labels, ijk_to_ras=case.ijk_to_ras, volumes_ml=volumes,
-                      grade_probabilities=grades, model=self.segmenter.name,
-                      device=f"{self.device} {self.precision_used()}", seconds=seconds, warnings=warnings,
+                      grade_probabilities=grades, model=segmenter.name, model_choice=choice,
+                      device=f"{self.device} {self.precision_used(segmenter)}", seconds=seconds, warnings=warnings,
                       stages={**case.stages, "segment": seconds})  # the case's preparation stages come first
 
-    def precision_used(self) -> str:
+    def segmenter_for(self, case: Case) -> tuple[Union[Model, Ensemble], str, list[str]]:
+        """(The segmenter that runs on this case, why it was chosen and warnings about that: "" and [] unless the
+        model is "auto")."""
+        if isinstance(self.segmenter, Auto):
+            return self.segmenter.choose(case)
+        return self.segmenter, "", []
+
+    def precision_used(self, segmenter: Union[Model, Ensemble]) -> str:
         """e.g. "bf16", or "bf16+fp32" for an ensemble whose members differ."""
-        names = self.segmenter.precisions(self.device, self.precision)
+        names = segmenter.precisions(self.device, self.precision)
         return "+".join(dict.fromkeys(names))
 
     def check_modalities(self, case: Case) -> None:

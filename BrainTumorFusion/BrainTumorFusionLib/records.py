@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .case import Result
-from .catalogue import ENSEMBLE, Catalogue, Members
+from .catalogue import AUTO, ENSEMBLE, Catalogue, Members
 from .errors import OutputError
 from .file_io import PathLike, write_atomically
 from .pipeline import GRADES
@@ -30,7 +30,7 @@ LOCK_NAME = ".summary.csv.lock"
 LOCK_TIMEOUT_S = 120  # rebuilding takes milliseconds; a lock held this long belongs to a hung file system
 STAGES = ("register", "skull_strip", "segment")  # seconds of each stage of a case (Result.stages)
 SUMMARY_COLUMNS = (("case_id", "status") + tuple(f"{name}_ml" for name in VOLUME_COLUMNS) + GRADES
-                   + ("seconds", "device", "model")
+                   + ("seconds", "device", "model", "model_choice")
                    + tuple(f"{stage}_s" for stage in STAGES) + ("message",))
 
 Record = dict[str, Any]  # a record's JSON
@@ -41,7 +41,7 @@ Row = dict[str, Any]  # one summary.csv row, column -> value
 class RunSettings:
     """What makes results differ; a case is skipped only when its record holds the same settings."""
 
-    model: str  # segmentation model, or "ensemble"
+    model: str  # segmentation model, "ensemble" or "auto"
     members: tuple[tuple[str, str], ...]  # (name, weights SHA-256) of each segmentation network, in order
     grading_model: Optional[tuple[str, str]]  # (name, weights SHA-256) when grading, else None
     precision: str  # as asked: auto, fp32, bf16, fp16 (the precision used is in each record's device)
@@ -55,8 +55,15 @@ class RunSettings:
                        precision: str) -> "RunSettings":
         """Settings of a run, from catalogue entries only (no weights are loaded); unknown names raise
         ModelError."""
-        entries = (catalogue.ensemble_members(members) if model == ENSEMBLE
-                   else [catalogue.entry(model, "segmentation")])
+        if model == AUTO and not members:  # every network auto may choose: new weights make results differ
+            from .auto_choice import usable_choices
+
+            names = dict.fromkeys(name for choice in usable_choices(catalogue) for name in choice.member_names)
+            entries = [catalogue.entries[name] for name in names]
+        elif model == ENSEMBLE:
+            entries = catalogue.ensemble_members(members)
+        else:
+            entries = [catalogue.entry(model, "segmentation")]
         grader = catalogue.entry(grading_model, "grading") if grade else None
         return cls(model=model, members=tuple((entry.name, entry.sha256) for entry in entries),
                    grading_model=(grader.name, grader.sha256) if grader else None, precision=precision)
@@ -115,7 +122,8 @@ def _load(path: Path) -> Optional[Record]:
 
 def done_record(settings: RunSettings, result: Result, outputs: list[str], **details: Any) -> Record:
     return _record(result.case_name, settings, "done", "", outputs=outputs, volumes_ml=result.volumes_ml,
-                   grade_probabilities=result.grade_probabilities, model_used=result.model, device=result.device,
+                   grade_probabilities=result.grade_probabilities, model_used=result.model,
+                   model_choice=result.model_choice, device=result.device,
                    seconds=result.seconds, stages=result.stages, warnings=result.warnings, **details)
 
 
@@ -137,6 +145,7 @@ def write_record(output_dir: PathLike, record: Record) -> None:
 def summary_row(record: Record) -> Row:
     row = {"case_id": record["case_id"], "status": record["status"], "seconds": record.get("seconds", ""),
            "device": record.get("device", ""), "model": record.get("model_used", ""),
+           "model_choice": record.get("model_choice", ""),
            "message": record["reason"] or " ".join(record.get("warnings", []))}
     row.update({f"{name}_ml": value for name, value in (record.get("volumes_ml") or {}).items()})
     row.update(record.get("grade_probabilities") or {})

@@ -23,6 +23,8 @@ from .segments import SEGMENTS, VOLUME_COLUMNS
 MODEL_ATTRIBUTE = "BrainTumorFusion.Model"
 # Attribute of the segmentation node holding the result's warnings, one a line (absent when there are none).
 WARNINGS_ATTRIBUTE = "BrainTumorFusion.Warnings"
+# Node attribute with what the model "auto" chose and why (absent for a model chosen by name).
+MODEL_CHOICE_ATTRIBUTE = "BrainTumorFusion.ModelChoice"
 VolumeNode = slicer.vtkMRMLScalarVolumeNode
 
 
@@ -313,6 +315,8 @@ def write_result_to_scene(result: Result, reference_node: Optional[VolumeNode], 
         volumes_table, grade_table = write_tables(result, scene, parent_like=reference_node)
         for node in filter(None, (seg_node, volumes_table, grade_table)):
             node.SetAttribute(MODEL_ATTRIBUTE, result.model)
+            if result.model_choice:
+                node.SetAttribute(MODEL_CHOICE_ATTRIBUTE, result.model_choice)
         if result.warnings:
             seg_node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(result.warnings))
     except BaseException:

@@ -14,7 +14,7 @@ from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Model, Pipeline
 from BrainTumorFusionLib.process_runner import BackgroundProcess
-from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE
+from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUTE
 from plumbing import ConstantGrader, intensity_model, write_catalogue
 
 CASE = "Brats18_CBICA_ABM_1"
@@ -105,6 +105,22 @@ def test_background_run_gives_the_same_result_as_in_process(kit, real_nodes, ran
     in_process = logic.segment(**real_nodes, model="random-hafb", device="cpu", catalogue_files=[random_catalogue])
     reference = real_nodes["t1"]
     np.testing.assert_array_equal(kit.labels_on(segmentation, reference), kit.labels_on(in_process, reference))
+
+
+def test_the_default_auto_model_records_its_choice_on_every_node(kit, real_nodes):
+    """The GUI's default: a background run with the shipped "auto" table, without FLAIR."""
+    from BrainTumorFusionLib.auto_choice import choose, describe
+    from BrainTumorFusionLib.catalogue import Catalogue
+
+    logic = SceneLogic(kit.scene, python_executable=sys.executable)
+    run = logic.start_segmentation(t1=real_nodes["t1"], t1ce=real_nodes["t1ce"], t2=real_nodes["t2"], device="cpu")
+    error, lines, _ = wait(run)
+    assert error is None, lines
+    nodes = [node for node in logic.finish_segmentation(run) if node is not None]
+    chosen, _ = choose(Catalogue.load(), (True, True, True, False), on_cpu=True)
+    for node in nodes:
+        assert node.GetAttribute(MODEL_ATTRIBUTE) == describe(chosen)
+        assert node.GetAttribute(MODEL_CHOICE_ATTRIBUTE).startswith(f"auto: {describe(chosen)}: ")
 
 
 def test_cancelled_background_run_leaves_scene_and_disk_clean(kit, real_nodes, random_catalogue):

@@ -110,7 +110,7 @@ def test_selectors_fill_from_names_and_follow_new_volumes(kit, widget):
     widget.setup()
     assert roles(widget) == {"t1": nodes["t1"], "t1ce": nodes["t1ce"], "t2": nodes["t2"], "flair": None}
     assert widget.ui.applyButton.enabled and widget.ui.applyButton.text == "Apply"
-    assert widget.ui.modelComboBox.currentText == widget._parameterNode.model == "hafb"
+    assert widget.ui.modelComboBox.currentText == widget._parameterNode.model == "auto"  # the default
     assert not widget.ui.membersLineEdit.visible
     widget.ui.modelComboBox.setCurrentText("ensemble")
     assert widget.ui.membersLineEdit.visible

@@ -19,7 +19,7 @@ from Training.config import TrainConfig
 from Training.data import regions_from_labels
 from Training.evaluate import COLUMNS, evaluate, load_trained, read_means
 from Training.export import export
-from Training.metrics import dice, hd95
+from Training.metrics import dice, hd95, lesion_wise_dice
 from Training.segmentation import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,6 +64,24 @@ def test_dice_and_hd95_follow_the_brats_conventions():
     assert hd95(a, b, spacing) == pytest.approx(brute_force_hd95(a, b, spacing))
 
 
+def test_lesion_wise_dice_counts_every_missed_lesion_and_false_island():
+    truth = np.zeros((40, 40, 40), bool)
+    truth[5:15, 5:15, 5:15] = True  # a large lesion
+    truth[30:34, 30:34, 30:34] = True  # a small one
+    found = truth.copy()
+    found[30:34, 30:34, 30:34] = False  # the small one missed
+    island = truth.copy()
+    island[22:24, 2:4, 2:4] = True  # a false 8-voxel island
+    assert lesion_wise_dice(truth, truth) == pytest.approx(1.0)
+    # One of two lesions found perfectly: detection F1 2/3, matched Dice 1; legacy Dice hardly notices.
+    assert lesion_wise_dice(found, truth) == pytest.approx(2 / 3)
+    assert dice(found, truth) > 0.95
+    assert lesion_wise_dice(island, truth) == pytest.approx(0.8)  # 2 of 3 predicted lesions true, both found
+    empty = np.zeros_like(truth)
+    assert lesion_wise_dice(empty, empty) == 1.0 and lesion_wise_dice(empty, truth) == 0.0
+    assert lesion_wise_dice(truth, empty) == 0.0
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
@@ -93,6 +111,7 @@ def test_evaluate_runs_the_library_pipeline_and_writes_dice_and_hd95(intensity_c
     values = {k: float(rows[0][k]) for k in COLUMNS[1:-1]}
     assert all(0 <= values[f"dice_{r}"] <= 1 for r in ("WT", "TC", "ET"))
     assert all(0 <= values[f"hd95_{r}"] < 400 for r in ("WT", "TC", "ET"))
+    assert all(0 <= values[f"lesion_dice_{r}"] <= 1 for r in ("WT", "TC", "ET"))
     assert values["dice_WT"] > 0.3  # the intensity rule finds much of the edema-bright whole tumor
 
     # The row is what the library's own pipeline gives, scored independently on the case grid.

@@ -113,7 +113,7 @@ def catalogue(tmp_path):
 def test_default_members_are_every_segmentation_model_not_opted_out(catalogue):
     shipped = Catalogue.load()
     assert {"hafb", "segresnet"} <= set(shipped.default_ensemble())
-    assert shipped.segmentation_choices() == shipped.names("segmentation") + ["ensemble"]
+    assert shipped.segmentation_choices() == ["auto"] + shipped.names("segmentation") + ["ensemble"]
     # A model added to a catalogue joins the default without code changes; an opted-out one can still be named.
     assert catalogue.default_ensemble() == sorted(shipped.default_ensemble() + ["extra"])
     assert [e.name for e in catalogue.ensemble_members()] == catalogue.default_ensemble()

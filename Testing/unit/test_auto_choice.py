@@ -1,0 +1,126 @@
+"""The model "auto": which measured choice it takes for the modalities present and the device, why, and where
+the choice is recorded (Result, summary row, scene attribute)."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, collapse_warning, describe
+from BrainTumorFusionLib.catalogue import AUTO, AutoTable, Catalogue, MeasuredChoice
+from BrainTumorFusionLib.errors import InputError, ModelError
+from BrainTumorFusionLib.file_io import find_cases, read_case
+from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.pipeline import Auto, Ensemble, Model, Pipeline
+from BrainTumorFusionLib.records import RunSettings, summary_row
+
+ALL = (True, True, True, True)
+NO_FLAIR = (True, True, True, False)
+
+
+def measured(catalogue, names, wt, tc, et, seconds, worst_wt=0.7):
+    return MeasuredChoice(members=tuple((name, catalogue.entries[name].sha256) for name in names),
+                          dice={"WT": wt, "TC": tc, "ET": et}, cpu_seconds=seconds, worst_wt=worst_wt)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Catalogue.load()
+
+
+def with_table(catalogue, *choices, limit=10.0):
+    return Catalogue(catalogue.entries.values(), AutoTable(choices=choices, cpu_seconds_limit=limit, hardware="test"))
+
+
+def test_four_modalities_take_the_most_accurate_choice_within_the_cpu_budget(shipped):
+    slow = measured(shipped, ["hafb", "missu", "segresnet"], 0.90, 0.85, 0.75, 12.0)
+    fast = measured(shipped, ["missu", "segresnet"], 0.88, 0.80, 0.70, 4.0)
+    single = measured(shipped, ["hafb"], 0.85, 0.75, 0.65, 2.0)
+    catalogue = with_table(shipped, single, slow, fast)
+    choice, reason = choose(catalogue, ALL, on_cpu=True)
+    assert choice == fast
+    assert "ensemble (missu + segresnet)" in reason and "within 10 s per case on a CPU" in reason
+    assert "T1, T1ce, T2, FLAIR" in reason and "WT 0.880" in reason
+    assert choose(catalogue, ALL, on_cpu=False)[0] == slow  # on a GPU every choice fits the budget
+
+
+def test_with_a_modality_missing_only_models_that_handle_it_are_taken(shipped):
+    catalogue = with_table(shipped, measured(shipped, ["missu", "segresnet"], 0.88, 0.80, 0.70, 4.0),
+                           measured(shipped, ["hafb"], 0.85, 0.75, 0.65, 2.0))
+    choice, reason = choose(catalogue, NO_FLAIR, on_cpu=True)
+    assert choice.model == "hafb" and "T1, T1ce, T2 " in reason
+
+
+def test_nothing_within_the_budget_takes_the_fastest_and_says_so(shipped):
+    catalogue = with_table(shipped, measured(shipped, ["missu", "segresnet"], 0.88, 0.80, 0.70, 14.0),
+                           measured(shipped, ["hafb", "missu"], 0.89, 0.80, 0.70, 12.0), limit=10.0)
+    choice, reason = choose(catalogue, ALL, on_cpu=True)
+    assert describe(choice) == "ensemble (hafb + missu)" and "fastest" in reason and "none stays within" in reason
+
+
+def test_a_choice_that_collapsed_on_a_validation_case_is_taken_only_when_nothing_else_runs(shipped):
+    collapsing = measured(shipped, ["missu", "segresnet"], 0.90, 0.85, 0.75, 4.0, worst_wt=0.35)
+    steady = measured(shipped, ["segresnet"], 0.80, 0.75, 0.50, 2.0, worst_wt=0.69)
+    weak_hafb = measured(shipped, ["hafb"], 0.80, 0.70, 0.60, 2.0, worst_wt=0.42)
+    catalogue = with_table(shipped, collapsing, steady, weak_hafb)
+    assert choose(catalogue, ALL, on_cpu=True)[0] == steady
+    choice, reason = choose(catalogue, NO_FLAIR, on_cpu=True)  # only hafb runs without FLAIR
+    assert choice == weak_hafb and f"below {WORST_WT_FLOOR}" in reason
+    assert collapse_warning(steady) == [] and "0.42" in collapse_warning(weak_hafb)[0]
+
+
+def test_choices_measured_on_other_weights_are_ignored(shipped):
+    stale = replace(measured(shipped, ["missu", "segresnet"], 0.95, 0.95, 0.95, 1.0),
+                    members=(("missu", "0" * 64), ("segresnet", shipped.entries["segresnet"].sha256)))
+    current = measured(shipped, ["segresnet"], 0.80, 0.75, 0.50, 1.0)
+    assert choose(with_table(shipped, stale, current), ALL, on_cpu=True)[0] == current
+    with pytest.raises(ModelError, match="choose-auto"):
+        choose(with_table(shipped, stale), ALL, on_cpu=True)
+    with pytest.raises(ModelError, match="no measured 'auto' choice"):
+        Pipeline(model=AUTO, device="cpu", catalogue=with_table(shipped, stale))
+
+
+def test_no_runnable_choice_says_which_modalities_to_give(shipped):
+    catalogue = with_table(shipped, measured(shipped, ["missu", "segresnet"], 0.88, 0.80, 0.70, 4.0))
+    with pytest.raises(InputError, match="FLAIR.*--flair"):
+        choose(catalogue, NO_FLAIR, on_cpu=True)
+
+
+def test_the_shipped_table_covers_every_subset_of_modalities(shipped):
+    """The default model must run wherever one of the shipped models can: every non-empty subset."""
+    assert AUTO in shipped.segmentation_choices()
+    for mask in range(1, 2 ** len(MODALITIES)):
+        present = tuple(bool(mask >> i & 1) for i in range(len(MODALITIES)))
+        choice, reason = choose(shipped, present, on_cpu=True)
+        assert choice.cpu_seconds <= shipped.auto.cpu_seconds_limit, reason
+
+
+def test_auto_on_a_real_case_records_its_choice(shipped, brats_dir, tmp_path):
+    case_files = next(c for c in find_cases(brats_dir) if c.case_id == "Brats18_CBICA_AQP_1")
+    case, _ = read_case(case_files)
+    no_flair = replace(case, image=case.image.copy(), present=NO_FLAIR)
+    no_flair.image[MODALITIES.index("flair")] = 0
+    pipeline = Pipeline(model=AUTO, device="cpu")
+    assert isinstance(pipeline.segmenter, Auto)
+    result = pipeline.run(no_flair)
+    expected, _ = choose(shipped, NO_FLAIR, on_cpu=True)
+    assert result.model == describe(expected)
+    assert result.model_choice.startswith("auto: ") and "T1, T1ce, T2 " in result.model_choice
+    four, _, _ = pipeline.segmenter_for(case)
+    assert isinstance(four, (Model, Ensemble)) and four.name == describe(choose(shipped, ALL, on_cpu=True)[0])
+    settings = RunSettings.from_catalogue(shipped, AUTO, None, False, "cmg", "auto")
+    every = {name for choice in shipped.auto.choices for name in choice.member_names}
+    assert {name for name, _ in settings.members} == every  # new weights of any candidate make results differ
+    from BrainTumorFusionLib.records import done_record
+
+    row = summary_row(done_record(settings, result, []))
+    assert row["model"] == result.model and row["model_choice"] == result.model_choice
+    json.dumps(row)
+
+
+def test_a_malformed_auto_table_is_named_when_the_catalogue_is_loaded(tmp_path):
+    path = tmp_path / "catalogue.json"
+    path.write_text(json.dumps({"models": [], "auto": {"choices": [{"members": [{"name": "hafb"}], "dice": {},
+                                                                    "cpu_seconds": 1}]}}))
+    with pytest.raises(ModelError, match=r"field 'auto', choice 1.*'members'"):
+        Catalogue.load([path])

@@ -1,0 +1,99 @@
+"""Measure the choices of the model "auto" and write them into the catalogue's "auto" table.
+
+Each segmentation model of the catalogue segments each validation case once on the CPU (precision auto, timed,
+as the library runs it); every combination of the models is then scored by averaging its members' region
+probabilities on the case's brain crop, exactly as the library's Ensemble does. So all 2^N - 1 choices cost N
+runs per case. A choice's seconds per case are the sum of its members' plus the postprocessing. All models must
+record the same validation cases. The library then takes, per case, the most accurate choice that runs on the
+modalities present within `cpu_seconds_limit` (auto_choice.py). The choice is made on the same cases that report
+its Dice, so its Dice is an optimistic estimate; the table says so.
+"""
+
+import itertools
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, Catalogue
+from BrainTumorFusionLib.file_io import read_case
+from BrainTumorFusionLib.postprocessing import regions_to_labels, uncrop
+
+from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid, write_csv, write_json
+from .evaluate import catalogue_segmenter
+from .metrics import region_metrics
+
+CPU_SECONDS_LIMIT = 10.0  # issue: "runs in at most 10 s per case on the 2-core CPU"
+
+
+def measure(data_dir, catalogue_path, progress=True):
+    """Rows {members, dice, worst_wt, cpu_seconds} for every combination of the catalogue's segmentation models,
+    most accurate first."""
+    shipped = Path(catalogue_path).resolve() == SHIPPED_CATALOGUE.resolve()
+    catalogue = Catalogue.load([] if shipped else [catalogue_path])
+    names = catalogue.names("segmentation")
+    ensemble, split = catalogue_segmenter("ensemble", names, catalogue)  # refuses models without one common split
+    models = ensemble.members
+    cases = discover(data_dir)
+    combos = [combo for size in range(1, len(names) + 1) for combo in itertools.combinations(range(len(names)), size)]
+    scores = {combo: [] for combo in combos}
+    seconds = {combo: [] for combo in combos}
+    for case_id in tqdm(split["validation"], desc="Measuring", unit="case", disable=not progress):
+        case, _ = read_case(cases[case_id])
+        truth = read_labels_on_case_grid(labels_file(case_folder(cases[case_id])), case.image.shape[1:],
+                                         case.ijk_to_ras)
+        probabilities, member_seconds, crop = [], [], None
+        for model in models:
+            start = time.perf_counter()
+            crop_probabilities, crop = model.crop_probabilities(case, "cpu", lambda *_: None, precision="auto")
+            member_seconds.append(time.perf_counter() - start)
+            probabilities.append(crop_probabilities)
+        for combo in combos:
+            start = time.perf_counter()
+            mean = np.mean([probabilities[i] for i in combo], axis=0)
+            labels = uncrop(regions_to_labels(mean), crop, case.image.shape[1:])
+            post = time.perf_counter() - start
+            scores[combo].append(region_metrics(labels, truth))
+            seconds[combo].append(sum(member_seconds[i] for i in combo) + post)
+    rows = []
+    for combo in combos:
+        dice = {region: float(np.mean([s[f"dice_{region}"] for s in scores[combo]])) for region in REGIONS}
+        rows.append({"members": [names[i] for i in combo], "dice": dice,
+                     "worst_wt": float(min(s["dice_WT"] for s in scores[combo])),
+                     "cpu_seconds": float(np.mean(seconds[combo]))})
+    rows.sort(key=lambda row: -sum(row["dice"].values()))
+    return rows, catalogue, len(split["validation"])
+
+
+def hardware():
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def write_table(rows, catalogue, catalogue_path, cases, limit=CPU_SECONDS_LIMIT):
+    """The "auto" field of the catalogue JSON: every measured choice with its members' weights hashes."""
+    data = json.loads(Path(catalogue_path).read_text())
+    data["auto"] = {
+        "cpu_seconds_limit": limit, "hardware": hardware(),
+        "measured_with": "python -m Training choose-auto", "measured_on": time.strftime("%Y-%m-%d"),
+        "note": (f"Dice: mean over the {cases} validation cases (four modalities), on which the choice is also made: "
+                 "an optimistic estimate. cpu_seconds: network and postprocessing per case, precision auto."),
+        "choices": [{"members": [{"name": name, "weights_sha256": catalogue.entries[name].sha256}
+                                 for name in row["members"]],
+                     "dice": {k: round(v, 4) for k, v in row["dice"].items()},
+                     "worst_wt": round(row["worst_wt"], 4), "cpu_seconds": round(row["cpu_seconds"], 2)}
+                    for row in rows]}
+    write_json(data, catalogue_path)
+
+
+def choose_auto(data_dir, catalogue_path, output_csv=None, progress=True):
+    rows, catalogue, cases = measure(data_dir, catalogue_path, progress)
+    write_table(rows, catalogue, catalogue_path, cases)
+    if output_csv:
+        write_csv([{"members": "+".join(row["members"]), **{f"dice_{k}": f"{v:.4f}" for k, v in row["dice"].items()},
+                    "worst_wt": f"{row['worst_wt']:.4f}", "cpu_seconds": f"{row['cpu_seconds']:.2f}"} for row in rows],
+                  ("members", "dice_WT", "dice_TC", "dice_ET", "worst_wt", "cpu_seconds"), output_csv)
+    return rows
