@@ -1,4 +1,4 @@
-"""Benchmark what a user waits for: every shipped segmentation model and the ensemble, as whole processes.
+"""Benchmark what a user waits for: every shipped segmentation model, the ensemble and auto, as whole processes.
 
 Usage:  .venv/bin/python Testing/benchmarks/bench.py [--cases 6] [--repeats 3] [--models a,b,...]
                                                      [--precisions fp32,auto] [--no-anchor] [--runtime-python PY]
@@ -64,9 +64,10 @@ def anchor(folder: Path) -> None:
 
 
 def validation_cases(count: int) -> list:
-    from BrainTumorFusionLib.catalogue import DEFAULT_MODEL, Catalogue
+    from BrainTumorFusionLib.catalogue import Catalogue
     from BrainTumorFusionLib.file_io import find_cases
-    entry = Catalogue.load().entry(DEFAULT_MODEL)
+    catalogue = Catalogue.load()  # the shipped segmentation models share one split
+    entry = catalogue.entry(catalogue.names("segmentation")[0])
     data = REPO.parent / "shared" / "data" / "brats"
     available = {c.case_id: c for c in find_cases(data)}
     return [available[c] for c in entry.details["split"]["validation"] if c in available][:count]
@@ -76,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", default="", help="comma-separated (default: every segmentation model, ensemble)")
+    parser.add_argument("--models", default="", help="comma-separated (default: every segmentation model, ensemble, auto)")
     parser.add_argument("--precisions", default="fp32,auto")
     parser.add_argument("--no-anchor", action="store_true")
     parser.add_argument("--runtime-python", default=sys.executable,
@@ -84,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from BrainTumorFusionLib.catalogue import Catalogue
-    models = [m for m in args.models.split(",") if m] or Catalogue.load().names("segmentation") + ["ensemble"]
+    models = [m for m in args.models.split(",") if m] or Catalogue.load().names("segmentation") + ["ensemble", "auto"]
     cases = validation_cases(args.cases)
     first = cases[0]
     predict_inputs = [f"--{role}={path}" for role, path in sorted(first.files.items())]
