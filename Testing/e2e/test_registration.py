@@ -159,3 +159,23 @@ def test_predict_records_stages_and_writes_each_input_grid(moved, tmp_path):
     row = summary_row({"case_id": "x", "status": "done", "reason": "", "stages": {"register": 12.5, "segment": 3.0}})
     assert [f"{stage}_s" for stage in STAGES] == [c for c in SUMMARY_COLUMNS if c.endswith("_s")]
     assert (row["register_s"], row["skull_strip_s"], row["segment_s"]) == (12.5, "", 3.0)
+
+
+def test_the_chain_reports_progress_strips_the_skull_when_asked_and_cancels():
+    """register -> skull-strip in one call: progress for each stage, its seconds recorded; Cancel stops it (here at
+    once, before the first registration)."""
+    from BrainTumorFusionLib.errors import Cancelled
+
+    case_id = CASES[0]
+    messages = []
+    case, _ = read_case(case_files_in(brats_case_dir(case_id)), register="off", skull_strip="on",
+                        progress=lambda fraction, message: messages.append((fraction, message)))
+    assert list(case.stages) == ["skull_strip"] and case.stages["skull_strip"] > 0
+    assert messages[0][1].startswith("Skull stripping") and messages[-1] == (1.0, "Inputs prepared")
+    assert all(0.0 <= fraction <= 1.0 for fraction, _ in messages)
+    # The brain the mask keeps is about the BraTS brain (deepbet on an already stripped T1).
+    aligned, _ = read_case(case_files_in(brats_case_dir(case_id)))
+    kept = np.count_nonzero(case.image.any(axis=0)) / np.count_nonzero(aligned.image.any(axis=0))
+    assert 0.9 < kept <= 1.0
+    with pytest.raises(Cancelled):
+        read_case(case_files_in(brats_case_dir(case_id)), register="on", should_cancel=lambda: True)

@@ -145,7 +145,7 @@ def test_segmentation_decodes_back_on_the_source_instances(tmp_path, images):
     import highdicom
 
     seg = highdicom.seg.segread(path)
-    t1 = case_files.series()["t1"].headers
+    t1 = case_files.series()[case_files.reference_role].headers  # the SEG references the reference series (T1ce)
     decoded = seg.get_pixels_by_source_instance([str(h.SOPInstanceUID) for h in t1], combine_segments=True,
                                                 assert_missing_frames_are_empty=True)
     np.testing.assert_array_equal(decoded, segment_numbers(labels))
