@@ -3,7 +3,6 @@ temporaries, too little memory; and the preview picture. Inputs are small crops 
 
 import csv
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -138,27 +137,27 @@ def test_parts_split_the_sorted_cases_deterministically():
 
 
 def segment_in_child(argv, log):
-    """A forked process running the command line: it inherits the imported libraries and the stand-in networks,
-    so it starts at once (a fresh interpreter spends most of 10 s importing torch, MONAI and Slicer's MRML)."""
+    """A fresh interpreter running the command line with the stand-in networks registered (plumbing). Not a fork
+    of this process: a fork inherits thread pools (torch's OpenMP, ITK's) whose threads do not exist in the child,
+    and two forked children hung on such a lock after earlier tests had used them."""
+    # plumbing is loaded from its file: Testing/ on the path would make Testing/slicer part of the slicer package
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('plumbing', sys.argv[1]); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+            "from BrainTumorFusionLib import cli; sys.exit(cli.main(sys.argv[2:]))")
     with open(log, "w") as stream:
-        os.dup2(stream.fileno(), 1)
-        os.dup2(stream.fileno(), 2)
-        sys.exit(cli.main(argv))
+        return subprocess.Popen([sys.executable, "-c", code, str(REPO / "Testing" / "plumbing.py"), *argv],
+                                stdout=stream, stderr=subprocess.STDOUT, env=cli_environment())
 
 
 def test_two_processes_sharing_one_output_folder_keep_every_row(tmp_path):
     catalogue = intensity_catalogue(tmp_path / "models")
     output = tmp_path / "out"
-    fork = multiprocessing.get_context("fork")
-    runs = [fork.Process(target=segment_in_child, args=(
+    runs = [segment_in_child(
         ["segment", "--input-dir", str(small_input(tmp_path / name, [f"{name}{i}" for i in range(3)])),
          "--output-dir", str(output), "--model", "intensity", "--catalogue", str(catalogue), "--device", "cpu"],
-        tmp_path / f"{name}.log")) for name in ("a", "b")]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join(timeout=120)
-    assert [run.exitcode for run in runs] == [0, 0], [(tmp_path / f"{n}.log").read_text()[-2000:] for n in "ab"]
+        tmp_path / f"{name}.log") for name in ("a", "b")]
+    codes = [run.wait(timeout=300) for run in runs]
+    assert codes == [0, 0], [(tmp_path / f"{n}.log").read_text()[-2000:] for n in "ab"]
     summary = read_summary(output)
     assert sorted(summary) == ["a0", "a1", "a2", "b0", "b1", "b2"]
     assert {row["status"] for row in summary.values()} == {"done"}
