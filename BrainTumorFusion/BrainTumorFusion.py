@@ -185,11 +185,13 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.cancelRun()
             self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
             return
-        from BrainTumorFusionLib.dependencies import ensure_installed
+        from BrainTumorFusionLib.dependencies import ensure_installed, ensure_skull_stripping_installed
 
         p = self._parameterNode
         try:
             ensure_installed(confirm=slicer.util.confirmOkCancelDisplay)
+            if self.logic.needs_skull_stripping(p.skullStrip, t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair):
+                ensure_skull_stripping_installed(confirm=slicer.util.confirmOkCancelDisplay)
             self.run = self.logic.start_segmentation(t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair,
                                                      model=p.model, device=p.device, grade=p.grade,
                                                      members=p.members if p.model == ENSEMBLE else None,

@@ -169,6 +169,22 @@ class SceneLogic:
     def _reference(nodes: dict[str, "MaybeVolume"]) -> "slicer.vtkMRMLScalarVolumeNode":
         return next(nodes[role] for role in MODALITIES if nodes.get(role) is not None)
 
+    @staticmethod
+    def needs_skull_stripping(skull_strip: str = "auto", **nodes: "MaybeVolume") -> bool:
+        """Whether a run with these inputs strips the skull (so deepbet must be installed first): "on", or "auto"
+        and some input still shows its skull (skull_stripping.is_skull_stripped)."""
+        from .geometry import spacing_of
+        from .skull_stripping import is_skull_stripped
+
+        if skull_strip != "auto":
+            return skull_strip == "on"
+        for role, node in nodes.items():
+            if node is not None:
+                array, ijk_to_ras = scene_adapter.volume_from_node(node, role)
+                if not is_skull_stripped(array, spacing_of(ijk_to_ras)):
+                    return True
+        return False
+
     def start_segmentation(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
                            flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto",
                            grade: bool = False, catalogue_files: Iterable[PathLike] = (),

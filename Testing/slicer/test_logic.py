@@ -47,6 +47,25 @@ def test_segment_in_process_adds_segmentation_and_tables(kit, real_nodes):
     assert set(np.unique(labels)) <= {0, 1, 2, 4} and (labels > 0).any()
 
 
+def test_skull_stripping_is_needed_only_for_inputs_with_their_skull(kit, real_nodes):
+    """The GUI asks to install deepbet only when this says so."""
+    assert not SceneLogic.needs_skull_stripping("auto", **real_nodes)  # BraTS inputs are skull-stripped
+    assert SceneLogic.needs_skull_stripping("on", **real_nodes)
+    assert not SceneLogic.needs_skull_stripping("off", **real_nodes)
+    head = real_nodes["t1"]
+    import slicer.util
+
+    voxels = slicer.util.arrayFromVolume(head)
+    saved = voxels.copy()
+    voxels[voxels == 0] = 5  # no zero background any more: looks like a head with its skull and air
+    slicer.util.arrayFromVolumeModified(head)
+    try:
+        assert SceneLogic.needs_skull_stripping("auto", t1=head)
+    finally:
+        voxels[:] = saved
+        slicer.util.arrayFromVolumeModified(head)
+
+
 def test_grade_returns_probabilities_and_changes_nothing(kit, real_nodes):
     before = kit.state()
     probabilities = SceneLogic(kit.scene).grade(**real_nodes, grader=Model("constant", ConstantGrader()))
