@@ -1,6 +1,6 @@
 """The batch command on a shared case written as four DICOM MR series, beside the same case as NIfTI files and a
 DICOM case with two T1 series: the DICOM case segments to the NIfTI case's labels with the shipped default model,
-its DICOM Segmentation decodes back to those labels on the T1 series' instances and positions, and it passes
+its DICOM Segmentation decodes back to those labels on the reference (T1ce) series' instances and positions, and it passes
 highdicom's reader and, where installed, dicom3tools' dciodvfy; the ambiguous case fails alone."""
 
 import json
@@ -64,26 +64,26 @@ def test_dicom_case_segments_like_its_nifti_files_and_its_seg_decodes_back(tmp_p
     np.testing.assert_allclose(from_dicom.GetDirection(), from_nifti.GetDirection(), atol=1e-6)
     assert from_dicom.GetSpacing() == from_nifti.GetSpacing()
 
-    # The DICOM SEG: every frame on the T1 instance at its position, segments as the labels.
+    # The DICOM SEG: every frame on the reference (T1ce, the default) instance at its position, segments as the labels.
     import highdicom
     import pydicom
 
     seg = highdicom.seg.segread(output / "dicom_seg.dcm")
-    t1 = sorted((pydicom.dcmread(path, stop_before_pixels=True) for path in (input_dir / "dicom").iterdir()
-                 if pydicom.dcmread(path, stop_before_pixels=True).SeriesDescription == "AX T1 SE"),
+    slices = sorted((pydicom.dcmread(path, stop_before_pixels=True) for path in (input_dir / "dicom").iterdir()
+                 if pydicom.dcmread(path, stop_before_pixels=True).SeriesDescription == "AX T1CE SE"),
                 key=lambda header: float(header.ImagePositionPatient[2]))
-    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [t1[0].SeriesInstanceUID]
-    decoded = seg.get_pixels_by_source_instance([h.SOPInstanceUID for h in t1], combine_segments=True,
+    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [slices[0].SeriesInstanceUID]
+    decoded = seg.get_pixels_by_source_instance([h.SOPInstanceUID for h in slices], combine_segments=True,
                                                 assert_missing_frames_are_empty=True)
     np.testing.assert_array_equal(decoded, segment_numbers(labels))
-    positions = {h.SOPInstanceUID: [float(v) for v in h.ImagePositionPatient] for h in t1}
+    positions = {h.SOPInstanceUID: [float(v) for v in h.ImagePositionPatient] for h in slices}
     for frame in seg.PerFrameFunctionalGroupsSequence:
         source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient, positions[source])
-    # highdicom's own volume (its slice order and affine, LPS): each plane equals the labels of the T1 slice at
+    # highdicom's own volume (its slice order and affine, LPS): each plane equals the labels of the T1ce slice at
     # that physical position.
     volume = seg.get_volume(combine_segments=True)
-    slice_at = {tuple(np.round(positions[h.SOPInstanceUID], 3)): k for k, h in enumerate(t1)}
+    slice_at = {tuple(np.round(positions[h.SOPInstanceUID], 3)): k for k, h in enumerate(slices)}
     numbers = segment_numbers(labels)
     for index, plane in enumerate(volume.array):
         corner = volume.affine @ np.array([index, 0, 0, 1.0])
