@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .catalogue import AUTO, DEFAULT_GRADER, DEFAULT_MODEL
+from .catalogue import AUTO, AUTO_CPU_SECONDS_LIMIT, DEFAULT_GRADER, DEFAULT_MODEL
 from .errors import BrainTumorFusionError, Cancelled
 from .inference import PRECISIONS
 from .modalities import MODALITIES
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_model_options(command):
         command.add_argument("--model", default=DEFAULT_MODEL, help=f"'{AUTO}' (default): per case the most accurate "
-                             "measured choice for the modalities present within 10 s per case on a CPU (the models "
+                             f"measured choice for the modalities present within {AUTO_CPU_SECONDS_LIMIT:g} s per case "
+                             "on a CPU (the models "
                              "command lists the table); a segmentation model of the catalogue; or 'ensemble' to "
                              "average several")
         command.add_argument("--members", metavar="A,B,...",

@@ -172,16 +172,16 @@ class SceneLogic:
     @staticmethod
     def needs_skull_stripping(skull_strip: str = "auto", **nodes: "MaybeVolume") -> bool:
         """Whether a run with these inputs strips the skull (so deepbet must be installed first): "on", or "auto"
-        and some input still shows its skull (skull_stripping.is_skull_stripped)."""
+        and some input still has its skull, as the run itself decides (preparation.has_skull)."""
         from .geometry import spacing_of
-        from .skull_stripping import is_skull_stripped
+        from .preparation import has_skull
 
         if skull_strip != "auto":
             return skull_strip == "on"
         for role, node in nodes.items():
             if node is not None:
                 array, ijk_to_ras = scene_adapter.volume_from_node(node, role)
-                if not is_skull_stripped(array, spacing_of(ijk_to_ras)):
+                if has_skull(array, spacing_of(ijk_to_ras)):
                     return True
         return False
 
@@ -235,7 +235,8 @@ class SceneLogic:
             result = Result(case_name=run.case_name, labels=sitk.GetArrayFromImage(image).astype(np.uint8),
                             ijk_to_ras=ijk_to_ras_of(image), volumes_ml=summary["volumes_ml"],
                             grade_probabilities=summary["grade_probabilities"], model=summary["model"],
-                            model_choice=summary["model_choice"], device=summary["device"], seconds=summary["seconds"], warnings=summary["warnings"])
+                            model_choice=summary["model_choice"], device=summary["device"],
+                            seconds=summary["seconds"], warnings=summary["warnings"])
             written = scene_adapter.write_result_to_scene(result, run.reference_node, self.scene)
             transforms = {entry["role"]: np.array(entry["ras_transform_to_parent"])
                           for entry in summary.get("registration", []) if entry["registered"]}

@@ -139,7 +139,7 @@ def _misalignment_warning(role: str, reference_role: str, moving: sitk.Image, si
             "inputs: auto or on, --register auto|on) or register them yourself."]
 
 
-def _has_skull(array: np.ndarray, spacing) -> bool:
+def has_skull(array: np.ndarray, spacing) -> bool:
     """Not skull-stripped (skull_stripping.is_skull_stripped) and more non-zero voxels than a brain fills: an
     image smaller than that (a slab, a synthetic test volume) has no skull to strip, and plausibility says it is
     small."""
@@ -158,7 +158,7 @@ def _strip_skull(prepared: Prepared, reference_image: sitk.Image, mode: str, rep
     from . import skull_stripping
 
     spacing = reference_image.GetSpacing()
-    if mode == "auto" and not any(_has_skull(array, spacing) for array in prepared.volumes.values()):
+    if mode == "auto" and not any(has_skull(array, spacing) for array in prepared.volumes.values()):
         return
     started = time.perf_counter()
     report(0.0, "Skull stripping")

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from BrainTumorFusionLib.dicom_io import segment_numbers
 from batch_cases import run_cli
-from dicom_cases import Study, case_images, write_dicom_case, write_series
+from dicom_cases import case_images, write_dicom_case, write_series
 from realdata import brats_case_dir
 
 CASE = "Brats18_CBICA_ABM_1"

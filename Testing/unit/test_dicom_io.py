@@ -128,11 +128,16 @@ def test_several_volumes_or_a_missing_slice_in_one_series_are_refused(tmp_path, 
     assert "has 24 files at only 12 slice positions: it holds several volumes" in read_error(tmp_path / "in")
 
 
-def test_segmentation_decodes_back_on_the_source_instances(tmp_path, images):
+def written_case(tmp_path, images):
+    """(CaseFiles, Case, zero labels on its grid) of the images written as a DICOM case under tmp_path/in."""
     write_dicom_case(tmp_path / "in" / "patient", images)
     case_files = only_case(tmp_path / "in")
     case, _ = read_case(case_files)
-    labels = np.zeros(case.image.shape[1:], dtype=np.uint8)
+    return case_files, case, np.zeros(case.image.shape[1:], dtype=np.uint8)
+
+
+def test_segmentation_decodes_back_on_the_source_instances(tmp_path, images):
+    case_files, case, labels = written_case(tmp_path, images)
     labels[3:8, 10:25, 5:30] = 2
     labels[4:7, 12:20, 8:20] = 4
     labels[5, 14:16, 10:12] = 1
@@ -167,10 +172,7 @@ def test_segmentation_decodes_back_on_the_source_instances(tmp_path, images):
 
 
 def test_a_cut_or_different_segmentation_is_caught(tmp_path, images):
-    write_dicom_case(tmp_path / "in" / "patient", images)
-    case_files = only_case(tmp_path / "in")
-    case, _ = read_case(case_files)
-    labels = np.zeros(case.image.shape[1:], dtype=np.uint8)
+    case_files, _, labels = written_case(tmp_path, images)
     labels[2:9, 5:30, 5:30] = 2
     headers = case_files.series()["t1"].headers
     uids = [str(h.SOPInstanceUID) for h in headers]
