@@ -64,8 +64,21 @@ def checkpoint_file(path):
     return path
 
 
+def model_weights(state):
+    """The network weights of a loaded file: a checkpoint's "model", or a shipped weights file (a plain
+    state_dict, float16 allowed); None when it is neither."""
+    if not isinstance(state, dict):
+        return None
+    if isinstance(state.get("model"), dict):
+        return state["model"]
+    if state and all(isinstance(value, torch.Tensor) for value in state.values()):
+        return state
+    return None
+
+
 def load_matching_weights(network, path):
-    """Load the weights of a checkpoint (pretraining or training) into `network` where names and shapes agree.
+    """Load the weights of a checkpoint (pretraining or training) or of a shipped weights file into `network`
+    where names and shapes agree; floating-point tensors take the network's dtype.
 
     Returns the number of tensors loaded. Raises ValueError with what to do when the file is not a checkpoint,
     nothing matches, or a matching name has another shape (a different configuration).
@@ -75,8 +88,8 @@ def load_matching_weights(network, path):
     except Exception as error:  # torch raises many types for unreadable files
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"Cannot read {path} ({reason}). Give the last.pt of a pretraining run.") from None
-    weights = state.get("model") if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
+    weights = model_weights(state)
+    if weights is None:
         raise ValueError(f"{path} has no model weights. Give the last.pt of a pretraining run.")
     own = network.state_dict()
     mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
@@ -84,7 +97,7 @@ def load_matching_weights(network, path):
         raise ValueError(f"{path} was made with another network configuration ({mismatched[0]}: "
                          f"{tuple(weights[mismatched[0]].shape)} vs {tuple(own[mismatched[0]].shape)}). "
                          "Fine-tune with the pretraining run's --network-config.")
-    shared = {k: v for k, v in weights.items() if k in own}
+    shared = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in weights.items() if k in own}
     if not shared:
         raise ValueError(f"No weight of {path} fits this network. Was it made for another network?")
     network.load_state_dict(shared, strict=False)

@@ -56,17 +56,27 @@ def metrics_entry(csv_path):
             "cases": means["cases"], "evaluation": Path(csv_path).name}
 
 
-def initialisation(config):
-    """{"initialised_from": ...} for a run started from another checkpoint (e.g. SwinFUSE pretraining), else {}."""
+def initialisation(config, catalogue=SHIPPED_CATALOGUE):
+    """{"initialised_from": ...} for a run started from another checkpoint (e.g. SwinFUSE pretraining) or from
+    shipped weights (then with that model's training record, so the budget of both runs stays on record),
+    else {}."""
     if not config.init_from:
         return {}
     record = {"checkpoint": str(config.init_from)}
     try:
         source = torch.load(config.init_from, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError):
+        return {"initialised_from": {**record, "note": "the checkpoint could not be read at export time"}}
+    if "step" in source:
         record.update(kind=source.get("kind", "training"), steps=int(source["step"]),
                       hours=round(float(source.get("elapsed_seconds", 0.0)) / 3600.0, 3))
-    except (OSError, RuntimeError, KeyError):
-        record["note"] = "the checkpoint could not be read at export time"
+    else:
+        sha = file_sha256(config.init_from)
+        record.update(kind="weights", sha256=sha)
+        entries = json.loads(Path(catalogue).read_text())["models"] if Path(catalogue).is_file() else []
+        shipped = [e for e in entries if e.get("weights", {}).get("sha256") == sha]
+        if shipped:
+            record.update(model=shipped[0]["name"], training=shipped[0].get("training", {}))
     return {"initialised_from": record}
 
 
@@ -115,7 +125,7 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
             "seed": config.seed,
             "weights_dtype": dtype,
             "best_validation": state.get("best"),
-            **initialisation(config),
+            **initialisation(config, catalogue),
         },
         "weights": {"file": weights.name, "sha256": file_sha256(weights)},
     }

@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ from training_support import CASES, one_thread, workspace  # noqa: F401
 
 from monai.losses import ContrastiveLoss
 
+from BrainTumorFusionLib.catalogue import file_sha256
 from Training.checkpoint import load_matching_weights
 from Training.data import cache_path, load_cached
+from Training.export import initialisation
 from Training.network_recipes import build_network
 from Training.pretraining import PretrainConfig, modality_pair, pretrain, pretraining_batch, pretraining_loss
 from Training.ssl_losses import kde_jsd, voxel_features
@@ -157,3 +160,22 @@ def test_load_matching_weights_rejects_other_files_with_what_to_do(tmp_path):
         load_matching_weights(network, unrelated)
     with pytest.raises(ValueError, match="no self-supervised pretraining"):
         pretrain(PretrainConfig(network="hafb", split_file="x"), progress=False)
+
+
+def test_fine_tuning_starts_from_shipped_weights_and_the_export_keeps_their_training_record(tmp_path):
+    # Shipped weights are a plain float16 state_dict; a run started from them loads every tensor as float32, and
+    # its export records which shipped model (and that model's training budget) it continued.
+    shipped = build_network("swinfuse", TINY_SWINFUSE)
+    weights = tmp_path / "swinfuse.pt"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in shipped.state_dict().items()}, weights)
+    fresh = build_network("swinfuse", TINY_SWINFUSE)
+    assert load_matching_weights(fresh, weights) == len(fresh.state_dict())
+    assert all(v.dtype == shipped.state_dict()[k].dtype for k, v in fresh.state_dict().items())
+    assert all(torch.equal(v, shipped.state_dict()[k].half().to(v.dtype)) for k, v in fresh.state_dict().items())
+
+    catalogue = tmp_path / "models.json"
+    catalogue.write_text(json.dumps({"models": [{"name": "swinfuse", "weights": {"file": "swinfuse.pt",
+                                     "sha256": file_sha256(weights)}, "training": {"steps": 7, "hours": 0.5}}]}))
+    record = initialisation(SimpleNamespace(init_from=str(weights)), catalogue)["initialised_from"]
+    assert record["kind"] == "weights" and record["model"] == "swinfuse"
+    assert record["training"] == {"steps": 7, "hours": 0.5}
