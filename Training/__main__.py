@@ -186,7 +186,8 @@ def main(argv=None):
         rows = choose_auto(args.data_dir, args.catalogue or SHIPPED_CATALOGUE, args.output)
         for row in rows:
             print(f"{'+'.join(row['members']):45s} " + " ".join(f"{k} {v:.4f}" for k, v in row["dice"].items())
-                  + f"  worst WT {row['worst_wt']:.4f}  {row['cpu_seconds']:.2f} s")
+                  + f"  worst WT {row['worst_wt']:.4f}  {row['cpu_seconds']:.2f} s"
+                  + (f"  clean-up {row['cleanup']}" if row["cleanup"] else ""))
     elif args.command == "export":
         entry = export(args.checkpoint, args.name, args.catalogue or SHIPPED_CATALOGUE, args.title, args.metrics,
                        args.dtype, args.size_limit_mb, args.data_description, args.window)

@@ -5,10 +5,13 @@ as the library runs it); every combination of the models is then scored by avera
 probabilities on the case's brain crop, exactly as the library's Ensemble does. So all 2^N - 1 choices cost N
 runs per case. A choice's seconds per case are the sum of its members' plus the postprocessing. All models must
 record the same validation cases. The library then takes, per case, the most accurate choice that runs on the
-modalities present within `cpu_seconds_limit` (auto_choice.py). The choice is made on the same cases that report
-its Dice, so its Dice is an optimistic estimate; the table says so.
+modalities present within `cpu_seconds_limit` (auto_choice.py). The choices it can take (for any set of present
+modalities, on a CPU or a GPU) then get their BraTS clean-up chosen on the same cases (tune_cleanup.tune), and
+their row's Dice is the Dice after it. The choice is made on the same cases that report its Dice, so its Dice is an
+optimistic estimate; the table says so.
 """
 
+import dataclasses
 import itertools
 import json
 import platform
@@ -19,17 +22,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from BrainTumorFusionLib.catalogue import AUTO_CPU_SECONDS_LIMIT, SHIPPED_CATALOGUE, Catalogue
+from BrainTumorFusionLib.auto_choice import choose
+from BrainTumorFusionLib.catalogue import AUTO_CPU_SECONDS_LIMIT, SHIPPED_CATALOGUE, AutoTable, Catalogue, MeasuredChoice
+from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import read_case
-from BrainTumorFusionLib.postprocessing import regions_to_labels, uncrop
+from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.postprocessing import Cleanup, clean_labels, regions_to_labels, uncrop
 
 from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid, write_csv, write_json
 from .evaluate import catalogue_segmenter
 from .metrics import region_metrics
+from .tune_cleanup import tune
 
-def measure(data_dir, catalogue_path, progress=True):
-    """Rows {members, dice, worst_wt, cpu_seconds} for every combination of the catalogue's segmentation models,
-    most accurate first."""
+def measure(data_dir, catalogue_path, progress=True, printer=print):
+    """Rows {members, dice, worst_wt, cpu_seconds, cleanup} for every combination of the catalogue's segmentation
+    models, most accurate first."""
     shipped = Path(catalogue_path).resolve() == SHIPPED_CATALOGUE.resolve()
     catalogue = Catalogue.load([] if shipped else [catalogue_path])
     names = catalogue.names("segmentation")
@@ -37,12 +44,14 @@ def measure(data_dir, catalogue_path, progress=True):
     models = ensemble.members
     cases = discover(data_dir)
     combos = [combo for size in range(1, len(names) + 1) for combo in itertools.combinations(range(len(names)), size)]
-    scores = {combo: [] for combo in combos}
+    labels = {combo: [] for combo in combos}  # per case: (labels on the brain crop, the crop)
     seconds = {combo: [] for combo in combos}
+    truths, voxel_ml = [], []
     for case_id in tqdm(split["validation"], desc="Measuring", unit="case", disable=not progress):
         case, _ = read_case(cases[case_id])
-        truth = read_labels_on_case_grid(labels_file(case_folder(cases[case_id])), case.image.shape[1:],
-                                         case.ijk_to_ras)
+        truths.append(read_labels_on_case_grid(labels_file(case_folder(cases[case_id])), case.image.shape[1:],
+                                               case.ijk_to_ras))
+        voxel_ml.append(case.voxel_volume_ml)
         probabilities, member_seconds, crop = [], [], None
         for model in models:
             start = time.perf_counter()
@@ -51,19 +60,47 @@ def measure(data_dir, catalogue_path, progress=True):
             probabilities.append(crop_probabilities)
         for combo in combos:
             start = time.perf_counter()
-            mean = np.mean([probabilities[i] for i in combo], axis=0)
-            labels = uncrop(regions_to_labels(mean), crop, case.image.shape[1:])
+            labels[combo].append((regions_to_labels(np.mean([probabilities[i] for i in combo], axis=0)), crop))
             post = time.perf_counter() - start
-            scores[combo].append(region_metrics(labels, truth))
             seconds[combo].append(sum(member_seconds[i] for i in combo) + post)
-    rows = []
-    for combo in combos:
-        dice = {region: float(np.mean([s[f"dice_{region}"] for s in scores[combo]])) for region in REGIONS}
-        rows.append({"members": [names[i] for i in combo], "dice": dice,
-                     "worst_wt": float(min(s["dice_WT"] for s in scores[combo])),
-                     "cpu_seconds": float(np.mean(seconds[combo]))})
-    rows.sort(key=lambda row: -sum(row["dice"].values()))
-    return rows, catalogue, len(split["validation"])
+
+    def row(combo, cleanup=Cleanup()):
+        scores, extra = [], 0.0
+        for (crop_labels, crop), truth, ml in zip(labels[combo], truths, voxel_ml):
+            start = time.perf_counter()
+            cleaned = clean_labels(crop_labels, ml, cleanup)
+            extra += time.perf_counter() - start
+            scores.append(region_metrics(uncrop(cleaned, crop, truth.shape), truth))
+        return {"members": [names[i] for i in combo],
+                "dice": {region: float(np.mean([s[f"dice_{region}"] for s in scores])) for region in REGIONS},
+                "worst_wt": float(min(s["dice_WT"] for s in scores)),
+                "cpu_seconds": float(np.mean(seconds[combo])) + extra / len(truths),
+                "cleanup": {k: v for k, v in dataclasses.asdict(cleanup).items() if v}}
+
+    rows = {combo: row(combo) for combo in combos}
+    for combo in takeable(rows, catalogue):
+        printer(f"\nClean-up for {'+'.join(rows[combo]['members'])}:")
+        pairs = [(case_id, uncrop(crop_labels, crop, truth.shape), truth, ml) for case_id, (crop_labels, crop), truth, ml
+                 in zip(split["validation"], labels[combo], truths, voxel_ml)]
+        rows[combo] = row(combo, tune(pairs, printer))
+    return sorted(rows.values(), key=lambda row: -sum(row["dice"].values())), catalogue, len(split["validation"])
+
+
+def takeable(rows, catalogue):
+    """The combinations auto_choice.choose takes for some set of present modalities, on a CPU or a GPU."""
+    table = AutoTable(choices=tuple(MeasuredChoice(
+        members=tuple((name, catalogue.entries[name].sha256) for name in row["members"]), dice=row["dice"],
+        cpu_seconds=row["cpu_seconds"], worst_wt=row["worst_wt"]) for row in rows.values()))
+    measured = Catalogue(catalogue.entries.values(), table)
+    taken = set()
+    for present in itertools.product((False, True), repeat=len(MODALITIES)):
+        for on_cpu in (True, False):
+            try:
+                choice, _ = choose(measured, present, on_cpu)
+            except InputError:  # no choice runs on these modalities
+                continue
+            taken.add(tuple(choice.member_names))
+    return [combo for combo in rows if tuple(rows[combo]["members"]) in taken]
 
 
 def hardware():
@@ -76,12 +113,15 @@ def write_table(rows, catalogue, catalogue_path, cases, limit=AUTO_CPU_SECONDS_L
     data["auto"] = {
         "cpu_seconds_limit": limit, "hardware": hardware(),
         "measured_with": "python -m Training choose-auto", "measured_on": time.strftime("%Y-%m-%d"),
-        "note": (f"Dice: mean over the {cases} validation cases (four modalities), on which the choice is also made: "
-                 "an optimistic estimate. cpu_seconds: network and postprocessing per case, precision auto."),
+        "note": (f"Dice: mean over the {cases} validation cases (four modalities), on which the choice and its "
+                 "clean-up are also made: an optimistic estimate; after the row's clean-up (islands below the "
+                 "volumes in mL removed), none where the row has no cleanup. cpu_seconds: network and "
+                 "postprocessing per case, precision auto."),
         "choices": [{"members": [{"name": name, "weights_sha256": catalogue.entries[name].sha256}
                                  for name in row["members"]],
                      "dice": {k: round(v, 4) for k, v in row["dice"].items()},
-                     "worst_wt": round(row["worst_wt"], 4), "cpu_seconds": round(row["cpu_seconds"], 2)}
+                     "worst_wt": round(row["worst_wt"], 4), "cpu_seconds": round(row["cpu_seconds"], 2),
+                     **({"cleanup": row["cleanup"]} if row["cleanup"] else {})}
                     for row in rows]}
     write_json(data, catalogue_path)
 
@@ -91,6 +131,7 @@ def choose_auto(data_dir, catalogue_path, output_csv=None, progress=True):
     write_table(rows, catalogue, catalogue_path, cases)
     if output_csv:
         write_csv([{"members": "+".join(row["members"]), **{f"dice_{k}": f"{v:.4f}" for k, v in row["dice"].items()},
-                    "worst_wt": f"{row['worst_wt']:.4f}", "cpu_seconds": f"{row['cpu_seconds']:.2f}"} for row in rows],
-                  ("members", "dice_WT", "dice_TC", "dice_ET", "worst_wt", "cpu_seconds"), output_csv)
+                    "worst_wt": f"{row['worst_wt']:.4f}", "cpu_seconds": f"{row['cpu_seconds']:.2f}",
+                    "cleanup": json.dumps(row["cleanup"]) if row["cleanup"] else ""} for row in rows],
+                  ("members", "dice_WT", "dice_TC", "dice_ET", "worst_wt", "cpu_seconds", "cleanup"), output_csv)
     return rows

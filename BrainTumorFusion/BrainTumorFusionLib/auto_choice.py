@@ -13,6 +13,7 @@ faster one on a tie.
 from .catalogue import AUTO, Catalogue, MeasuredChoice
 from .errors import InputError, ModelError
 from .modalities import MODALITIES, display, how_to_give
+from .postprocessing import Cleanup
 
 WORST_WT_FLOOR = 0.5  # issue: "no model below WT 0.5 on any case"
 COLLAPSE = (f"every choice that runs on these modalities scored a whole-tumor Dice below {WORST_WT_FLOOR} on some "
@@ -27,14 +28,28 @@ def collapse_warning(choice: MeasuredChoice) -> list[str]:
             f"whole-tumor Dice of {choice.worst_wt:.2f} on one validation case: check the result."]
 
 
-def usable_choices(catalogue: Catalogue) -> list[MeasuredChoice]:
-    """Choices of the table whose members are in the catalogue with the weights they were measured with; a
-    ModelError when there are none."""
+def is_current(catalogue: Catalogue, choice: MeasuredChoice) -> bool:
+    """Whether every member of the choice is in the catalogue with the weights it was measured with."""
     def current(name: str, sha256: str) -> bool:
         entry = catalogue.entries.get(name)
         return entry is not None and entry.task == "segmentation" and entry.sha256 == sha256
 
-    usable = [choice for choice in catalogue.auto.choices if all(current(*member) for member in choice.members)]
+    return all(current(*member) for member in choice.members)
+
+
+def measured_cleanup(catalogue: Catalogue, names: list[str]) -> Cleanup:
+    """The clean-up measured for this model or ensemble (its current row of the table), whether auto chose it or
+    the user named it; none where the table has no such row."""
+    for choice in catalogue.auto.choices:
+        if sorted(choice.member_names) == sorted(names) and is_current(catalogue, choice):
+            return choice.cleanup
+    return Cleanup()
+
+
+def usable_choices(catalogue: Catalogue) -> list[MeasuredChoice]:
+    """Choices of the table whose members are in the catalogue with the weights they were measured with; a
+    ModelError when there are none."""
+    usable = [choice for choice in catalogue.auto.choices if is_current(catalogue, choice)]
     if not usable:
         raise ModelError(f"The model catalogue has no measured '{AUTO}' choice for its current weights. Choose a "
                          "model by name (the models command lists them), or measure the table again with "

@@ -10,12 +10,13 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 
 from .errors import ModelError
 from .modalities import MODALITIES
+from .postprocessing import Cleanup
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +55,7 @@ DETAILS = ("training", "metrics", "split", "notes", "precision")
 # Entries are checked by typed parsing rather than a JSON Schema: messages can say what to do, and Slicer's
 # Python needs no extra package.
 TASKS = ("segmentation", "grading")
+CLEANUP_STEPS = [step.name for step in fields(Cleanup)]
 _FIX = "Correct the entry (Resources/models.json holds complete ones) or re-export it with Training's export command."
 _REQUIRED = object()
 # DETAILS the library reads (notes are shown as warnings, precision.cpu by the pipeline); the others are shown as
@@ -196,6 +198,7 @@ class MeasuredChoice:
     dice: dict[str, float]  # validation mean Dice of WT, TC, ET
     cpu_seconds: float  # per case on the measuring CPU (the table's "hardware")
     worst_wt: float = 1.0  # the lowest whole-tumor Dice of a validation case
+    cleanup: Cleanup = Cleanup()  # the BraTS clean-up chosen for it on the validation cases (dice is after it)
 
     @property
     def model(self) -> str:
@@ -238,11 +241,14 @@ class AutoTable:
                                                         and _text(m.get("weights_sha256")) for m in v)), place)
             dice = get(row, "dice", 'an object {"WT": ..., "TC": ..., "ET": ...} of numbers', lambda v: (
                 isinstance(v, dict) and set(v) == {"WT", "TC", "ET"} and all(map(number, v.values()))), place)
+            cleanup = get(row, "cleanup", f"an object of volumes in mL with keys from {CLEANUP_STEPS}",
+                          lambda v: isinstance(v, dict) and set(v) <= set(CLEANUP_STEPS)
+                          and all(map(number, v.values())), place, {})
             choices.append(MeasuredChoice(
                 members=tuple((m["name"], m["weights_sha256"].lower()) for m in members), dice=dict(dice),
                 cpu_seconds=float(get(row, "cpu_seconds", "a number of seconds", number, place)),
                 worst_wt=float(get(row, "worst_wt", "a number from 0 to 1", lambda v: number(v) and v <= 1, place,
-                                   1.0))))
+                                   1.0)), cleanup=Cleanup(**cleanup)))
         return cls(choices=tuple(choices), hardware=get(data, "hardware", "a string", _text, where, ""),
                    cpu_seconds_limit=float(get(data, "cpu_seconds_limit", "a number of seconds", number, where,
                                                  AUTO_CPU_SECONDS_LIMIT)))

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Optional, Union
 import numpy as np
 import torch
 
-from .auto_choice import choose, collapse_warning, usable_choices
+from .auto_choice import choose, collapse_warning, measured_cleanup, usable_choices
 from .case import Case, Result
 from .catalogue import (AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
                         member_names)
@@ -20,7 +20,7 @@ from .inference import (Progress, autocast_dtype, choose_device, classify, cover
                         predict_regions)
 from .modalities import MODALITIES, display, how_to_give
 from .plausibility import grading_refusal, result_warnings
-from .postprocessing import regions_to_labels, region_volumes, uncrop
+from .postprocessing import Cleanup, clean_labels, regions_to_labels, region_volumes, uncrop
 from .preprocessing import Crop, prepare
 
 GRADES = ("HGG", "LGG")
@@ -41,10 +41,14 @@ class Model:
     notes: str = ""  # the catalogue entry's caveat, passed on with its results
     cpu_bf16: bool = False  # bfloat16 keeps its Dice (catalogue `precision.cpu`), so "auto" may use it on a CPU
     whole_window: bool = False  # one window over the whole crop instead of patch-sized sliding windows
+    cleanup: Cleanup = Cleanup()  # applied to its labels when it runs alone (not as an ensemble member)
 
     @classmethod
     def from_catalogue(cls, name: str, task: str, device: Device, catalogue: Optional[Catalogue] = None) -> "Model":
-        return cls.from_entry((catalogue or Catalogue.load()).entry(name, task), device)
+        catalogue = catalogue or Catalogue.load()
+        model = cls.from_entry(catalogue.entry(name, task), device)
+        model.cleanup = measured_cleanup(catalogue, [name])
+        return model
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, device: Device) -> "Model":
@@ -96,8 +100,8 @@ class Ensemble:
     and the running sum are held at a time. Members wait in CPU memory and visit the GPU one at a time.
     """
 
-    def __init__(self, members: Iterable[Model]):
-        self.members = list(members)
+    def __init__(self, members: Iterable[Model], cleanup: Cleanup = Cleanup()):
+        self.members, self.cleanup = list(members), cleanup
         if len(self.members) < 2:
             raise ModelError(f"An ensemble needs at least 2 segmentation models, got {len(self.members)}. Give "
                              "two or more, or use the single model on its own.")
@@ -106,8 +110,10 @@ class Ensemble:
     @classmethod
     def from_catalogue(cls, names: Members = None, catalogue: Optional[Catalogue] = None) -> "Ensemble":
         """Members named in `names` (list or "a,b"); the catalogue's default members when none are named."""
-        entries = (catalogue or Catalogue.load()).ensemble_members(names)
-        return cls(Model.from_entry(entry, "cpu") for entry in entries)
+        catalogue = catalogue or Catalogue.load()
+        entries = catalogue.ensemble_members(names)
+        return cls((Model.from_entry(entry, "cpu") for entry in entries),
+                   measured_cleanup(catalogue, [entry.name for entry in entries]))
 
     def check_modalities(self, case: Case) -> None:
         lacking = {member.name: member.missing_modalities(case) for member in self.members}
@@ -224,7 +230,8 @@ class Pipeline:
         probabilities, crop = segmenter.crop_probabilities(case, self.device, share(report, 0.0, 0.9),
                                                            should_cancel, self.precision)
         report(0.9, "Postprocessing")
-        labels = uncrop(regions_to_labels(probabilities), crop, case.image.shape[1:])
+        labels = clean_labels(regions_to_labels(probabilities), case.voxel_volume_ml, segmenter.cleanup)
+        labels = uncrop(labels, crop, case.image.shape[1:])
         volumes = region_volumes(labels, case.voxel_volume_ml)
         caveat = getattr(segmenter, "notes", "")  # a model's known weakness, e.g. a collapse on a validation case
         warnings = (list(case.warnings) + choice_warnings + ([f"Model '{segmenter.name}': {caveat}"] if caveat else [])

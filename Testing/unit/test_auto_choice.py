@@ -1,17 +1,21 @@
-"""The model "auto": which measured choice it takes for the modalities present and the device, why, and where
-the choice is recorded (Result, summary row, scene attribute)."""
+"""The model "auto": which measured choice it takes for the modalities present and the device, why, where the
+choice is recorded (Result, summary row, scene attribute), and the clean-up measured with each choice."""
 
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
 
-from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, collapse_warning, describe
+from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, collapse_warning, describe, measured_cleanup
+from BrainTumorFusionLib.case import Case
 from BrainTumorFusionLib.catalogue import AUTO, AutoTable, Catalogue, MeasuredChoice
 from BrainTumorFusionLib.errors import InputError, ModelError
 from BrainTumorFusionLib.file_io import find_cases, read_case
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Auto, Ensemble, Model, Pipeline
+from BrainTumorFusionLib.postprocessing import Cleanup
 from BrainTumorFusionLib.records import RunSettings, summary_row
 
 ALL = (True, True, True, True)
@@ -123,4 +127,45 @@ def test_a_malformed_auto_table_is_named_when_the_catalogue_is_loaded(tmp_path):
     path.write_text(json.dumps({"models": [], "auto": {"choices": [{"members": [{"name": "hafb"}], "dice": {},
                                                                     "cpu_seconds": 1}]}}))
     with pytest.raises(ModelError, match=r"field 'auto', choice 1.*'members'"):
+        Catalogue.load([path])
+
+
+def test_a_measured_clean_up_runs_with_its_model_or_ensemble_whoever_chose_it(shipped):
+    cleanup = Cleanup(wt_island_ml=0.5, et_island_ml=0.02)
+    ensemble = replace(measured(shipped, ["missu", "segresnet"], 0.88, 0.80, 0.70, 4.0), cleanup=cleanup)
+    catalogue = with_table(shipped, ensemble, measured(shipped, ["hafb"], 0.85, 0.75, 0.65, 2.0))
+    assert measured_cleanup(catalogue, ["segresnet", "missu"]) == cleanup  # the member set, in any order
+    assert measured_cleanup(catalogue, ["hafb"]) == Cleanup()  # a row without one: nothing removed
+    assert measured_cleanup(catalogue, ["missu"]) == Cleanup()  # no row at all
+    assert Ensemble.from_catalogue("segresnet,missu", catalogue).cleanup == cleanup
+    stale = replace(ensemble, members=(("missu", "0" * 64), ensemble.members[1]))
+    assert measured_cleanup(with_table(shipped, stale), ["missu", "segresnet"]) == Cleanup()  # other weights
+
+
+def test_the_pipeline_removes_islands_below_the_measured_volumes():
+    # Synthetic geometry: a tumor of 27 voxels (1 mm: 0.027 mL) with a 1-voxel island; WT islands below 0.01 mL go.
+    image = np.zeros((4, 16, 16, 16), np.float32)
+    image[:, 2:14, 2:14, 2:14] = 1.0
+    case = Case(name="synthetic", image=image, ijk_to_ras=np.eye(4), present=ALL)
+    probabilities = np.zeros((3, 16, 16, 16), np.float32)
+    probabilities[0, 5:8, 5:8, 5:8] = 1.0
+    probabilities[0, 11, 11, 11] = 1.0
+
+    class Fixed(Model):
+        def crop_probabilities(self, case, device, progress, should_cancel=None, precision="auto"):
+            return probabilities.copy(), (slice(0, 16),) * 3
+
+    model = Fixed(name="fixed", network=torch.nn.Identity())
+    assert Pipeline(segmenter=model, device="cpu").run(case).volumes_ml["WT"] == pytest.approx(0.028)
+    model.cleanup = Cleanup(wt_island_ml=0.01)
+    assert Pipeline(segmenter=model, device="cpu").run(case).volumes_ml["WT"] == pytest.approx(0.027)
+
+
+def test_a_clean_up_with_an_unknown_step_is_named_when_the_catalogue_is_loaded(tmp_path, shipped):
+    path = tmp_path / "catalogue.json"
+    member = {"name": "hafb", "weights_sha256": shipped.entries["hafb"].sha256}
+    path.write_text(json.dumps({"models": [], "auto": {"choices": [{
+        "members": [member], "dice": {"WT": 0.8, "TC": 0.7, "ET": 0.6}, "cpu_seconds": 1,
+        "cleanup": {"wt_islands": 0.5}}]}}))
+    with pytest.raises(ModelError, match=r"choice 1.*'cleanup'.*wt_island_ml"):
         Catalogue.load([path])
