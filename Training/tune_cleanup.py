@@ -65,8 +65,19 @@ def better(trial, best, region):
     return max(gains) > MIN_GAIN and min(gains) >= -MIN_GAIN
 
 
+def tumor_box(predicted, truth):
+    """Both label maps cut to the box around every labelled voxel of either (one voxel of margin): islands, Dice
+    and lesion-wise Dice are the same there, and the whole grid costs about 20 times more."""
+    found = np.argwhere((predicted > 0) | (truth > 0))
+    if not len(found):
+        return predicted[:1, :1, :1], truth[:1, :1, :1]
+    box = tuple(slice(max(low - 1, 0), high + 2) for low, high in zip(found.min(0), found.max(0)))
+    return predicted[box], truth[box]
+
+
 def tune(pairs, printer=print):
     """The chosen Cleanup; prints `| step | mL | Dice WT | TC | ET | lesion-wise WT | TC | ET | kept |` rows."""
+    pairs = [(case_id, *tumor_box(predicted, truth), voxel_ml) for case_id, predicted, truth, voxel_ml in pairs]
     chosen = Cleanup()
     best = mean_dice(pairs, chosen)
 

@@ -129,3 +129,20 @@ def test_tune_cleanup_keeps_a_step_only_when_it_raises_dice():
     assert (chosen.tc_island_ml, chosen.et_island_ml, chosen.min_enhancing_ml) == (0, 0, 0)  # they cost Dice
     unchanged = tune([("synthetic", truth, truth, 0.005)], printer=lambda *_: None)
     assert unchanged == type(chosen)()  # a perfect prediction needs no clean-up
+
+
+def test_tune_cleanup_scores_the_tumor_box_as_the_whole_grid():
+    from BrainTumorFusionLib.postprocessing import Cleanup
+    from Training.tune_cleanup import mean_dice, tumor_box
+
+    truth = np.zeros((30, 30, 30), np.uint8)
+    truth[10:16, 10:16, 10:16] = 2
+    truth[12:14, 12:14, 12:14] = 4
+    predicted = truth.copy()
+    predicted[20, 25, 3] = 2  # a far island sets the box's corner
+    predicted[11, 11, 11] = 1
+    box = tumor_box(predicted, truth)
+    assert box[0].shape == (13, 18, 15)
+    for cleanup in (Cleanup(), Cleanup(wt_island_ml=0.002)):
+        assert mean_dice([("c", *box, 0.001)], cleanup) == mean_dice([("c", predicted, truth, 0.001)], cleanup)
+    assert tumor_box(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)))[0].shape == (1, 1, 1)
