@@ -17,6 +17,7 @@ from .errors import BrainTumorFusionError, Cancelled, InputError, OutputError
 from .file_io import (CaseFiles, PathLike, check_writable_folder, find_cases, read_case, reference_grid,
                       remove_stale_temporaries, write_labels)
 from .memory import available_bytes, needed_bytes
+from .modalities import present_of
 from .pipeline import Pipeline
 from .records import (Record, Row, RunSettings, done_record, failed_record, read_record, rebuild_summary,
                       summary_row, write_record)
@@ -147,6 +148,7 @@ class _Run:
             def progress(fraction, message):
                 bar.set_postfix_str(f"{case_id}: {message} {fraction:.0%}")
 
+            pipeline.check_modalities(present_of(case_files.roles()))  # before registration, which takes time
             # input preparation (registration, skull stripping) as the settings ask; none for settings without it
             case, reference = read_case(case_files, **dict(self.settings.preparation), progress=progress,
                                         should_cancel=self.should_cancel)

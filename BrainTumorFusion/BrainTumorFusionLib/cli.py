@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from .catalogue import AUTO, AUTO_CPU_SECONDS_LIMIT, DEFAULT_GRADER, DEFAULT_MODEL
 from .errors import BrainTumorFusionError, Cancelled
 from .inference import PRECISIONS
-from .modalities import MODALITIES
+from .modalities import MODALITIES, present_of
 from .process_runner import format_progress, format_result
 
 if TYPE_CHECKING:
@@ -140,10 +140,10 @@ def run_predict(args: argparse.Namespace) -> int:
     # Registration and skull stripping, when they run (case.stages), take about as long as the segmentation: half
     # the bar each.
     files = {role: getattr(args, role) for role in MODALITIES if getattr(args, role) is not None}
+    pipeline = make_pipeline(args)
+    pipeline.check_modalities(present_of(files))  # before registration; model errors before the output folder
     case, reference = read_case(CaseFiles(args.name, files), **preparation_options(args),
                                 progress=share(report, 0.0, 0.5))
-    pipeline = make_pipeline(args)
-    pipeline.check_modalities(case)  # input and model errors come before the output folder is made
     check_writable_folder(args.output_dir)
     result = pipeline.run(case, share(report, 0.5 if case.stages else 0.0, 1.0))
     write_labels(result.labels, reference, args.output_dir / "labels.nrrd")

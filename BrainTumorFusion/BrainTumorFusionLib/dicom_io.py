@@ -106,6 +106,9 @@ class DicomCase:
             self._series = _assign_roles(self.folder, _find_series(self.folder))
         return self._series
 
+    def roles(self) -> list[str]:
+        return list(self.series())
+
     def grid(self) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         """(size, spacing) of the first present role's grid, (I, J, K) order, from the headers alone."""
         series = self.series()[next(role for role in MODALITIES if role in self.series())]

@@ -32,6 +32,9 @@ class CaseFiles:
     files: dict[str, Path]  # role -> image file
     dicom: ClassVar[bool] = False  # dicom_io.DicomCase: a folder of DICOM series
 
+    def roles(self) -> list[str]:
+        return list(self.files)
+
 
 def strip_extension(name: str) -> Optional[str]:
     for extension in IMAGE_EXTENSIONS:

@@ -21,7 +21,7 @@ from .case import Result
 from .catalogue import DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, member_names
 from .file_io import PathLike
 from .geometry import image_from_array, ijk_to_ras_of
-from .modalities import MODALITIES, assign_roles, case_name_of
+from .modalities import MODALITIES, assign_roles, case_name_of, present_of
 from .process_runner import BackgroundProcess, library_command, parse_progress, parse_result
 from .registration import DEFAULT_REFERENCE
 
@@ -140,10 +140,11 @@ class SceneLogic:
 
         report = progress or (lambda fraction, message: None)
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
-        case = scene_adapter.case_from_nodes(**nodes, register=register, reference=reference, skull_strip=skull_strip,
-                                             progress=share(report, 0.0, 0.5), should_cancel=should_cancel)
         pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
                                         catalogue=Catalogue.load(catalogue_files), precision=precision)
+        pipeline.check_modalities(present_of(role for role, node in nodes.items() if node is not None))
+        case = scene_adapter.case_from_nodes(**nodes, register=register, reference=reference, skull_strip=skull_strip,
+                                             progress=share(report, 0.0, 0.5), should_cancel=should_cancel)
         # registration and skull stripping, when they ran, had the first half of the progress
         result = pipeline.run(case, share(report, 0.5 if case.stages else 0.0, 1.0), should_cancel)
         for warning in result.warnings:  # the console shows these; the node keeps them (WARNINGS_ATTRIBUTE)

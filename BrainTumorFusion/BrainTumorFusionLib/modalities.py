@@ -2,7 +2,7 @@
 
 import fnmatch
 import re
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 # Channel order of every network input, everywhere (inference, training, catalogue).
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -29,6 +29,12 @@ ROLE_PATTERNS = tuple((f"*{token}*", role) for token, role in ROLE_TOKENS)
 _TRAILING_TOKEN = re.compile(
     r"[ _.\-]+(" + "|".join(sorted((token for token, _ in ROLE_TOKENS), key=len, reverse=True)) + r")$",
     re.IGNORECASE)
+
+
+def present_of(roles: Iterable[str]) -> tuple[bool, ...]:
+    """One bool per modality (MODALITIES order): whether it is among `roles`."""
+    roles = set(roles)
+    return tuple(role in roles for role in MODALITIES)
 
 
 def display(roles: Sequence[str]) -> str:

@@ -26,6 +26,7 @@ from .preprocessing import Crop, prepare
 GRADES = ("HGG", "LGG")
 Device = Union[str, torch.device]
 ShouldCancel = Optional[Callable[[], bool]]
+Present = tuple[bool, ...]  # one per modality, MODALITIES order
 
 
 @dataclass
@@ -62,14 +63,14 @@ class Model:
         """The precision this model runs in (fp32, bf16, fp16), as a list (an ensemble has one per member)."""
         return [precision_name(autocast_dtype(precision, torch.device(device), self.cpu_bf16))]
 
-    def missing_modalities(self, case: Case) -> list[str]:
+    def missing_modalities(self, present: Present) -> list[str]:
         """The modalities (roles) this model needs and the case lacks (none if it handles that)."""
         if self.handles_missing_modalities:
             return []
-        return [m for m in self.modalities if not case.present[MODALITIES.index(m)]]
+        return [m for m in self.modalities if not present[MODALITIES.index(m)]]
 
-    def check_modalities(self, case: Case) -> None:
-        missing = self.missing_modalities(case)
+    def check_modalities(self, present: Present) -> None:
+        missing = self.missing_modalities(present)
         if missing:
             verb = "is" if len(missing) == 1 else "are"
             raise InputError(f"Model '{self.name}' needs {display(missing)}, which {verb} missing: "
@@ -115,8 +116,8 @@ class Ensemble:
         return cls((Model.from_entry(entry, "cpu") for entry in entries),
                    measured_cleanup(catalogue, [entry.name for entry in entries]))
 
-    def check_modalities(self, case: Case) -> None:
-        lacking = {member.name: member.missing_modalities(case) for member in self.members}
+    def check_modalities(self, present: Present) -> None:
+        lacking = {member.name: member.missing_modalities(present) for member in self.members}
         lacking = {name: missing for name, missing in lacking.items() if missing}
         if lacking:
             needs = "; ".join(f"'{name}' needs {display(missing)}" for name, missing in lacking.items())
@@ -167,17 +168,17 @@ class Auto:
         names = dict.fromkeys(name for choice in usable_choices(self.catalogue) for name in choice.member_names)
         return [self.catalogue.entries[name] for name in names]
 
-    def choose(self, case: Case) -> tuple[Union[Model, "Ensemble"], str, list[str]]:
-        """(The segmenter for this case, why it was chosen, warnings about the choice)."""
-        choice, reason = choose(self.catalogue, case.present, self.device.type == "cpu")
+    def choose(self, present: Present) -> tuple[Union[Model, "Ensemble"], str, list[str]]:
+        """(The segmenter for a case with these modalities, why it was chosen, warnings about the choice)."""
+        choice, reason = choose(self.catalogue, present, self.device.type == "cpu")
         key = tuple(choice.member_names)
         if key not in self.loaded:
             self.loaded[key] = segmentation_model(choice.model, key if len(key) > 1 else None, self.device,
                                                   self.catalogue)
         return self.loaded[key], f"{AUTO}: {reason}", collapse_warning(choice)
 
-    def check_modalities(self, case: Case) -> None:
-        self.choose(case)[0].check_modalities(case)
+    def check_modalities(self, present: Present) -> None:
+        self.choose(present)[0].check_modalities(present)
 
 
 def share(progress: Progress, start: float, end: float, label: Optional[str] = None) -> Progress:
@@ -225,7 +226,7 @@ class Pipeline:
         """Result for one Case. progress(fraction, message) is called as work advances."""
         report = progress or (lambda fraction, message: None)
         start = time.perf_counter()
-        self.check_modalities(case)
+        self.check_modalities(case.present)
         segmenter, choice, choice_warnings = self.segmenter_for(case)
         probabilities, crop = segmenter.crop_probabilities(case, self.device, share(report, 0.0, 0.9),
                                                            should_cancel, self.precision)
@@ -253,7 +254,7 @@ class Pipeline:
         """(The segmenter that runs on this case, why it was chosen and warnings about that: "" and [] unless the
         model is "auto")."""
         if isinstance(self.segmenter, Auto):
-            return self.segmenter.choose(case)
+            return self.segmenter.choose(case.present)
         return self.segmenter, "", []
 
     def precision_used(self, segmenter: Union[Model, Ensemble]) -> str:
@@ -261,14 +262,18 @@ class Pipeline:
         names = segmenter.precisions(self.device, self.precision)
         return "+".join(dict.fromkeys(names))
 
-    def check_modalities(self, case: Case) -> None:
-        """InputError saying what to select (or deselect) if a model of this pipeline cannot run on the case."""
+    def check_modalities(self, present: Present) -> None:
+        """InputError saying what to select (or deselect) if a model of this pipeline cannot run on a case with
+        these modalities (one bool per modality; modalities.present_of): called before the inputs are read and
+        registered, so a case it cannot run costs nothing. None present is left to the reader, whose error says so."""
+        if not any(present):
+            return
         for model in filter(None, (self.segmenter, self.grader)):
-            model.check_modalities(case)
+            model.check_modalities(present)
 
     def grade(self, case: Case) -> dict[str, float]:
         """{"HGG": p, "LGG": p} from the grading model on the brain crop resized to its input size."""
-        self.grader.check_modalities(case)
+        self.grader.check_modalities(case.present)
         prepared = prepare(case, self.grader.spacing_mm)
         present = case.present if self.grader.handles_missing_modalities else None
         probabilities = classify(self.grader.network, prepared.image, self.grader.patch_size, self.device, present,

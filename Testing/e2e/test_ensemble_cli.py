@@ -67,3 +67,13 @@ def test_member_errors_stop_before_any_output(tmp_path, capsys):
     assert main(["models"]) == 0
     default = ",".join(Catalogue.load().default_ensemble())
     assert f"ensemble     segmentation  mean of --members (default: {default})" in capsys.readouterr().out
+
+
+def test_a_model_that_cannot_run_is_refused_before_the_inputs_are_read_or_registered(tmp_path, capsys):
+    unreadable = tmp_path / "x_flair.nii.gz"  # reading it would fail: the model's error must come first
+    unreadable.write_text("not an image")
+    output = tmp_path / "out"
+    assert main(["predict", "--flair", str(unreadable), "--output-dir", str(output), "--model", "segresnet",
+                 "--register", "on"]) == 2
+    assert "Model 'segresnet' needs T1, T1ce, T2, which are missing" in capsys.readouterr().err
+    assert not output.exists()
