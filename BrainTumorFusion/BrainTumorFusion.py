@@ -62,6 +62,7 @@ class BrainTumorFusionParameterNode:
     members: str = ""
     device: str = "auto"
     precision: str = "auto"
+    tta: str = "off"
     grade: bool = False
     register: str = "auto"
     skullStrip: str = "auto"
@@ -195,7 +196,7 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.run = self.logic.start_segmentation(t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair,
                                                      model=p.model, device=p.device, grade=p.grade,
                                                      members=p.members if p.model == ENSEMBLE else None,
-                                                     precision=p.precision, register=p.register,
+                                                     precision=p.precision, tta=p.tta, register=p.register,
                                                      skull_strip=p.skullStrip)
         except BrainTumorFusionError as error:
             slicer.util.errorDisplay(str(error))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
+from BrainTumorFusionLib.inference import TTA_MODES
 
 from . import grading_cli
 from .choose_auto import choose_auto
@@ -115,6 +116,8 @@ def build_parser():
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     evaluate.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
                           help="inference precision (default fp32: scores that do not depend on the CPU)")
+    evaluate.add_argument("--tta", default="off", choices=TTA_MODES,
+                          help="test-time augmentation: off (default) or mirror (the mean over mirrored passes)")
     evaluate.add_argument("--drop-modalities", default="", help="e.g. t1,t2: evaluate without these")
     evaluate.add_argument("--save-predictions", type=Path, help="also write <case>_seg.nii.gz here")
     evaluate.add_argument("--window", default="patch", choices=("patch", "whole"),
@@ -176,7 +179,7 @@ def main(argv=None):
         drop = tuple(m for m in args.drop_modalities.split(",") if m)
         result = evaluate(args.checkpoint, args.data_dir, args.split, args.output, args.device, drop,
                           args.save_predictions, model=args.model, members=args.members, precision=args.precision,
-                          window=args.window)
+                          window=args.window, tta=args.tta)
         means = result["means"]
         print(f"{len(result['rows'])} cases -> {result['csv']}")
         print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))

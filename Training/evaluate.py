@@ -98,7 +98,7 @@ def read_means(path):
 
 def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="auto", drop_modalities=(),
              predictions_dir=None, progress=True, model=None, members=None, catalogue=None, precision="fp32",
-             window="patch"):
+             window="patch", tta="off"):
     """Segment the cases of `split` with the library pipeline; write per-case metrics and the means to CSV.
 
     checkpoint: a checkpoint file or run folder; or None and `model`, a catalogue model name ("ensemble" with
@@ -107,6 +107,7 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
     drop_modalities: roles (e.g. ("t1", "t2")) left out of every case, to measure a model trained for
     missing modalities. precision: the library's (fp32 by default, so that scores do not depend on the CPU).
     window: with a checkpoint, "patch" or "whole" (see model_from_checkpoint); a catalogue model uses its entry's.
+    tta: the library's test-time augmentation, "off" or "mirror" (the seconds include all its passes).
     Returns {"csv": path, "rows": [...], "means": {...}}.
     """
     if checkpoint is not None:
@@ -116,7 +117,7 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
     else:
         segmenter, recorded = catalogue_segmenter(model, members, catalogue)
         state, run_dir = {"split": recorded}, Path("runs") / model
-    pipeline = Pipeline(model=None, device=device, segmenter=segmenter, precision=precision)
+    pipeline = Pipeline(model=None, device=device, segmenter=segmenter, precision=precision, tta=tta)
     cases = discover(data_dir)
     case_ids = split_cases(state, data_dir, split)
     missing = [c for c in case_ids if c not in cases]

@@ -104,7 +104,7 @@ class _Run:
                    for name in output_names(case_id, self.preview, case_id in self.dicom_cases))
 
     def finished(self, record: Optional[Record]) -> bool:
-        return bool(record and record["status"] == "done" and record.get("settings") == self.settings.as_json()
+        return bool(record and record["status"] == "done" and self.settings.matches(record.get("settings"))
                     and self.has_outputs(record["case_id"]))
 
     def refuse_other_settings(self, case_ids: list[str]) -> None:
@@ -115,7 +115,7 @@ class _Run:
         clashes = {}
         for case_id in case_ids:
             record = read_record(self.output_dir, case_id)
-            if (record and record["status"] == "done" and record.get("settings") != self.settings.as_json()
+            if (record and record["status"] == "done" and not self.settings.matches(record.get("settings"))
                     and self.has_outputs(case_id)):
                 clashes[case_id] = self.settings.differences(record.get("settings") or {})
         if clashes:

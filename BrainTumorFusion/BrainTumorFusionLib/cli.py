@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from .catalogue import AUTO, AUTO_CPU_SECONDS_LIMIT, DEFAULT_GRADER, DEFAULT_MODEL
 from .errors import BrainTumorFusionError, Cancelled
-from .inference import PRECISIONS
+from .inference import PRECISIONS, TTA_MODES
 from .modalities import MODALITIES, present_of
 from .process_runner import format_progress, format_result
 
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--precision", default="auto", choices=PRECISIONS,
                              help="auto (default): float16 on CUDA, bfloat16 on CPUs with native bfloat16 for models "
                              "whose catalogue entry allows it, else float32")
+        command.add_argument("--tta", default="off", choices=TTA_MODES,
+                             help="test-time augmentation: off (default) or mirror, the mean over the image and its "
+                             "mirror images (several times the network time; see the README)")
         command.add_argument("--grade", action="store_true", help="also grade the glioma (HGG vs LGG)")
         command.add_argument("--grading-model", default=DEFAULT_GRADER)
         command.add_argument("--catalogue", action="append", default=[], metavar="JSON",
@@ -93,7 +96,7 @@ def make_pipeline(args: argparse.Namespace, catalogue: Optional["Catalogue"] = N
 
     return Pipeline(model=args.model, device=args.device, grade=args.grade, grading_model=args.grading_model,
                     catalogue=catalogue or Catalogue.load(args.catalogue), members=args.members,
-                    precision=args.precision)
+                    precision=args.precision, tta=args.tta)
 
 
 def preparation_options(args: argparse.Namespace) -> dict:
@@ -108,7 +111,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
     catalogue = Catalogue.load(args.catalogue)
     settings = RunSettings.from_catalogue(catalogue, args.model, args.members, args.grade, args.grading_model,
-                                          args.precision)
+                                          args.precision, args.tta)
     settings = dataclasses.replace(settings, preparation=tuple(preparation_options(args).items()))
     # A cluster cancels or times out a job with SIGTERM: stop as on Ctrl-C, removing the temporary being written.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -152,7 +155,8 @@ def run_predict(args: argparse.Namespace) -> int:
             write_labels(sitk.GetArrayFromImage(labels), labels, args.output_dir / f"labels_{role}.nrrd")
     summary = {"case_name": result.case_name, "volumes_ml": result.volumes_ml,
                "grade_probabilities": result.grade_probabilities, "model": result.model,
-               "model_choice": result.model_choice, "device": result.device, "seconds": result.seconds,
+               "model_choice": result.model_choice, "device": result.device, "tta": pipeline.tta,
+               "seconds": result.seconds,
                "warnings": result.warnings, "stages": result.stages, "reference": case.reference_role,
                "registration": [alignment.as_json() for alignment in case.alignments.values()]}
     write_atomically(lambda target: Path(target).write_text(json.dumps(summary, indent=1)),

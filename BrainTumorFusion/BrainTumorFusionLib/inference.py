@@ -5,9 +5,14 @@ Precision (`precision`): "auto" runs float16 autocast on CUDA, bfloat16 autocast
 arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm; read from the CPU flags, Linux only) for models whose catalogue
 entry says bfloat16 keeps their Dice (`Model.cpu_bf16`), and float32 elsewhere. "fp32", "bf16" and "fp16" (CUDA
 only) force one.
+
+Test-time augmentation (`tta`): "off" runs the network once; "mirror" averages the sigmoid region probabilities of
+the image and of its mirror images (nnU-Net's mirroring), each flipped back before averaging: MIRROR_FLIPS passes,
+so that many times the network time.
 """
 
 import functools
+import itertools
 import logging
 from contextlib import nullcontext
 from typing import Callable, Optional, Sequence, Tuple, Union
@@ -22,6 +27,9 @@ from .errors import Cancelled, InputError
 log = logging.getLogger(__name__)
 OVERLAP = 0.5
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TTA_MODES = ("off", "mirror")
+# Spatial axes of a (4, D, H, W) image flipped in each mirroring pass: every combination of the three (8 passes).
+MIRROR_FLIPS = tuple(axes for count in range(4) for axes in itertools.combinations((1, 2, 3), count))
 Progress = Callable[[float, str], None]  # (fraction done, message)
 
 
@@ -53,6 +61,13 @@ def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False)
         raise InputError("Precision fp16 needs a CUDA GPU (float16 is slow and unsupported by many CPU kernels). "
                          "Use auto, fp32 or bf16.")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def flips_of(tta: str) -> tuple[tuple[int, ...], ...]:
+    """The image axes flipped in each pass of a run with this test-time augmentation; ((),) = one plain pass."""
+    if tta not in TTA_MODES:
+        raise InputError(f"Unknown test-time augmentation '{tta}'. Use {' or '.join(TTA_MODES)}.")
+    return MIRROR_FLIPS if tta == "mirror" else ((),)
 
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:
@@ -93,6 +108,7 @@ class _Monitored(torch.nn.Module):
         self.network, self.present, self.total = network, present, max(total, 1)
         self.progress, self.should_cancel, self.done = progress, should_cancel, 0
         self.memory_format = memory_format
+        self.message = "Segmenting"  # says which mirroring pass runs, when there are several
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         if self.should_cancel and self.should_cancel():
@@ -102,26 +118,29 @@ class _Monitored(torch.nn.Module):
         out = self.network(window) if present is None else self.network(window, present)
         self.done += window.shape[0]
         if self.progress:
-            self.progress(min(self.done / self.total, 1.0), "Segmenting")
+            self.progress(min(self.done / self.total, 1.0), self.message)
         return out
 
 
 def predict_regions(network: torch.nn.Module, image: np.ndarray, roi_size: Sequence[int],
                     device: Union[str, torch.device], present: Optional[Sequence[bool]] = None,
                     progress: Optional[Progress] = None, should_cancel: Optional[Callable[[], bool]] = None,
-                    overlap: float = OVERLAP, precision: str = "auto", cpu_bf16: bool = False) -> np.ndarray:
+                    overlap: float = OVERLAP, precision: str = "auto", cpu_bf16: bool = False,
+                    tta: str = "off") -> np.ndarray:
     """Region probabilities (3, D, H, W) float32 numpy for a (4, D, H, W) normalised image.
 
     `present` (4 bools) is passed to the network when some modality is missing. Autocast follows `precision`
-    (see the module docstring; `cpu_bf16` is the model's verdict); if the GPU runs out of memory the run is
-    repeated on the CPU with a warning. Raises ValueError when `roi_size` is not a multiple of the network's
-    `size_multiple`.
+    (see the module docstring; `cpu_bf16` is the model's verdict); `tta` "mirror" averages the mirrored passes
+    (module docstring), with progress across all passes and cancel between windows. If the GPU runs out of memory
+    the run is repeated on the CPU with a warning. Raises ValueError when `roi_size` is not a multiple of the
+    network's `size_multiple`.
     """
     device = torch.device(device)
     roi = _window_size(network, roi_size)
+    flips = flips_of(tta)
     try:
         return _predict(network, image, roi, device, present, progress, should_cancel, overlap,
-                        autocast_dtype(precision, device, cpu_bf16))
+                        autocast_dtype(precision, device, cpu_bf16), flips)
     except torch.OutOfMemoryError:
         if device.type != "cuda":
             raise
@@ -130,7 +149,7 @@ def predict_regions(network: torch.nn.Module, image: np.ndarray, roi_size: Seque
         network.to("cpu")
         cpu = torch.device("cpu")
         return _predict(network, image, roi, cpu, present, progress, should_cancel, overlap,
-                        autocast_dtype("auto" if precision == "fp16" else precision, cpu, cpu_bf16))
+                        autocast_dtype("auto" if precision == "fp16" else precision, cpu, cpu_bf16), flips)
 
 
 def covering_window(shape: Sequence[int], patch_size: Sequence[int], network: torch.nn.Module) -> Tuple[int, ...]:
@@ -158,7 +177,7 @@ def _window_size(network: torch.nn.Module, roi_size: Sequence[int]) -> Tuple[int
 def _predict(network: torch.nn.Module, image: np.ndarray, roi: Tuple[int, ...], device: torch.device,
              present: Optional[Sequence[bool]], progress: Optional[Progress],
              should_cancel: Optional[Callable[[], bool]], overlap: float,
-             dtype: Optional[torch.dtype]) -> np.ndarray:
+             dtype: Optional[torch.dtype], flips: Sequence[Tuple[int, ...]]) -> np.ndarray:
     # Networks that say so run bf16 on the CPU in the channels-last-3d layout (oneDNN's faster kernels there).
     layout = torch.contiguous_format
     if device.type == "cpu" and dtype == torch.bfloat16 and getattr(network, "bf16_channels_last", False):
@@ -168,9 +187,30 @@ def _predict(network: torch.nn.Module, image: np.ndarray, roi: Tuple[int, ...], 
     if present is not None and not all(present):
         mask = torch.tensor([list(present)], dtype=torch.bool, device=device)
     # Windows keep the model's patch size (checked against the network's size_multiple); small inputs are padded.
-    monitored = _Monitored(network, mask, window_count(image.shape[1:], roi, overlap), progress, should_cancel, layout)
-    inputs = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
+    windows = window_count(image.shape[1:], roi, overlap)
+    monitored = _Monitored(network, mask, windows * len(flips), progress, should_cancel, layout)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    total = None
+    for index, axes in enumerate(flips):
+        if len(flips) > 1:
+            monitored.message = f"Segmenting, mirroring pass {index + 1} of {len(flips)}"
+        probabilities = _sliding_window(monitored, image, axes, roi, device, overlap, autocast)
+        # np.flip is a view: the pass is flipped back and added without another full-size copy
+        restored = np.flip(probabilities, axes)
+        if total is None:  # the first pass is the plain image: its output becomes the sum, uncopied
+            total = np.ascontiguousarray(restored)
+        else:
+            total += restored
+        del probabilities, restored  # only the running sum stays alive during the next pass
+    if len(flips) > 1:
+        total /= len(flips)
+    return total
+
+
+def _sliding_window(monitored: _Monitored, image: np.ndarray, axes: Tuple[int, ...], roi: Tuple[int, ...],
+                    device: torch.device, overlap: float, autocast) -> np.ndarray:
+    """Sigmoid region probabilities (3, D, H, W) of the image flipped along `axes`, on the flipped grid."""
+    inputs = torch.from_numpy(np.ascontiguousarray(np.flip(image, axes)[None])).to(device)
     with torch.inference_mode(), autocast:
         logits = sliding_window_inference(inputs, roi, 1, monitored, overlap=overlap, mode="gaussian",
                                           sw_device=device, device="cpu")

@@ -126,14 +126,15 @@ class SceneLogic:
                 flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto", grade: bool = False,
                 progress: Optional["Progress"] = None, should_cancel: Optional[Callable[[], bool]] = None,
                 catalogue_files: Iterable[PathLike] = (), pipeline: Optional["Pipeline"] = None,
-                members: Members = None, precision: str = "auto", register: str = "auto",
+                members: Members = None, precision: str = "auto", tta: str = "off", register: str = "auto",
                 reference: str = DEFAULT_REFERENCE, skull_strip: str = "auto") -> "slicer.vtkMRMLSegmentationNode":
         """Segment in this process; returns the new segmentation node (tables are added beside it).
 
         model="ensemble" averages the segmentation models in `members` (list or "a,b"; default: all).
-        precision: auto, fp32, bf16 or fp16 (CUDA). register: auto (when an input lies on another grid or looks
-        misaligned), on or off; the registered volumes are put under transform nodes "BrainTumorFusion <role> to
-        <reference>". skull_strip: auto (when an input has its skull), on or off. The result lies on the
+        precision: auto, fp32, bf16 or fp16 (CUDA). tta: "off" or "mirror" (test-time augmentation: the mean over
+        the image and its mirror images, several times slower). register: auto (when an input lies on another grid
+        or looks misaligned), on or off; the registered volumes are put under transform nodes "BrainTumorFusion
+        <role> to <reference>". skull_strip: auto (when an input has its skull), on or off. The result lies on the
         `reference` volume's grid (T1ce by default)."""
         from .pipeline import Pipeline, share
         from .registration import ras_transform_to_parent
@@ -141,7 +142,7 @@ class SceneLogic:
         report = progress or (lambda fraction, message: None)
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
         pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
-                                        catalogue=Catalogue.load(catalogue_files), precision=precision)
+                                        catalogue=Catalogue.load(catalogue_files), precision=precision, tta=tta)
         pipeline.check_modalities(present_of(role for role, node in nodes.items() if node is not None))
         case = scene_adapter.case_from_nodes(**nodes, register=register, reference=reference, skull_strip=skull_strip,
                                              progress=share(report, 0.0, 0.5), should_cancel=should_cancel)
@@ -189,10 +190,11 @@ class SceneLogic:
     def start_segmentation(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
                            flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto",
                            grade: bool = False, catalogue_files: Iterable[PathLike] = (),
-                           members: Members = None, precision: str = "auto", register: str = "auto",
-                           reference: str = DEFAULT_REFERENCE, skull_strip: str = "auto") -> BackgroundSegmentation:
-        """Write the inputs to temporary NRRD files and start the `predict` command on them (register, reference,
-        skull_strip: as segment)."""
+                           members: Members = None, precision: str = "auto", tta: str = "off",
+                           register: str = "auto", reference: str = DEFAULT_REFERENCE,
+                           skull_strip: str = "auto") -> BackgroundSegmentation:
+        """Write the inputs to temporary NRRD files and start the `predict` command on them (tta, register,
+        reference, skull_strip: as segment)."""
         from .preparation import check_modes, reference_role_of
 
         check_modes(register, skull_strip)
@@ -202,7 +204,7 @@ class SceneLogic:
             members = [entry.name for entry in Catalogue.load(catalogue_files).ensemble_members(members)]
         folder = Path(tempfile.mkdtemp(prefix="BrainTumorFusion-"))
         arguments = ["predict", "--output-dir", str(folder / "output"), "--model", model, "--device", device,
-                     "--precision", precision, "--register", register, "--reference", reference,
+                     "--precision", precision, "--tta", tta, "--register", register, "--reference", reference,
                      "--skull-strip", skull_strip]
         arguments += ["--members", ",".join(member_names(members))] if members else []
         for role, node in nodes.items():

@@ -16,8 +16,8 @@ from .case import Case, Result
 from .catalogue import (AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
                         member_names)
 from .errors import Cancelled, InputError, ModelError
-from .inference import (Progress, autocast_dtype, choose_device, classify, covering_window, precision_name,
-                        predict_regions)
+from .inference import (Progress, autocast_dtype, choose_device, classify, covering_window, flips_of,
+                        precision_name, predict_regions)
 from .modalities import MODALITIES, display, how_to_give
 from .plausibility import grading_refusal, result_warnings
 from .postprocessing import Cleanup, clean_labels, regions_to_labels, region_volumes, uncrop
@@ -78,7 +78,7 @@ class Model:
                              "missing modalities.")
 
     def crop_probabilities(self, case: Case, device: Device, progress: Progress, should_cancel: ShouldCancel = None,
-                           precision: str = "auto") -> tuple[np.ndarray, Crop]:
+                           precision: str = "auto", tta: str = "off") -> tuple[np.ndarray, Crop]:
         """(Region probabilities (3, ...) on the grid of the case's brain crop, the crop's slices).
 
         The network sees the crop at its own spacing; its output is resampled back onto the crop's grid."""
@@ -90,7 +90,7 @@ class Model:
             window = covering_window(prepared.image.shape[1:], self.patch_size, self.network)
         probabilities = predict_regions(self.network, prepared.image, window, device, present,
                                         share(progress, 0.05, 1.0), should_cancel, precision=precision,
-                                        cpu_bf16=self.cpu_bf16)
+                                        cpu_bf16=self.cpu_bf16, tta=tta)
         return prepared.to_crop_grid(probabilities), prepared.crop
 
 
@@ -129,7 +129,7 @@ class Ensemble:
         return [name for member in self.members for name in member.precisions(device, precision)]
 
     def crop_probabilities(self, case: Case, device: Device, progress: Progress, should_cancel: ShouldCancel = None,
-                           precision: str = "auto") -> tuple[np.ndarray, Crop]:
+                           precision: str = "auto", tta: str = "off") -> tuple[np.ndarray, Crop]:
         """Mean of the members' region probabilities on the case's brain crop grid, and the crop's slices."""
         total = crop = None
         count = len(self.members)
@@ -138,7 +138,8 @@ class Ensemble:
                 raise Cancelled("Cancelled by the user; nothing was written.")
             label = f"{member.name}, {index + 1} of {count}"
             probabilities, member_crop = member.crop_probabilities(
-                case, device, share(progress, index / count, (index + 1) / count, label), should_cancel, precision)
+                case, device, share(progress, index / count, (index + 1) / count, label), should_cancel, precision,
+                tta)
             member.network.to("cpu")  # free the GPU for the next member
             if total is None:
                 total, crop = probabilities, member_crop
@@ -207,16 +208,18 @@ class Pipeline:
     model=None makes a grading-only pipeline (use `grade`). model="auto" (the default) picks per case the
     catalogue's most accurate measured choice for the modalities present (auto_choice). model="ensemble" averages
     the models named in `members` (a list or "a,b"; default: the catalogue's default_ensemble()). `precision`:
-    auto, fp32, bf16 or fp16 (see inference).
+    auto, fp32, bf16 or fp16 (see inference). `tta`: "off" (the default) or "mirror", test-time augmentation by
+    mirroring for every network that runs (each ensemble member, whatever "auto" chooses); it multiplies their time.
     """
 
     def __init__(self, model: Optional[str] = DEFAULT_MODEL, device: Optional[str] = "auto", grade: bool = False,
                  catalogue: Optional[Catalogue] = None, segmenter: Union[Model, Ensemble, None] = None,
                  grader: Optional[Model] = None, grading_model: str = DEFAULT_GRADER, members: Members = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", tta: str = "off"):
         self.device = choose_device(device)
-        autocast_dtype(precision, self.device)  # an unknown precision is refused before any model loads
-        self.precision = precision
+        autocast_dtype(precision, self.device)  # unknown settings are refused before any model loads
+        flips_of(tta)
+        self.precision, self.tta = precision, tta
         self.segmenter = segmenter or (segmentation_model(model, members, self.device, catalogue)
                                        if model else None)
         self.grader = grader or (Model.from_catalogue(grading_model, "grading", self.device, catalogue)
@@ -229,7 +232,7 @@ class Pipeline:
         self.check_modalities(case.present)
         segmenter, choice, choice_warnings = self.segmenter_for(case)
         probabilities, crop = segmenter.crop_probabilities(case, self.device, share(report, 0.0, 0.9),
-                                                           should_cancel, self.precision)
+                                                           should_cancel, self.precision, self.tta)
         report(0.9, "Postprocessing")
         labels = clean_labels(regions_to_labels(probabilities), case.voxel_volume_ml, segmenter.cleanup)
         labels = uncrop(labels, crop, case.image.shape[1:])

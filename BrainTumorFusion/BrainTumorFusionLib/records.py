@@ -30,9 +30,11 @@ LOCK_NAME = ".summary.csv.lock"
 LOCK_TIMEOUT_S = 120  # rebuilding takes milliseconds; a lock held this long belongs to a hung file system
 STAGES = ("register", "skull_strip", "segment")  # seconds of each stage of a case (Result.stages)
 SUMMARY_COLUMNS = (("case_id", "status") + tuple(f"{name}_ml" for name in VOLUME_COLUMNS) + GRADES
-                   + ("seconds", "device", "model", "model_choice")
+                   + ("seconds", "device", "tta", "model", "model_choice")
                    + tuple(f"{stage}_s" for stage in STAGES) + ("message",))
 
+# Records written before a setting existed were made as its default: such a case is not recomputed for it.
+OPTION_DEFAULTS = {"tta": "off"}
 Record = dict[str, Any]  # a record's JSON
 Row = dict[str, Any]  # one summary.csv row, column -> value
 
@@ -45,6 +47,7 @@ class RunSettings:
     members: tuple[tuple[str, str], ...]  # (name, weights SHA-256) of each segmentation network, in order
     grading_model: Optional[tuple[str, str]]  # (name, weights SHA-256) when grading, else None
     precision: str  # as asked: auto, fp32, bf16, fp16 (the precision used is in each record's device)
+    tta: str = "off"  # test-time augmentation: off or mirror
     library_version: str = __version__
     # Input preparation (register, reference, skull_strip) as asked: ("register", "auto"), ...; empty for callers
     # that prepare nothing
@@ -52,7 +55,7 @@ class RunSettings:
 
     @classmethod
     def from_catalogue(cls, catalogue: Catalogue, model: str, members: Members, grade: bool, grading_model: str,
-                       precision: str) -> "RunSettings":
+                       precision: str, tta: str = "off") -> "RunSettings":
         """Settings of a run, from catalogue entries only (no weights are loaded); unknown names raise
         ModelError."""
         if model == AUTO and not members:  # every network auto may choose: new weights make results differ
@@ -66,7 +69,7 @@ class RunSettings:
             entries = [catalogue.entry(model, "segmentation")]
         grader = catalogue.entry(grading_model, "grading") if grade else None
         return cls(model=model, members=tuple((entry.name, entry.sha256) for entry in entries),
-                   grading_model=(grader.name, grader.sha256) if grader else None, precision=precision)
+                   grading_model=(grader.name, grader.sha256) if grader else None, precision=precision, tta=tta)
 
     def as_json(self) -> dict[str, Any]:
         """The settings as a record holds them."""
@@ -75,8 +78,12 @@ class RunSettings:
 
         return {"model": self.model, "members": [model(member) for member in self.members],
                 "grading_model": model(self.grading_model) if self.grading_model else None,
-                "precision": self.precision, "library_version": self.library_version,
+                "precision": self.precision, "tta": self.tta, "library_version": self.library_version,
                 **({"preparation": dict(self.preparation)} if self.preparation else {})}
+
+    def matches(self, recorded: Optional[dict[str, Any]]) -> bool:
+        """Whether a record's settings are these (see differences)."""
+        return recorded is not None and not self.differences(recorded)
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """How a record's settings differ from these, in words ("model hafb, now segresnet")."""
@@ -84,9 +91,11 @@ class RunSettings:
         said = []
         for key, label in (("model", "model"), ("members", "segmentation weights"),
                            ("grading_model", "grading"), ("precision", "precision"),
-                           ("library_version", "library version"), ("preparation", "input preparation")):
-            if recorded.get(key) != current.get(key):
-                said.append(f"{label} {_words(recorded.get(key))}, now {_words(current.get(key))}")
+                           ("tta", "test-time augmentation"), ("library_version", "library version"),
+                           ("preparation", "input preparation")):
+            before = recorded.get(key, OPTION_DEFAULTS.get(key))
+            if before != current.get(key):
+                said.append(f"{label} {_words(before)}, now {_words(current.get(key))}")
         return said
 
 
@@ -144,7 +153,8 @@ def write_record(output_dir: PathLike, record: Record) -> None:
 
 def summary_row(record: Record) -> Row:
     row = {"case_id": record["case_id"], "status": record["status"], "seconds": record.get("seconds", ""),
-           "device": record.get("device", ""), "model": record.get("model_used", ""),
+           "device": record.get("device", ""), "tta": record["settings"].get("tta", OPTION_DEFAULTS["tta"]),
+           "model": record.get("model_used", ""),
            "model_choice": record.get("model_choice", ""),
            "message": record["reason"] or " ".join(record.get("warnings", []))}
     row.update({f"{name}_ml": value for name, value in (record.get("volumes_ml") or {}).items()})

@@ -29,7 +29,7 @@ def main():
                     time.sleep(0.05)
             return super().run(case, report, should_cancel)
 
-    cli.make_pipeline = lambda args: HeldPipeline(device="cpu", segmenter=intensity_model())
+    cli.make_pipeline = lambda args: HeldPipeline(device="cpu", segmenter=intensity_model(), tta=args.tta)
     return cli.main(sys.argv[2:])
 
 

@@ -84,6 +84,8 @@ def test_bad_input_leaves_the_scene_unchanged(kit, real_nodes):
         logic.segment(t1=real_nodes["t1"], t2=real_nodes["t2"], flair=real_nodes["flair"], pipeline=pipeline)
     with pytest.raises(InputError, match="No input volume"):
         logic.segment(pipeline=pipeline)
+    with pytest.raises(InputError, match="Unknown test-time augmentation 'sideways'. Use off or mirror."):
+        logic.segment(**real_nodes, tta="sideways")  # refused before any model loads
     assert kit.state() == before
 
 

@@ -196,3 +196,17 @@ def test_a_failure_reported_by_the_process_is_shown(kit, widget, processes, capl
     assert f"ERROR: {message}" in widget.ui.logTextEdit.toPlainText()  # stderr stays in the log
     assert "RESULT" not in widget.ui.logTextEdit.toPlainText()
     assert widget.ui.applyButton.text == "Apply" and kit.state() == before
+
+
+def test_the_mirroring_choice_reaches_the_background_process(kit, widget, processes, hold):
+    add_case(kit)
+    widget.setup()
+    assert widget.ui.ttaComboBox.currentText == widget._parameterNode.tta == "off"  # the default
+    assert widget.ui.ttaComboBox.items == ["off", "mirror"]
+    widget._parameterNode.tta = "mirror"  # what choosing it does in Slicer (bound by SlicerParameterName)
+    hold.unlink()
+    widget.ui.applyButton.click()
+    until(lambda: widget.run is None)
+    arguments = processes[0].process.args
+    assert arguments[arguments.index("--tta") + 1] == "mirror"
+    assert processes[0].process.returncode == 0 and kit.scene.GetFirstNodeByName("Case7 tumor")

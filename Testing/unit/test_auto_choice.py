@@ -152,7 +152,7 @@ def test_the_pipeline_removes_islands_below_the_measured_volumes():
     probabilities[0, 11, 11, 11] = 1.0
 
     class Fixed(Model):
-        def crop_probabilities(self, case, device, progress, should_cancel=None, precision="auto"):
+        def crop_probabilities(self, case, device, progress, should_cancel=None, precision="auto", tta="off"):
             return probabilities.copy(), (slice(0, 16),) * 3
 
     model = Fixed(name="fixed", network=torch.nn.Identity())

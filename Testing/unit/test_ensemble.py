@@ -150,3 +150,21 @@ def test_catalogue_ensemble_loads_each_member_with_its_own_settings(catalogue):
     assert isinstance(extra.network, IntensityNet) and extra.spacing_mm is None
     assert segresnet.spacing_mm == (2.0, 2.0, 2.0) and segresnet.patch_size == (64, 64, 64)
     assert all(next(m.network.parameters()).device.type == "cpu" for m in ensemble.members)
+
+
+def test_mirroring_reaches_every_member(real_case):
+    from BrainTumorFusionLib.inference import MIRROR_FLIPS
+
+    members = two_members()
+    calls = {member.name: 0 for member in members}
+    for member in members:
+        member.network.register_forward_hook(lambda net, inputs, output, name=member.name: calls.update(
+            {name: calls[name] + 1}))
+    plain = Pipeline(device="cpu", segmenter=Ensemble(members)).run(real_case)
+    once = dict(calls)
+    mirrored = Pipeline(device="cpu", segmenter=Ensemble(members), tta="mirror").run(real_case)
+    assert all(calls[name] - once[name] == len(MIRROR_FLIPS) * once[name] > 0 for name in calls)
+    # Voxel-wise members are flip-equivariant: mirroring changes nothing but the time.
+    assert mirrored.volumes_ml == pytest.approx(plain.volumes_ml, abs=0.01)
+    with pytest.raises(InputError, match="Unknown test-time augmentation 'sideways'. Use off or mirror."):
+        Pipeline(device="cpu", segmenter=Ensemble(members), tta="sideways")

@@ -203,3 +203,63 @@ def test_networks_that_ask_for_it_get_channels_last_windows_in_cpu_bf16_only():
         net = LayoutNet()
         predict_regions(net, image, (16, 16, 16), "cpu", precision=precision)
         assert net.layouts and all(layout is expected for layout in net.layouts), precision
+
+
+class FixedLogitsNet(torch.nn.Module):
+    """Gives the same logits whatever its input: an image-position-dependent (not flip-equivariant) network."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits, self.calls = logits, 0
+
+    def forward(self, x, present=None):
+        self.calls += x.shape[0]
+        return self.logits.expand(x.shape[0], -1, -1, -1, -1).clone()  # the caller may change its output in place
+
+
+def test_mirroring_leaves_a_flip_equivariant_network_unchanged():
+    image = np.random.default_rng(0).normal(size=(4, 20, 24, 28)).astype(np.float32)
+    net = IntensityNet().eval()  # voxel-wise: mirroring the input mirrors its output
+    plain = predict_regions(net, image, (16, 16, 16), "cpu", tta="off")
+    mirrored = predict_regions(net, image, (16, 16, 16), "cpu", tta="mirror")
+    assert mirrored.dtype == np.float32 and mirrored.shape == plain.shape
+    np.testing.assert_allclose(mirrored, plain, atol=1e-6)
+
+
+def test_mirroring_averages_the_passes_each_flipped_back():
+    from BrainTumorFusionLib.inference import MIRROR_FLIPS
+
+    shape = (8, 12, 16)
+    logits = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 3) + shape).astype(np.float32))
+    net = FixedLogitsNet(logits)
+    image = np.zeros((4,) + shape, np.float32)
+    mirrored = predict_regions(net, image, shape, "cpu", tta="mirror")  # one window per pass: no blending
+    probabilities = torch.sigmoid(logits[0]).numpy()
+    expected = np.mean([np.flip(probabilities, axes) for axes in MIRROR_FLIPS], axis=0)
+    np.testing.assert_allclose(mirrored, expected, atol=1e-6)
+    assert not np.allclose(mirrored, probabilities)  # the mirrored passes did count
+    assert net.calls == len(MIRROR_FLIPS) and set(MIRROR_FLIPS[0]) == set()  # the plain image is one of them
+
+
+def test_mirroring_reports_progress_over_all_passes_and_cancels_between_them():
+    from BrainTumorFusionLib.inference import MIRROR_FLIPS
+
+    image, roi = np.zeros((4, 40, 40, 40), np.float32), (32, 32, 32)
+    windows, reports = window_count(image.shape[1:], roi), []
+    net = CountingNet()
+    predict_regions(net, image, roi, "cpu", tta="mirror", progress=lambda f, m: reports.append((f, m)))
+    fractions = [fraction for fraction, _ in reports]
+    assert net.calls == len(reports) == windows * len(MIRROR_FLIPS)
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert reports[-1][1] == f"Segmenting, mirroring pass {len(MIRROR_FLIPS)} of {len(MIRROR_FLIPS)}"
+    net = CountingNet()
+    with pytest.raises(Cancelled):
+        predict_regions(net, image, roi, "cpu", tta="mirror", should_cancel=lambda: net.calls >= windows)
+    assert net.calls == windows  # the first pass ran whole, the second never started
+
+
+def test_an_unknown_test_time_augmentation_is_refused_before_any_window():
+    net = CountingNet()
+    with pytest.raises(InputError, match="Unknown test-time augmentation 'sideways'. Use off or mirror."):
+        predict_regions(net, np.zeros((4, 16, 16, 16), np.float32), (16, 16, 16), "cpu", tta="sideways")
+    assert net.calls == 0

@@ -40,8 +40,8 @@ def test_widget_uses_only_names_that_exist_in_the_ui_file():
     assert used and used <= names, f"missing in .ui: {used - names}"
     # Every parameter of the parameter node is bound to a widget through SlicerParameterName.
     bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
-    assert bound == {"t1", "t1ce", "t2", "flair", "model", "members", "device", "precision", "grade", "register",
-                     "skullStrip"}
+    assert bound == {"t1", "t1ce", "t2", "flair", "model", "members", "device", "precision", "tta", "grade",
+                     "register", "skullStrip"}
 
 
 def test_module_file_is_a_thin_shell_and_the_only_qt_importer():
