@@ -2,10 +2,11 @@
 
 Euler3D (rotation + translation) on copies binned to about 2 mm: from the headers' placement and from the centres of
 mass, a search over rotations and gradient descent on Mattes mutual information, plus one on the head outlines; the
-head overlap and mutual information pick the candidate, which descends again at 2 mm (_rigid). Measured before and
-after (head overlap: Dice of the head masks; normalised mutual information over the reference's head): a
-registration that makes either worse is undone, one that stays poor is a warning, and an input that covers less
-than half of the reference's head is an error. Geometry stays in SimpleITK's LPS; `ras_transform_to_parent` gives
+head overlap and mutual information pick the candidate, which descends again at 2 mm to small steps, an input on
+thicker slices being the fixed image then (_rigid, _refine). Measured before and after (head overlap: Dice of the
+head masks; normalised mutual information over the reference's head): a registration that makes either worse is
+undone, one that stays poor is a warning, and an input that covers less than half of the reference's head is an
+error. Geometry stays in SimpleITK's LPS; `ras_transform_to_parent` gives
 the matrix a Slicer transform node needs.
 """
 
@@ -137,16 +138,23 @@ SEARCH_STEPS = 2
 # as random samples made the descent wander off a good start on some cases.
 SAMPLING = 1.0
 ITERATIONS = 100
-# A last step on the full-resolution images (5 or 10 % of the head's voxels, 0.5 mm steps, 0 or 1 mm smoothing) was
-# tried and dropped: it did not lower the error (FLAIR on 5 mm slices 1.9-3.6 mm before and 2.2-3.4 mm after), and
-# moved a T2 on 3 mm slices away from its true pose (correlation with its unmoved self 0.72 -> 0.61).
+# The last descent at 2 mm goes on to steps of FINE_STEP (in mm of shift) instead of MIN_STEP: with noisy
+# mutual information the step halves at each turn and reached MIN_STEP after about 13 iterations, 2-5 mm short of
+# the optimum. And an input on thicker slices (FLAIR on 5 mm) is the fixed image there: the metric samples its own
+# voxels and interpolates the reference at 1 mm, where interpolating between 5 mm slices blurred the input and
+# pulled the optimum 1-6 mm off (registering aligned inputs from their true pose, 4 cases). Both measured with
+# Testing/benchmarks/bench_registration.py; see the README. (A last step on full-resolution 5 or 10 % samples of the
+# input was tried before: no better.)
+MIN_STEP = 0.01
+FINE_STEP = 0.001
+FINE_ITERATIONS = 300
 
 
-def _clipped(image: sitk.Image) -> sitk.Image:
-    """float32 copy binned to about WORKING_MM, intensities clipped to the 0.5-99.5th percentile of its non-zero
+def _clipped(image: sitk.Image, spacing_mm: float = WORKING_MM) -> sitk.Image:
+    """float32 copy binned to about `spacing_mm`, intensities clipped to the 0.5-99.5th percentile of its non-zero
     voxels: Mattes' histogram spans the whole range, and a few very bright voxels (BraTS 2021 T1ce: 15956, most
     under 1500) would crowd the tissue into a couple of bins."""
-    factors = [max(1, int(round(WORKING_MM / s))) for s in image.GetSpacing()]
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
     binned = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
     array = sitk.GetArrayFromImage(binned)
     values = array[array != 0]
@@ -205,12 +213,14 @@ def _search(fixed: sitk.Image, moving: sitk.Image, start: sitk.Transform,
 
 
 def _descend(fixed: sitk.Image, moving: sitk.Image, start: sitk.Transform, shrink: int,
-             should_cancel: Optional[Callable[[], bool]], seed: int, masks: bool = False,
+             should_cancel: Optional[Callable[[], bool]], seed: int, masks: bool = False, fine: bool = False,
              ) -> sitk.Euler3DTransform:
-    """Gradient descent on all six parameters at one level (shrink 2: 4 mm, 1: 2 mm)."""
+    """Gradient descent on all six parameters at one level (shrink 2: 4 mm, 1: 2 mm); `fine`: to FINE_STEP."""
     refine = _method(fixed, seed, masks)
-    refine.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.01, numberOfIterations=ITERATIONS,
-                                                    relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
+    refine.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=FINE_STEP if fine else MIN_STEP,
+        numberOfIterations=FINE_ITERATIONS if fine else ITERATIONS, relaxationFactor=0.5,
+        gradientMagnitudeTolerance=1e-6)
     refine.SetOptimizerScalesFromPhysicalShift()
     refine.SetShrinkFactorsPerLevel([shrink])
     refine.SetSmoothingSigmasPerLevel([2.0 if shrink > 1 else 0.0])
@@ -219,18 +229,29 @@ def _descend(fixed: sitk.Image, moving: sitk.Image, start: sitk.Transform, shrin
     return _run(refine, fixed, moving, should_cancel)
 
 
+def _refine(fixed: sitk.Image, moving: sitk.Image, fine_fixed: sitk.Image, start: sitk.Euler3DTransform,
+            should_cancel: Optional[Callable[[], bool]], seed: int) -> sitk.Euler3DTransform:
+    """The last descent at 2 mm, to FINE_STEP. An input on thicker slices than the reference is the fixed image,
+    with the reference at 1 mm (`fine_fixed`) moving, and the transform found is inverted."""
+    if max(moving.GetSpacing()) > max(fixed.GetSpacing()):
+        inverse = _descend(moving, fine_fixed, start.GetInverse(), 1, should_cancel, seed, fine=True)
+        return sitk.Euler3DTransform(inverse.GetInverse())
+    return _descend(fixed, moving, start, 1, should_cancel, seed, fine=True)
+
+
 def _soft_mask(image: sitk.Image) -> sitk.Image:
     """The head mask as a smooth float image: its outline is the same in every sequence."""
     return sitk.SmoothingRecursiveGaussian(sitk.Cast(_mask_image(image), sitk.sitkFloat32), 2.0)
 
 
-def _rigid(fixed: sitk.Image, moving: sitk.Image, starts: list[sitk.Transform], similarity: "_Similarity",
-           progress: Progress, should_cancel: Optional[Callable[[], bool]], seed: int) -> sitk.Euler3DTransform:
+def _rigid(fixed: sitk.Image, moving: sitk.Image, fine_fixed: sitk.Image, starts: list[sitk.Transform],
+           similarity: "_Similarity", progress: Progress, should_cancel: Optional[Callable[[], bool]], seed: int,
+           ) -> sitk.Euler3DTransform:
     """Candidates at 4 mm: from each start (as the headers place the input; centres of mass matched) a rotation
     search and descent on mutual information, and one on the head outlines (mean squares of soft masks; mutual
     information alone preferred alignments 70 mm off on a case whose T2 shares little with its T1ce). Among those
     whose head overlap (Dice of the head masks) is within 0.02 of the best, mutual information picks one, which
-    descends again at 2 mm; that last step is kept only if it keeps the head overlap."""
+    descends again at 2 mm (_refine); that last step is kept only if it keeps the head overlap."""
     fixed_outline, moving_outline = _soft_mask(fixed), _soft_mask(moving)
     runs = [(start, False) for start in starts] + [(starts[-1], True)]
     candidates = []
@@ -243,7 +264,7 @@ def _rigid(fixed: sitk.Image, moving: sitk.Image, starts: list[sitk.Transform], 
     best = max((candidate for candidate, overlap in zip(candidates, overlaps) if overlap >= max(overlaps) - 0.02),
                key=lambda candidate: similarity(moving, candidate))
     progress(0.8, "refining")
-    final = _descend(fixed, moving, best, 1, should_cancel, seed)
+    final = _refine(fixed, moving, fine_fixed, best, should_cancel, seed)
     return final if similarity.head_dice(moving, final) >= similarity.head_dice(moving, best) - 0.02 else best
 
 
@@ -290,8 +311,10 @@ def align(reference: sitk.Image, moving: sitk.Image, role: str, reference_role: 
         report(0.0, f"Registering {label} to {reference_label}")
         centred = sitk.CenteredTransformInitializer(fixed, moving_f, sitk.Euler3DTransform(),
                                                     sitk.CenteredTransformInitializerFilter.MOMENTS)
-        transform = _rigid(fixed, moving_f, [identity, centred], similarity, lambda fraction, message: report(
-            0.95 * fraction, f"Registering {label} to {reference_label}: {message}"), should_cancel, seed)
+        transform = _rigid(fixed, moving_f, _clipped(reference, 1.0), [identity, centred], similarity,
+                           lambda fraction, message: report(
+                               0.95 * fraction, f"Registering {label} to {reference_label}: {message}"),
+                           should_cancel, seed)
         after, overlap_after = similarity(moving_f, transform), similarity.head_dice(moving_f, transform)
         if overlap_after >= overlap_before - 0.01 and after >= before - 0.005:  # tolerances: sampling noise
             alignment = Alignment(role, transform, before, after, registered=True, overlap_before=overlap_before,

@@ -124,7 +124,7 @@ def test_a_registration_that_stays_poor_is_a_warning(real_images):
 
 def test_a_registration_that_makes_things_worse_is_undone_with_a_warning(real_images, monkeypatch):
     """Fault injection: the optimiser returns a 20-degree turn on an aligned T2."""
-    def failed(fixed, moving, starts, *args):
+    def failed(fixed, moving, fine_fixed, starts, *args):
         wrong = registration.sitk.Euler3DTransform(starts[0])
         wrong.SetRotation(np.deg2rad(20), 0.0, 0.0)
         return wrong
@@ -156,7 +156,8 @@ def test_predict_records_stages_and_writes_each_input_grid(moved, tmp_path):
         written = sitk.ReadImage(str(tmp_path / f"labels_{role}.nrrd"))
         source = sitk.ReadImage(str(moved_folder / f"{case_id}_{role}.nii.gz"))
         assert written.GetSize() == source.GetSize() and written.GetSpacing() == source.GetSpacing()
-    row = summary_row({"case_id": "x", "status": "done", "reason": "", "stages": {"register": 12.5, "segment": 3.0}})
+    row = summary_row({"case_id": "x", "status": "done", "reason": "", "settings": {},
+                       "stages": {"register": 12.5, "segment": 3.0}})
     assert [f"{stage}_s" for stage in STAGES] == [c for c in SUMMARY_COLUMNS if c.endswith("_s")]
     assert (row["register_s"], row["skull_strip_s"], row["segment_s"]) == (12.5, "", 3.0)
 
