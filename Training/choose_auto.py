@@ -32,7 +32,7 @@ from BrainTumorFusionLib.postprocessing import Cleanup, clean_labels, regions_to
 from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid, write_csv, write_json
 from .evaluate import catalogue_segmenter
 from .metrics import region_metrics
-from .tune_cleanup import tune
+from .tune_cleanup import tumor_box, tune
 
 def measure(data_dir, catalogue_path, progress=True, printer=print):
     """Rows {members, dice, worst_wt, cpu_seconds, cleanup} for every combination of the catalogue's segmentation
@@ -70,7 +70,7 @@ def measure(data_dir, catalogue_path, progress=True, printer=print):
             start = time.perf_counter()
             cleaned = clean_labels(crop_labels, ml, cleanup)
             extra += time.perf_counter() - start
-            scores.append(region_metrics(uncrop(cleaned, crop, truth.shape), truth))
+            scores.append(region_metrics(*tumor_box(uncrop(cleaned, crop, truth.shape), truth)))  # same Dice
         return {"members": [names[i] for i in combo],
                 "dice": {region: float(np.mean([s[f"dice_{region}"] for s in scores])) for region in REGIONS},
                 "worst_wt": float(min(s["dice_WT"] for s in scores)),
