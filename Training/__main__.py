@@ -134,6 +134,8 @@ def build_parser():
     auto.add_argument("--data-dir", required=True, type=Path)
     auto.add_argument("--catalogue", type=Path, help="catalogue JSON (default: the module's Resources/models.json)")
     auto.add_argument("--output", type=Path, help="also write the table as CSV here")
+    auto.add_argument("--keep-seconds", action="store_true", help="keep each choice's seconds from the current table "
+                      "(same weights) instead of timing it here: re-measure Dice and clean-up on another machine")
 
     export = commands.add_parser("export", help="weights file + catalogue entry")
     export.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder (best.pt)")
@@ -186,7 +188,8 @@ def main(argv=None):
     elif args.command == "tune-cleanup":
         tune(load_pairs(args.predictions, args.data_dir))
     elif args.command == "choose-auto":
-        rows = choose_auto(args.data_dir, args.catalogue or SHIPPED_CATALOGUE, args.output)
+        rows = choose_auto(args.data_dir, args.catalogue or SHIPPED_CATALOGUE, args.output,
+                           keep_seconds=args.keep_seconds)
         for row in rows:
             print(f"{'+'.join(row['members']):45s} " + " ".join(f"{k} {v:.4f}" for k, v in row["dice"].items())
                   + f"  worst WT {row['worst_wt']:.4f}  {row['cpu_seconds']:.2f} s"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from BrainTumorFusionLib.auto_choice import choose
+from BrainTumorFusionLib.auto_choice import choose, is_current
 from BrainTumorFusionLib.catalogue import AUTO_CPU_SECONDS_LIMIT, SHIPPED_CATALOGUE, AutoTable, Catalogue, MeasuredChoice
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import read_case
@@ -34,11 +34,14 @@ from .evaluate import catalogue_segmenter
 from .metrics import region_metrics
 from .tune_cleanup import tumor_box, tune
 
-def measure(data_dir, catalogue_path, progress=True, printer=print):
+def measure(data_dir, catalogue_path, progress=True, printer=print, keep_seconds=False):
     """Rows {members, dice, worst_wt, cpu_seconds, cleanup} for every combination of the catalogue's segmentation
-    models, most accurate first."""
+    models, most accurate first. keep_seconds: each row's seconds are those its current table row records (same
+    members and weights), not this machine's: Dice and clean-up are re-measured on any machine while the budget
+    stays judged on the hardware the table was timed on."""
     shipped = Path(catalogue_path).resolve() == SHIPPED_CATALOGUE.resolve()
     catalogue = Catalogue.load([] if shipped else [catalogue_path])
+    recorded = recorded_seconds(catalogue) if keep_seconds else None
     names = catalogue.names("segmentation")
     ensemble, split = catalogue_segmenter("ensemble", names, catalogue)  # refuses models without one common split
     models = ensemble.members
@@ -71,10 +74,12 @@ def measure(data_dir, catalogue_path, progress=True, printer=print):
             cleaned = clean_labels(crop_labels, ml, cleanup)
             extra += time.perf_counter() - start
             scores.append(region_metrics(*tumor_box(uncrop(cleaned, crop, truth.shape), truth)))  # same Dice
-        return {"members": [names[i] for i in combo],
+        members = [names[i] for i in combo]
+        timed = float(np.mean(seconds[combo])) + extra / len(truths)
+        return {"members": members,
                 "dice": {region: float(np.mean([s[f"dice_{region}"] for s in scores])) for region in REGIONS},
                 "worst_wt": float(min(s["dice_WT"] for s in scores)),
-                "cpu_seconds": float(np.mean(seconds[combo])) + extra / len(truths),
+                "cpu_seconds": timed if recorded is None else recorded[frozenset(members)],
                 "cleanup": {k: v for k, v in dataclasses.asdict(cleanup).items() if v}}
 
     rows = {combo: row(combo) for combo in combos}
@@ -84,6 +89,17 @@ def measure(data_dir, catalogue_path, progress=True, printer=print):
                  in zip(split["validation"], labels[combo], truths, voxel_ml)]
         rows[combo] = row(combo, tune(pairs, printer))
     return sorted(rows.values(), key=lambda row: -sum(row["dice"].values())), catalogue, len(split["validation"])
+
+
+def recorded_seconds(catalogue):
+    """{member set: cpu_seconds} of the catalogue's current table; SystemExit unless it covers every combination."""
+    seconds = {frozenset(choice.member_names): choice.cpu_seconds for choice in catalogue.auto.choices
+               if is_current(catalogue, choice)}
+    combos = 2 ** len(catalogue.names("segmentation")) - 1
+    if len(seconds) != combos:
+        raise SystemExit(f"--keep-seconds needs the table to hold all {combos} combinations measured with the current "
+                         f"weights; it holds {len(seconds)}. Time them: run choose-auto without --keep-seconds.")
+    return seconds
 
 
 def takeable(rows, catalogue):
@@ -107,16 +123,16 @@ def hardware():
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def write_table(rows, catalogue, catalogue_path, cases, limit=AUTO_CPU_SECONDS_LIMIT):
+def write_table(rows, catalogue, catalogue_path, cases, limit=AUTO_CPU_SECONDS_LIMIT, keep_seconds=False):
     """The "auto" field of the catalogue JSON: every measured choice with its members' weights hashes."""
     data = json.loads(Path(catalogue_path).read_text())
     data["auto"] = {
-        "cpu_seconds_limit": limit, "hardware": hardware(),
+        "cpu_seconds_limit": limit, "hardware": catalogue.auto.hardware if keep_seconds else hardware(),
         "measured_with": "python -m Training choose-auto", "measured_on": time.strftime("%Y-%m-%d"),
         "note": (f"Dice: mean over the {cases} validation cases (four modalities), on which the choice and its "
                  "clean-up are also made: an optimistic estimate; after the row's clean-up (islands below the "
                  "volumes in mL removed), none where the row has no cleanup. cpu_seconds: network and "
-                 "postprocessing per case, precision auto."),
+                 "postprocessing per case, precision auto, timed on the table's hardware."),
         "choices": [{"members": [{"name": name, "weights_sha256": catalogue.entries[name].sha256}
                                  for name in row["members"]],
                      "dice": {k: round(v, 4) for k, v in row["dice"].items()},
@@ -126,9 +142,9 @@ def write_table(rows, catalogue, catalogue_path, cases, limit=AUTO_CPU_SECONDS_L
     write_json(data, catalogue_path)
 
 
-def choose_auto(data_dir, catalogue_path, output_csv=None, progress=True):
-    rows, catalogue, cases = measure(data_dir, catalogue_path, progress)
-    write_table(rows, catalogue, catalogue_path, cases)
+def choose_auto(data_dir, catalogue_path, output_csv=None, progress=True, keep_seconds=False):
+    rows, catalogue, cases = measure(data_dir, catalogue_path, progress, keep_seconds=keep_seconds)
+    write_table(rows, catalogue, catalogue_path, cases, keep_seconds=keep_seconds)
     if output_csv:
         write_csv([{"members": "+".join(row["members"]), **{f"dice_{k}": f"{v:.4f}" for k, v in row["dice"].items()},
                     "worst_wt": f"{row['worst_wt']:.4f}", "cpu_seconds": f"{row['cpu_seconds']:.2f}",
