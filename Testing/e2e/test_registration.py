@@ -21,10 +21,9 @@ from moved_cases import MOVED_ROLES, read_images, region_dice, write_moved_case
 from realdata import brats_case_dir
 
 CASES = ("Brats18_CBICA_ABM_1", "BraTS2021_00006")
-# Issue 11 asks for 0.02; measured (Testing/benchmarks/registration_dice.py) the gap is 0.038 on ABM_1 and none on
-# BraTS2021_00006 (0.044 on Brats18_2013_20_1): FLAIR on 5 mm slices is registered 2-4 mm off, which costs WT Dice.
-# The test holds what is reached, so that it notices a regression; the README says the target is not met.
-DICE_GAP = 0.05
+# Issue 11: within 0.02 (Testing/benchmarks/registration_dice.py: registered 0.008 below the same grids unmoved on ABM_1,
+# 0.003 above on BraTS2021_00006, the benchmark's seeds; the README has the table).
+DICE_GAP = 0.02
 
 
 @pytest.fixture(scope="module")
