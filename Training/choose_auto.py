@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from BrainTumorFusionLib.auto_choice import choose, is_current
-from BrainTumorFusionLib.catalogue import AUTO_CPU_SECONDS_LIMIT, SHIPPED_CATALOGUE, AutoTable, Catalogue, MeasuredChoice
+from BrainTumorFusionLib.catalogue import (AUTO_CPU_SECONDS_LIMIT, SHIPPED_CATALOGUE, AutoTable, Catalogue,
+                                          MeasuredChoice)
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import read_case
 from BrainTumorFusionLib.modalities import MODALITIES
@@ -33,6 +34,7 @@ from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_ca
 from .evaluate import catalogue_segmenter
 from .metrics import region_metrics
 from .tune_cleanup import tumor_box, tune
+
 
 def measure(data_dir, catalogue_path, progress=True, printer=print, keep_seconds=False):
     """Rows {members, dice, worst_wt, cpu_seconds, cleanup} for every combination of the catalogue's segmentation
@@ -85,7 +87,8 @@ def measure(data_dir, catalogue_path, progress=True, printer=print, keep_seconds
     rows = {combo: row(combo) for combo in combos}
     for combo in takeable(rows, catalogue):
         printer(f"\nClean-up for {'+'.join(rows[combo]['members'])}:")
-        pairs = [(case_id, uncrop(crop_labels, crop, truth.shape), truth, ml) for case_id, (crop_labels, crop), truth, ml
+        pairs = [(case_id, uncrop(crop_labels, crop, truth.shape), truth, ml)
+                 for case_id, (crop_labels, crop), truth, ml
                  in zip(split["validation"], labels[combo], truths, voxel_ml)]
         rows[combo] = row(combo, tune(pairs, printer))
     return sorted(rows.values(), key=lambda row: -sum(row["dice"].values())), catalogue, len(split["validation"])
