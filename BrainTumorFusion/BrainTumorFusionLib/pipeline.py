@@ -16,7 +16,7 @@ from .case import Case, Result
 from .catalogue import (AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
                         member_names)
 from .errors import Cancelled, InputError, ModelError
-from .inference import (Progress, autocast_dtype, choose_device, classify, covering_window, flips_of,
+from .inference import (Progress, autocast_dtype, check_precision, choose_device, classify, covering_window, flips_of,
                         precision_name, predict_regions)
 from .modalities import MODALITIES, display, how_to_give
 from .plausibility import grading_refusal, result_warnings
@@ -217,7 +217,7 @@ class Pipeline:
                  grader: Optional[Model] = None, grading_model: str = DEFAULT_GRADER, members: Members = None,
                  precision: str = "auto", tta: str = "off"):
         self.device = choose_device(device)
-        autocast_dtype(precision, self.device)  # unknown settings are refused before any model loads
+        check_precision(precision, self.device)  # unknown settings are refused before any model loads
         flips_of(tta)
         self.precision, self.tta = precision, tta
         self.segmenter = segmenter or (segmentation_model(model, members, self.device, catalogue)

@@ -129,6 +129,25 @@ def test_precision_policy_on_the_cpu(monkeypatch):
         inference.autocast_dtype("half", cpu)
 
 
+def test_bfloat16_asked_for_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, caplog):
+    from BrainTumorFusionLib import inference
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger=inference.__name__):
+        inference.check_precision("auto", cpu)
+        inference.check_precision("fp32", cpu)
+        assert not caplog.records
+        inference.check_precision("bf16", cpu)
+    assert "emulated" in caplog.text and "--precision auto or fp32" in caplog.text
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    caplog.clear()
+    inference.check_precision("bf16", cpu)
+    assert not caplog.records
+    with pytest.raises(InputError, match="Unknown precision 'half'"):
+        inference.check_precision("half", cpu)
+
+
 def test_predict_runs_in_the_chosen_precision_and_returns_float32():
     net, image = DtypeNet(), np.random.default_rng(0).normal(size=(4, 32, 32, 32)).astype(np.float32)
     fp32 = predict_regions(net, image, (32, 32, 32), "cpu", precision="fp32")
