@@ -207,7 +207,10 @@ def test_ctrl_c_stops_with_one_line_and_no_temporary(tmp_path):
     output = tmp_path / "out"
     run = subprocess.Popen(cli_command("segment", "--input-dir", inputs, "--output-dir", output, "--model",
                                        "random-hafb", "--catalogue", catalogue, "--device", "cpu"),
-                           cwd=REPO, env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           cwd=REPO, env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           # a shell's background job (`make test &`) ignores SIGINT, and children inherit that: the
+                           # run must see Ctrl-C as a terminal's foreground process does
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (output / "d1.json").exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
