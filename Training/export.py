@@ -89,6 +89,8 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
     run_dir = path.parent.parent
     if metrics_csv is None and (run_dir / "evaluation_validation.csv").is_file():
         metrics_csv = run_dir / "evaluation_validation.csv"
+    # before the weights are written: a fine-tune exported under its source's name overwrites the source file
+    initialised_from = initialisation(config, catalogue)
     weights, dtype = write_weights(network, catalogue, name, dtype, size_limit_mb)
 
     split = state["split"]
@@ -125,7 +127,7 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
             "seed": config.seed,
             "weights_dtype": dtype,
             "best_validation": state.get("best"),
-            **initialisation(config, catalogue),
+            **initialised_from,
         },
         "weights": {"file": weights.name, "sha256": file_sha256(weights)},
     }

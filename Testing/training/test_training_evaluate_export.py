@@ -194,3 +194,11 @@ def test_trained_hafb_exports_into_a_catalogue_the_library_loads(tmp_path):
         half_out, full_out = network16(x), full(x)
     assert torch.isfinite(half_out).all()
     torch.testing.assert_close(half_out, full_out, atol=5e-2, rtol=5e-2)
+
+    # A fine-tune of these weights exported under the same name overwrites them, and still records what it started
+    # from: the replaced entry and its training budget.
+    tuned = train(tiny_config(tmp_path / "tuned", steps=1, checkpoint_every=1, init_from=str(weights)),
+                  progress=False)
+    record = export(tuned["last"], "tiny_hafb", catalogue)["training"]["initialised_from"]
+    assert record["kind"] == "weights" and record["model"] == "tiny_hafb"
+    assert record["training"] == entry16["training"]
