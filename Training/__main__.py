@@ -136,6 +136,9 @@ def build_parser():
     auto.add_argument("--output", type=Path, help="also write the table as CSV here")
     auto.add_argument("--keep-seconds", action="store_true", help="keep each choice's seconds from the current table "
                       "(same weights) instead of timing it here: re-measure Dice and clean-up on another machine")
+    auto.add_argument("--timed-catalogue", type=Path, help="with --keep-seconds: the catalogue JSON whose table "
+                      "timed the seconds (e.g. the one before a model was retrained); a retrained model keeps them "
+                      "when its network, configuration, grid, window and CPU precision are unchanged")
 
     export = commands.add_parser("export", help="weights file + catalogue entry")
     export.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder (best.pt)")
@@ -189,7 +192,7 @@ def main(argv=None):
         tune(load_pairs(args.predictions, args.data_dir))
     elif args.command == "choose-auto":
         rows = choose_auto(args.data_dir, args.catalogue or SHIPPED_CATALOGUE, args.output,
-                           keep_seconds=args.keep_seconds)
+                           keep_seconds=args.keep_seconds, timed_catalogue=args.timed_catalogue)
         for row in rows:
             print(f"{'+'.join(row['members']):45s} " + " ".join(f"{k} {v:.4f}" for k, v in row["dice"].items())
                   + f"  worst WT {row['worst_wt']:.4f}  {row['cpu_seconds']:.2f} s"

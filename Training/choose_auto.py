@@ -36,14 +36,16 @@ from .metrics import region_metrics
 from .tune_cleanup import tumor_box, tune
 
 
-def measure(data_dir, catalogue_path, progress=True, printer=print, keep_seconds=False):
+def measure(data_dir, catalogue_path, progress=True, printer=print, keep_seconds=False, timed_catalogue=None):
     """Rows {members, dice, worst_wt, cpu_seconds, cleanup} for every combination of the catalogue's segmentation
     models, most accurate first. keep_seconds: each row's seconds are those its current table row records (same
     members and weights), not this machine's: Dice and clean-up are re-measured on any machine while the budget
-    stays judged on the hardware the table was timed on."""
+    stays judged on the hardware the table was timed on. timed_catalogue: the catalogue JSON whose table timed
+    them, when models were retrained since (see recorded_seconds)."""
     shipped = Path(catalogue_path).resolve() == SHIPPED_CATALOGUE.resolve()
     catalogue = Catalogue.load([] if shipped else [catalogue_path])
-    recorded = recorded_seconds(catalogue) if keep_seconds else None
+    timed = Catalogue.load([timed_catalogue]) if timed_catalogue else None
+    recorded = recorded_seconds(catalogue, timed) if keep_seconds else None
     names = catalogue.names("segmentation")
     ensemble, split = catalogue_segmenter("ensemble", names, catalogue)  # refuses models without one common split
     models = ensemble.members
@@ -94,14 +96,30 @@ def measure(data_dir, catalogue_path, progress=True, printer=print, keep_seconds
     return sorted(rows.values(), key=lambda row: -sum(row["dice"].values())), catalogue, len(split["validation"])
 
 
-def recorded_seconds(catalogue):
-    """{member set: cpu_seconds} of the catalogue's current table; SystemExit unless it covers every combination."""
-    seconds = {frozenset(choice.member_names): choice.cpu_seconds for choice in catalogue.auto.choices
-               if is_current(catalogue, choice)}
+# What a model's seconds per case depend on; the weights' values do not change them.
+SPEED_FIELDS = ("network", "config", "spacing_mm", "patch_size", "whole_window")
+
+
+def runs_alike(entry, timed_entry):
+    """Whether two catalogue entries take the same time per case: same network, configuration, grid, window and
+    CPU precision verdict (weights may differ: a retrained model)."""
+    return (all(getattr(entry, field) == getattr(timed_entry, field) for field in SPEED_FIELDS)
+            and entry.details.get("precision", {}).get("cpu") == timed_entry.details.get("precision", {}).get("cpu"))
+
+
+def recorded_seconds(catalogue, timed=None):
+    """{member set: cpu_seconds} of the table of `timed` (default: the catalogue itself) for every combination
+    whose members are in the catalogue and run alike there; SystemExit unless that covers every combination."""
+    timed = timed or catalogue
+    seconds = {frozenset(choice.member_names): choice.cpu_seconds for choice in timed.auto.choices
+               if is_current(timed, choice) and all(
+                   name in catalogue.entries and runs_alike(catalogue.entries[name], timed.entries[name])
+                   for name in choice.member_names)}
     combos = 2 ** len(catalogue.names("segmentation")) - 1
     if len(seconds) != combos:
         raise SystemExit(f"--keep-seconds needs the table to hold all {combos} combinations measured with the current "
-                         f"weights; it holds {len(seconds)}. Time them: run choose-auto without --keep-seconds.")
+                         f"weights, or with weights of networks that run alike (--timed-catalogue); it holds "
+                         f"{len(seconds)}. Time them: run choose-auto without --keep-seconds.")
     return seconds
 
 
@@ -145,8 +163,9 @@ def write_table(rows, catalogue, catalogue_path, cases, limit=AUTO_CPU_SECONDS_L
     write_json(data, catalogue_path)
 
 
-def choose_auto(data_dir, catalogue_path, output_csv=None, progress=True, keep_seconds=False):
-    rows, catalogue, cases = measure(data_dir, catalogue_path, progress, keep_seconds=keep_seconds)
+def choose_auto(data_dir, catalogue_path, output_csv=None, progress=True, keep_seconds=False, timed_catalogue=None):
+    rows, catalogue, cases = measure(data_dir, catalogue_path, progress, keep_seconds=keep_seconds,
+                                     timed_catalogue=timed_catalogue)
     write_table(rows, catalogue, catalogue_path, cases, keep_seconds=keep_seconds)
     if output_csv:
         write_csv([{"members": "+".join(row["members"]), **{f"dice_{k}": f"{v:.4f}" for k, v in row["dice"].items()},

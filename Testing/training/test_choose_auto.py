@@ -1,5 +1,5 @@
 """choose-auto's bookkeeping: which measured combinations auto can take (those get a clean-up), and the seconds
-kept from the current table when Dice and clean-up are re-measured on another machine."""
+kept from the table that timed them when Dice and clean-up are re-measured on another machine."""
 
 from dataclasses import replace
 
@@ -28,6 +28,18 @@ def test_seconds_are_kept_only_from_a_table_that_covers_every_combination(shippe
     with pytest.raises(SystemExit, match="holds 0"):
         recorded_seconds(stale)
 
+
+
+def test_a_retrained_model_keeps_the_seconds_of_the_table_that_timed_it_when_it_runs_alike(shipped):
+    retrained = replace(shipped.entries["missu"], sha256="1" * 64)  # new weights, same network and settings
+    current = Catalogue([*(e for n, e in shipped.entries.items() if n != "missu"), retrained], shipped.auto)
+    with pytest.raises(SystemExit, match="--timed-catalogue"):
+        recorded_seconds(current)  # its own table was timed with the old weights
+    assert recorded_seconds(current, timed=shipped) == recorded_seconds(shipped)
+    wider = replace(retrained, config={**retrained.config, "widths": [16, 32, 64, 128]})
+    other = Catalogue([*(e for n, e in shipped.entries.items() if n != "missu"), wider], shipped.auto)
+    with pytest.raises(SystemExit, match="holds 15"):  # only the combinations without missu
+        recorded_seconds(other, timed=shipped)
 
 def test_the_takeable_combinations_are_what_auto_picks_for_some_modalities_on_a_cpu_or_a_gpu(shipped):
     def row(members, mean, seconds, worst=0.8):
