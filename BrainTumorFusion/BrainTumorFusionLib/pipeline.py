@@ -240,7 +240,7 @@ class Pipeline:
         caveat = getattr(segmenter, "notes", "")  # a model's known weakness, e.g. a collapse on a validation case
         warnings = (list(case.warnings) + choice_warnings + ([f"Model '{segmenter.name}': {caveat}"] if caveat else [])
                     + result_warnings(volumes))
-        grades, refusal = None, grading_refusal(volumes) if self.grader else None
+        grades, refusal = None, grading_refusal(volumes, case.warnings) if self.grader else None
         if refusal:
             warnings.append(refusal)
         elif self.grader:

@@ -21,6 +21,8 @@ BRAIN_ML = (800.0, 2200.0)
 BRAIN_MEASURED = "1150-1730 mL"
 # Whole tumor of the reference labels: 14.8-217.4 mL on the shared cases.
 TUMOR_ML = (5.0, 350.0)
+# The words of the warning for an input that looks like noise; such a case is never graded.
+NO_ANATOMY = " shows no anatomy "
 TUMOR_MEASURED = "15-217 mL"
 # Correlation of each brain voxel with its neighbour along I: 0.665-0.983 on the shared cases, about 0 for noise.
 MIN_NEIGHBOUR_CORRELATION = 0.3
@@ -104,7 +106,7 @@ def case_warnings(case: Case) -> list[str]:
         neighbours = correlation(values, flat[channel, sample + 1])
         if neighbours < MIN_NEIGHBOUR_CORRELATION:
             warnings.append(
-                f"{label} shows no anatomy (neighbouring voxels correlate {neighbours:.2f}; BraTS images 0.67 or "
+                f"{label}{NO_ANATOMY}(neighbouring voxels correlate {neighbours:.2f}; BraTS images 0.67 or "
                 "more): it looks like noise, a mask or a misread file, so the result is meaningless; check the file.")
             continue
         skew, (low, high) = skewness(values[values != 0]), SKEWNESS[role]
@@ -131,8 +133,11 @@ def result_warnings(volumes_ml: dict[str, float]) -> list[str]:
     return []
 
 
-def grading_refusal(volumes_ml: dict[str, float]) -> Optional[str]:
-    """Why a case is not graded, or None. A grader answers whatever it is given: noise came out "HGG 1.0"."""
+def grading_refusal(volumes_ml: dict[str, float], warnings: Sequence[str] = ()) -> Optional[str]:
+    """Why a case is not graded, or None. A grader answers whatever it is given: noise came out "HGG 1.0", and a
+    segmenter may find a few mL of "tumor" in it. `warnings`: the case's (case_warnings)."""
+    if any(NO_ANATOMY in warning for warning in warnings):
+        return "Not graded: an input looks like noise, not anatomy (see its warning); give the real images."
     whole = volumes_ml["WT"]
     if whole == 0:
         return "Not graded: there is no tumor to grade."
