@@ -21,11 +21,11 @@ BRAIN_ML = (800.0, 2200.0)
 BRAIN_MEASURED = "1150-1730 mL"
 # Whole tumor of the reference labels: 14.8-217.4 mL on the shared cases.
 TUMOR_ML = (5.0, 350.0)
-# The words of the warning for an input that looks like noise; such a case is never graded.
-NO_ANATOMY = " shows no anatomy "
 TUMOR_MEASURED = "15-217 mL"
 # Correlation of each brain voxel with its neighbour along I: 0.665-0.983 on the shared cases, about 0 for noise.
 MIN_NEIGHBOUR_CORRELATION = 0.3
+# The words of the warning for an input that looks like noise; such a case is never graded.
+NO_ANATOMY = " shows no anatomy "
 # Skewness of each modality's brain voxels: T1 -1.51 to -0.10, T1ce -1.04 to 4.14, T2 0.06 to 2.39, FLAIR -1.47
 # to 1.89 on the shared cases; about 0.75 of margin either side. It tells T1 (negative: dark fluid) from T2
 # (positive: bright fluid), so swapped roles show.

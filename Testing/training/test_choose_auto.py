@@ -29,7 +29,6 @@ def test_seconds_are_kept_only_from_a_table_that_covers_every_combination(shippe
         recorded_seconds(stale)
 
 
-
 def test_a_retrained_model_keeps_the_seconds_of_the_table_that_timed_it_when_it_runs_alike(shipped):
     retrained = replace(shipped.entries["missu"], sha256="1" * 64)  # new weights, same network and settings
     current = Catalogue([*(e for n, e in shipped.entries.items() if n != "missu"), retrained], shipped.auto)
@@ -40,6 +39,7 @@ def test_a_retrained_model_keeps_the_seconds_of_the_table_that_timed_it_when_it_
     other = Catalogue([*(e for n, e in shipped.entries.items() if n != "missu"), wider], shipped.auto)
     with pytest.raises(SystemExit, match="holds 15"):  # only the combinations without missu
         recorded_seconds(other, timed=shipped)
+
 
 def test_the_takeable_combinations_are_what_auto_picks_for_some_modalities_on_a_cpu_or_a_gpu(shipped):
     def row(members, mean, seconds, worst=0.8):
