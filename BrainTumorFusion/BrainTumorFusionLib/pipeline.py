@@ -21,7 +21,7 @@ from .inference import (Progress, autocast_dtype, check_precision, choose_device
 from .modalities import MODALITIES, display, how_to_give
 from .plausibility import grading_refusal, result_warnings
 from .postprocessing import Cleanup, clean_labels, regions_to_labels, region_volumes, uncrop
-from .preprocessing import Crop, prepare
+from .preprocessing import Crop, Prepared, prepare
 
 GRADES = ("HGG", "LGG")
 Device = Union[str, torch.device]
@@ -84,21 +84,27 @@ class Model:
         The network sees the crop at its own spacing; its output is resampled back onto the crop's grid."""
         progress(0.0, "Preprocessing")
         prepared = prepare(case, self.spacing_mm)
-        present = case.present if self.handles_missing_modalities else None
+        probabilities = self.model_probabilities(prepared, case.present, device, share(progress, 0.05, 1.0),
+                                                 should_cancel, precision, tta)
+        return prepared.to_crop_grid(probabilities), prepared.crop
+
+    def model_probabilities(self, prepared: Prepared, present: Present, device: Device, progress: Progress,
+                            should_cancel: ShouldCancel = None, precision: str = "auto",
+                            tta: str = "off") -> np.ndarray:
+        """Region probabilities (3, ...) on the model grid of `prepared` (prepared at this model's spacing)."""
         window = self.patch_size
         if self.whole_window:
             window = covering_window(prepared.image.shape[1:], self.patch_size, self.network)
-        probabilities = predict_regions(self.network, prepared.image, window, device, present,
-                                        share(progress, 0.05, 1.0), should_cancel, precision=precision,
-                                        cpu_bf16=self.cpu_bf16, tta=tta)
-        return prepared.to_crop_grid(probabilities), prepared.crop
+        return predict_regions(self.network, prepared.image, window, device,
+                               present if self.handles_missing_modalities else None, progress, should_cancel,
+                               precision=precision, cpu_bf16=self.cpu_bf16, tta=tta)
 
 
 class Ensemble:
     """Several segmentation Models whose region probabilities (WT, TC, ET) are averaged before thresholding.
 
     Members run one after the other, each at its own spacing and patch size; only one member's probabilities
-    and the running sum are held at a time. Members wait in CPU memory and visit the GPU one at a time.
+    and one running sum per spacing are held at a time. Members wait in CPU memory and visit the GPU one at a time.
     """
 
     def __init__(self, members: Iterable[Model], cleanup: Cleanup = Cleanup()):
@@ -130,27 +136,31 @@ class Ensemble:
 
     def crop_probabilities(self, case: Case, device: Device, progress: Progress, should_cancel: ShouldCancel = None,
                            precision: str = "auto", tta: str = "off") -> tuple[np.ndarray, Crop]:
-        """Mean of the members' region probabilities on the case's brain crop grid, and the crop's slices."""
-        total = crop = None
+        """Mean of the members' region probabilities on the case's brain crop grid, and the crop's slices.
+
+        Members of one spacing share its preparation, and their sum is resampled back once (linear
+        interpolation commutes with the mean): the preprocessing of a case is done once per spacing."""
+        sums: dict = {}  # spacing -> [Prepared, sum of its members' probabilities on its model grid]
         count = len(self.members)
         for index, member in enumerate(self.members):
             if should_cancel and should_cancel():
                 raise Cancelled("Cancelled by the user; nothing was written.")
-            label = f"{member.name}, {index + 1} of {count}"
-            probabilities, member_crop = member.crop_probabilities(
-                case, device, share(progress, index / count, (index + 1) / count, label), should_cancel, precision,
-                tta)
+            part = share(progress, index / count, (index + 1) / count, f"{member.name}, {index + 1} of {count}")
+            spacing = None if member.spacing_mm is None else tuple(member.spacing_mm)
+            if spacing not in sums:
+                part(0.0, "Preprocessing")
+                sums[spacing] = [prepare(case, spacing), None]
+            prepared, total = sums[spacing]
+            probabilities = member.model_probabilities(prepared, case.present, device, share(part, 0.05, 1.0),
+                                                       should_cancel, precision, tta)
             member.network.to("cpu")  # free the GPU for the next member
             if total is None:
-                total, crop = probabilities, member_crop
-            elif member_crop != crop:  # every member must be averaged on the same grid
-                raise RuntimeError(f"Member '{member.name}' cropped the case differently ({member_crop} instead "
-                                   f"of {crop}); the probabilities cannot be averaged.")
+                sums[spacing][1] = probabilities
             else:
                 total += probabilities
-            del probabilities  # only the running sum stays alive while the next member runs
-        total /= count
-        return total, crop
+            del probabilities  # only the running sums stay alive while the next member runs
+        mean = sum(prepared.to_crop_grid(total) for prepared, total in sums.values()) / count
+        return mean, prepared.crop  # every preparation crops the case to the same brain box
 
 
 class Auto:

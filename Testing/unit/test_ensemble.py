@@ -64,6 +64,25 @@ def test_ensemble_is_the_mean_of_member_probabilities_before_thresholding(real_c
     assert (result.labels > 0).any() and result.model == "ensemble (fine + coarse)"
 
 
+def test_members_of_one_spacing_share_its_preparation_and_one_resampling_back(real_case, monkeypatch):
+    from BrainTumorFusionLib import pipeline, preprocessing
+
+    fine, coarse = two_members()
+    coarse_too = bright("coarse-too", offsets=(0.8, 1.2, 1.6), spacing_mm=(2.0, 2.0, 2.0), patch_size=(16, 16, 16))
+    members = [fine, coarse, coarse_too]
+    separate = [m.crop_probabilities(real_case, CPU, ignore)[0] for m in members]
+    spacings, back = [], []
+    monkeypatch.setattr(pipeline, "prepare", lambda case, spacing: spacings.append(spacing)
+                        or preprocessing.prepare(case, spacing))
+    to_crop_grid = preprocessing.Prepared.to_crop_grid
+    monkeypatch.setattr(preprocessing.Prepared, "to_crop_grid", lambda self, array: back.append(self.resampled)
+                        or to_crop_grid(self, array))
+    mean, _ = Ensemble(members).crop_probabilities(real_case, CPU, ignore)
+    assert spacings == [None, (2.0, 2.0, 2.0)] and back == [False, True]
+    # Linear resampling commutes with the mean: the same result as resampling each member back.
+    np.testing.assert_allclose(mean, sum(separate) / 3, atol=1e-5)
+
+
 def test_progress_gives_each_member_a_share_and_ends_at_one(real_case):
     reports = []
     Pipeline(device="cpu", segmenter=Ensemble(two_members())).run(real_case, lambda f, m: reports.append((f, m)))
