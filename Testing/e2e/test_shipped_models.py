@@ -72,14 +72,17 @@ def test_shipped_model_reproduces_the_dice_of_its_catalogue_entry(name):
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (emulated: ~30x slower)")
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_precision_verdict_follows_from_its_bfloat16_dice(name):
+    # bfloat16 results differ between CPUs' kernels (transfuse's TC: -0.0005 on an AMD EPYC with AVX512-BF16, -0.075
+    # on an Intel Xeon with AMX), so the check is the promise itself: a "bf16" verdict keeps the Dice here too, and
+    # an "fp32" verdict records a measurement that lost it.
     entry = Catalogue.load().entry(name, "segmentation")
     fp32, verdict = entry.details["metrics"]["dice"], entry.details["precision"]  # fp32: checked by the test above
+    if verdict["cpu"] == "fp32":
+        assert any(abs(verdict["dice_bf16"][region] - fp32[region]) > BF16_TOLERANCE for region in REGIONS), verdict
+        return
     bf16_scores, _ = validation_dice(name, "bf16")
     bf16 = {region: float(np.mean(values)) for region, values in bf16_scores.items()}
-    for region in REGIONS:
-        assert bf16[region] == pytest.approx(verdict["dice_bf16"][region], abs=0.005), (region, bf16, verdict)
-    keeps_dice = all(abs(bf16[region] - fp32[region]) <= BF16_TOLERANCE for region in REGIONS)
-    assert verdict["cpu"] == ("bf16" if keeps_dice else "fp32"), (bf16, fp32, verdict)
+    assert all(abs(bf16[region] - fp32[region]) <= BF16_TOLERANCE for region in REGIONS), (bf16, fp32, verdict)
 
 
 @pytest.mark.slow
