@@ -41,7 +41,8 @@ def build_parser():
     train.add_argument("--network-config", type=json.loads,
                        help="JSON of constructor arguments (default: the compact preset of Training.network_recipes)")
     train.add_argument("--paper-size", action="store_true", help="the library's paper-sized network (config {})")
-    train.add_argument("--data-dir", help="folder with one sub-folder per case (BraTS naming, `_seg` labels)")
+    train.add_argument("--data-dir", help="folder with one sub-folder per case (BraTS naming, `_seg` labels); "
+                       "leave it out to train from a prepared --cache-dir with --split-file")
     train.add_argument("--cache-dir", help="prepared-case cache (made on first use)")
     train.add_argument("--run-dir", help="checkpoints, split.json, config.json, metrics.jsonl, tensorboard/")
     train.add_argument("--groups-table", help="CSV with case_id, source_group (default <data-dir>/cases.csv)")
@@ -157,10 +158,12 @@ def build_parser():
 
 
 def train_config(args):
-    """TrainConfig from the options (see config_from_args); it needs somewhere to read data and cache it."""
+    """TrainConfig from the options (see config_from_args): a cache, and the cases' folder or a split file to train
+    from that cache alone (a machine that got only the prepared cache, e.g. a GPU machine)."""
     config = config_from_args(TrainConfig, args)
-    if not config.data_dir or not config.cache_dir:
-        raise SystemExit("train needs --data-dir and --cache-dir (or --resume with a run whose config.json has them).")
+    if not config.cache_dir or not (config.data_dir or config.split_file):
+        raise SystemExit("train needs --cache-dir and --data-dir, or --cache-dir and --split-file to train from an "
+                         "already prepared cache (or --resume with a run whose config.json has them).")
     return config
 
 

@@ -165,6 +165,18 @@ def write_csv(rows, columns, path):
     write_atomically(write, path)
 
 
+def cached_split(split_file, cache_dir, spacing):
+    """The split of `split_file` when the cache holds every case of it at `spacing` (training without the cases'
+    folder); InputError naming the missing ones otherwise."""
+    split = json.loads(Path(split_file).read_text())
+    missing = [c for c in split["train"] + split["validation"] if not cache_path(cache_dir, spacing, c).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} case(s) of {split_file} are not prepared in {cache_dir} at this spacing "
+                         f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): run `python -m Training "
+                         "prepare` where the cases are, or give --data-dir.")
+    return split
+
+
 def load_or_make_split(path, groups, val_fraction=0.2, seed=0):
     """The split recorded at `path` if it exists (resume, or a split given on purpose), else a new one written
     there. A recorded split naming cases that are not available is an error."""

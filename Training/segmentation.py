@@ -17,8 +17,8 @@ from BrainTumorFusionLib.postprocessing import regions_to_labels
 
 from . import distributed
 from .config import TrainConfig
-from .data import (REGIONS, cache_path, discover, load_cached, load_or_make_split, prepare_cache, regions_from_labels,
-                   source_groups, write_json)
+from .data import (REGIONS, cache_path, cached_split, discover, load_cached, load_or_make_split, prepare_cache,
+                   regions_from_labels, source_groups, write_json)
 from .loop import Recipe, Stage, run
 from .losses import SegmentationLoss
 from .metrics import dice
@@ -93,15 +93,17 @@ class SegmentationRecipe(Recipe):
         """Split (recorded in run_dir/split.json) and cache paths; rank 0 discovers and prepares, the others wait."""
         config, split_path = self.config, run_dir / "split.json"
         split = None
-        if context.main:
+        if context.main and config.data_dir:
             cases = discover(config.data_dir)
             groups = source_groups(cases, config.data_dir, config.groups_table)
             split = load_or_make_split(Path(config.split_file) if config.split_file else split_path, groups,
                                        config.val_fraction, config.seed)
-            if config.split_file and Path(config.split_file).resolve() != split_path.resolve():
-                write_json(split, split_path)
             needed = {c: cases[c] for c in split["train"] + split["validation"]}
             prepare_cache(needed, config.cache_dir, config.spacing, progress=True)
+        elif context.main:  # the prepared cache alone, e.g. on a GPU machine that got the cache but not the cases
+            split = cached_split(config.split_file, config.cache_dir, config.spacing)
+        if context.main and config.split_file and Path(config.split_file).resolve() != split_path.resolve():
+            write_json(split, split_path)
         self.split = distributed.broadcast_object(split, context)
         distributed.barrier(context)
         self.paths = {c: cache_path(config.cache_dir, config.spacing, c)

@@ -7,6 +7,7 @@ Usage:
   .venv/bin/python Testing/benchmarks/gpu_check.py run [--cache out/gpu_check] [--device auto|cuda|cpu]
                                                        [--steps N] [--train-network hafb] [--models a,b,...]
                                                        [--precision auto|fp32|bf16|fp16] [--threads N]
+  python3 Testing/benchmarks/gpu_check.py train --out DIR TRAINING-TRAIN-OPTIONS  (from a prepared cache, see train_without_simpleitk)
 
 `prepare` (on the CPU, beside ../shared) reads the first --cases validation cases of the default model's recorded
 split with the library (`file_io.read_case`), brings each onto the shipped models' grid with the pipeline's own
@@ -534,6 +535,34 @@ def run_checks(cache, device, steps=None, train_network="hafb", model_names=None
     return header_lines(device), rows
 
 
+def train_without_simpleitk(options, out):
+    """`python -m Training train OPTIONS` where SimpleITK may be missing (the stand-in above; a prepared cache with
+    --split-file needs no image reading), then the run's best.pt and last.pt without optimizer state and in float16
+    into `out` (small enough to come back from the GPU machine; `Training export` and `evaluate` read them). The
+    copies are made even when the training is stopped (SIGINT, e.g. from `timeout -s INT`)."""
+    from Training import checkpoint as ckpt
+    from Training.__main__ import main as training_main
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--run-dir", required=True, type=Path)
+    run_dir = parser.parse_known_args(options)[0].run_dir
+    try:
+        return training_main(["train", *options])
+    except KeyboardInterrupt:
+        log("train: interrupted")
+        return 130
+    finally:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (ckpt.BEST, ckpt.LAST):
+            path = run_dir / "checkpoints" / name
+            if path.is_file():
+                state = ckpt.load(path)
+                kept = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
+                kept["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+                ckpt.save(kept, out / name)
+                log(f"train: {out / name} (step {state['step']})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -551,7 +580,13 @@ def main(argv=None):
     check.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     check.add_argument("--precision", default="auto", help="the engine's precision for the models (auto, fp32, "
                        "bf16, fp16), where the library takes one")
-    args = parser.parse_args(argv)
+    train = commands.add_parser("train", help="python -m Training train without SimpleITK, then small checkpoints")
+    train.add_argument("--out", type=Path, required=True, help="folder for the float16 best.pt / last.pt copies")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        return train_without_simpleitk(rest, args.out)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     names = [n for n in args.models.split(",") if n] or None
     if args.command == "prepare":
         prepare(args.out, args.data_dir, args.cases, names)

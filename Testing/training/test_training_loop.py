@@ -116,6 +116,28 @@ def test_command_line_trains_the_segresnet_baseline_and_resumes_from_the_run_con
     assert fresh.network_config == {} and fresh.spacing is None and fresh.network == "missu"
 
 
+def test_command_line_trains_from_a_prepared_cache_alone_and_names_a_case_it_lacks(tmp_path):
+    """A GPU machine gets the cache and a split, not the cases' folder."""
+    from Training.__main__ import main
+    from Training.data import InputError
+
+    _, cache_dir = workspace()
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": list(CASES[:2]), "validation": [CASES[2]]}))
+    options = ["train", "--network", "segresnet", "--cache-dir", str(cache_dir), "--split-file", str(split_file),
+               "--patch-size", "32", "32", "32", "--batch-size", "1", "--steps", "1", "--validate-every", "1",
+               "--workers", "0", "--device", "cpu", "--quiet"]
+    assert main(options + ["--run-dir", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["validation"] == [CASES[2]]
+    assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 1
+
+    split_file.write_text(json.dumps({"train": list(CASES[:2]), "validation": ["Brats18_NOT_PREPARED_1"]}))
+    with pytest.raises(InputError, match="Brats18_NOT_PREPARED_1.*--data-dir"):
+        main(options + ["--run-dir", str(tmp_path / "refused")])
+    with pytest.raises(SystemExit, match="--split-file"):
+        main(["train", "--cache-dir", str(cache_dir), "--run-dir", str(tmp_path / "neither")])
+
+
 @pytest.mark.parametrize("schedule, expected", [
     ("poly", lambda s: (1 - (s - 2) / 8) ** 0.9 if s >= 2 else None),
     ("cosine", lambda s: 0.5 * (1 + math.cos(math.pi * (s - 2) / 8)) if s >= 2 else None),
