@@ -110,6 +110,24 @@ def test_prepare_and_run_on_the_cpu(tmp_path, capsys):
     assert "| OOM fallback | cpu | - | - | SKIP needs CUDA |" in out
     assert "| train segresnet x 2 steps | cpu |" in out and "finite" in out
 
+    # train: Training from the carried cache alone, then small copies of best.pt / last.pt that evaluate reads
+    from Training.checkpoint import load
+    from Training.evaluate import load_trained
+
+    split = tmp_path / "split.json"
+    split.write_text(f'{{"train": ["{case_id}"], "validation": ["{case_id}"]}}')
+    out_dir = tmp_path / "back"
+    assert gpu_check.main(["train", "--out", str(out_dir), "--network", "segresnet", "--cache-dir",
+                           str(cache / "train"), "--split-file", str(split), "--run-dir", str(tmp_path / "run"),
+                           "--patch-size", "32", "32", "32", "--batch-size", "1", "--steps", "2", "--validate-every",
+                           "2", "--workers", "0", "--device", "cpu", "--amp", "none", "--quiet"]) == 0
+    for name in ("best.pt", "last.pt"):
+        state = load(out_dir / name)
+        assert state["step"] == 2 and not {"optimizer", "scheduler", "rng"} & set(state)
+        assert {t.dtype for t in state["model"].values() if t.is_floating_point()} == {torch.float16}
+    network, config, _ = load_trained(out_dir / "best.pt")
+    assert config.network == "segresnet" and next(network.parameters()).dtype == torch.float32
+
 
 @pytest.mark.slow
 def test_run_side_imports_without_simpleitk():
