@@ -35,8 +35,8 @@ bench-zoo: setup
 # Every shipped model and the ensemble as whole processes (batch and predict), fp32 against auto, peak RSS, and the
 # MONAI SegResNet sliding-window anchor in the same run. About 15 minutes; run it on an idle machine.
 bench: setup
-	test -x .venv-runtime/bin/python || ($(PYTHON) -m venv .venv-runtime && .venv-runtime/bin/pip install --quiet \
-		-r requirements.txt && .venv-runtime/bin/pip install --quiet --no-deps -e .)
+	test -x .venv-runtime/bin/python || $(PYTHON) -m venv .venv-runtime
+	.venv-runtime/bin/pip install --quiet -r requirements.txt && .venv-runtime/bin/pip install --quiet --no-deps -e .
 	$(PY) Testing/benchmarks/bench.py --runtime-python .venv-runtime/bin/python
 
 # Seconds per training step of the shared loop: as the shipped models were trained against the loop's defaults.

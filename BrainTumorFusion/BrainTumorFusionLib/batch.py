@@ -21,6 +21,7 @@ from .modalities import present_of
 from .pipeline import Pipeline
 from .records import (Record, Row, RunSettings, done_record, failed_record, read_record, rebuild_summary,
                       summary_row, write_record)
+from .seg_nrrd import save_seg_nrrd
 
 # Temporaries of a killed run are removed when the next run starts, if older than its start by this margin: a part
 # sharing the folder may be writing one at this moment (a temporary is written and renamed within seconds).
@@ -127,8 +128,6 @@ class _Run:
 
     def segment(self, case_files: CaseFiles, bar) -> Record:
         """Run one case and write its outputs; its failed record when anything goes wrong but a cancel."""
-        from .scene import save_seg_nrrd  # needs Slicer's MRML (Slicer or the slicer-core wheel)
-
         case_id = case_files.case_id
         pipeline = self.pipeline()  # outside the try: a model that cannot load stops the run, not one case
         names = output_names(case_id, self.preview, case_files.dicom)

@@ -8,7 +8,8 @@ from .errors import BrainTumorFusionError, Cancelled
 
 TORCH_REQUIREMENT = ">=2.4"
 REQUIREMENTS_FILE = RESOURCES / "requirements-slicer.txt"
-REQUIRED_MODULES = ("torch", "monai", "einops", "tqdm", "SimpleITK", "filelock", "PIL", "pydicom", "highdicom")
+REQUIRED_MODULES = ("torch", "monai", "einops", "tqdm", "SimpleITK", "filelock", "PIL", "pydicom", "highdicom",
+                    "slicerio", "nrrd")
 
 
 def missing_packages() -> list[str]:

@@ -12,10 +12,9 @@ For each model and precision (`--precision fp32` against `auto`, the default):
 The anchor, in the same run: MONAI SegResNet (init_filters 16, untrained: speed only) sliding-window inference,
 128^3 windows, overlap 0.25, fp32, on the 1 mm brain crop of the same case, reading included, as a whole process
 (`bench.py anchor ...`), median of --repeats. It prints one markdown table with the ratios anchor / model.
-`predict` and the anchor run with --runtime-python (`make bench`: a venv with requirements.txt only, what a user of
-the command line installs): the development venv also holds slicer-core, whose VTK brings matplotlib, and
-tensorboard, which MONAI's import loads when present (about 1 s more per process). The batch needs slicer-core
-(it writes .seg.nrrd through MRML), so it runs with this interpreter.
+Every process runs with --runtime-python (`make bench`: a venv with requirements.txt only, what a user of the
+command line installs): the development venv also holds slicer-core, whose VTK brings matplotlib, and
+tensorboard, which MONAI's import loads when present (about 1 s more per process).
 Run it on an otherwise idle machine: figures measured beside other work are noise.
 """
 
@@ -97,10 +96,9 @@ def main() -> None:
             (inputs / case.case_id).mkdir()
             for path in case.files.values():
                 (inputs / case.case_id / Path(path).name).symlink_to(Path(path).resolve())
-        # One untimed start per interpreter first: the first process after the page cache lost the libraries
-        # (torch, VTK) spent 14 s more before its first case.
-        for python in {sys.executable, args.runtime_python}:
-            timed([python] + LIBRARY + ["models"])
+        # One untimed start first: the first process after the page cache lost the libraries (torch, VTK) spent
+        # 14 s more before its first case.
+        timed([args.runtime_python] + LIBRARY + ["models"])
         anchor_runs = [] if args.no_anchor else [
             timed([args.runtime_python, __file__, "anchor", str(inputs / first.case_id)])
             for _ in range(args.repeats)]
@@ -110,8 +108,8 @@ def main() -> None:
             for precision in args.precisions.split(","):
                 options = ["--model", model, "--precision", precision]
                 out = Path(tmp) / f"batch-{model}-{precision}"
-                batch_seconds, batch_rss = timed([sys.executable] + LIBRARY + ["segment", "--input-dir", str(inputs),
-                                                            "--output-dir", str(out)] + options)
+                batch_seconds, batch_rss = timed([args.runtime_python] + LIBRARY + [
+                    "segment", "--input-dir", str(inputs), "--output-dir", str(out)] + options)
                 predicts = [timed([args.runtime_python] + LIBRARY + ["predict", *predict_inputs, "--output-dir",
                                              str(Path(tmp) / f"predict-{model}-{precision}-{i}")] + options)
                             for i in range(args.repeats)]

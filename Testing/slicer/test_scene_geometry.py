@@ -12,7 +12,8 @@ import slicer.util
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.geometry import ijk_to_ras_of
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.scene import case_from_nodes, save_seg_nrrd, volume_from_node, write_segmentation
+from BrainTumorFusionLib.scene import case_from_nodes, volume_from_node, write_segmentation
+from BrainTumorFusionLib.seg_nrrd import save_seg_nrrd
 
 SHAPE = (7, 9, 11)  # K, J, I
 SPACING = np.array([0.9, 1.3, 2.5])  # I, J, K: anisotropic

@@ -9,7 +9,8 @@ import vtk
 import slicer
 import slicer.util
 from BrainTumorFusionLib.case import Result
-from BrainTumorFusionLib.scene import save_seg_nrrd, write_result_to_scene, write_segmentation, write_tables
+from BrainTumorFusionLib.scene import write_result_to_scene, write_segmentation, write_tables
+from BrainTumorFusionLib.seg_nrrd import save_seg_nrrd
 from BrainTumorFusionLib.segments import SEGMENTS, VOLUME_COLUMNS
 
 SHAPE = (6, 8, 10)

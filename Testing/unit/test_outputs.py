@@ -15,6 +15,7 @@ from BrainTumorFusionLib.file_io import find_cases, remove_stale_temporaries, wr
 from realdata import brats_case_dir
 
 CASE = "Brats18_2013_11_1"
+IJK_TO_RAS = np.array([[-1.0, 0, 0, 10], [0, -0.9, 0.1, 239], [0, 0.05, 1.2, -5], [0, 0, 0, 1]])  # oblique
 
 
 def real_labels():
@@ -119,3 +120,35 @@ def test_an_empty_file_is_refused_only_where_its_format_cannot_be_empty(tmp_path
     with pytest.raises(OutputError, match="record.json did not complete: it is empty"):
         write_atomically(lambda target: target.write_text(""), tmp_path / "record.json")
     assert os.listdir(tmp_path) == ["metrics.jsonl"]
+
+
+def test_seg_nrrd_is_written_without_slicer_on_the_labels_grid(tmp_path):
+    """The batch's .seg.nrrd writer runs where slicer cannot be imported; the file holds the labels on their grid
+    (LPS in the file), one segment per BraTS label with its terminology. Slicer reading it back: Testing/slicer."""
+    import sys
+
+    import slicerio
+    from slicerio.segmentation import terminology_entry_to_string
+
+    from BrainTumorFusionLib.segments import SEGMENTS
+
+    labels, _ = real_labels()
+    np.save(tmp_path / "labels.npy", labels.astype(np.uint8))
+    script = ("import sys; sys.modules['slicer'] = None\n"
+              "import numpy as np\n"
+              "from BrainTumorFusionLib.case import Result\n"
+              "from BrainTumorFusionLib.seg_nrrd import save_seg_nrrd\n"
+              f"matrix = np.array({IJK_TO_RAS.tolist()})\n"
+              f"labels = np.load({str(tmp_path / 'labels.npy')!r})\n"
+              "save_seg_nrrd(Result(case_name='x', labels=labels, ijk_to_ras=matrix, volumes_ml={}), "
+              f"{str(tmp_path / 'x.seg.nrrd')!r})\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    written = slicerio.read_segmentation(str(tmp_path / "x.seg.nrrd"))
+    np.testing.assert_array_equal(written["voxels"].transpose(), labels)  # stored (I, J, K)
+    np.testing.assert_allclose(written["ijkToLPS"], np.diag([-1.0, -1.0, 1.0, 1.0]) @ IJK_TO_RAS)
+    segments = {s["id"]: s for s in written["segments"]}
+    assert list(segments) == [spec.segment_id for spec in SEGMENTS]
+    for spec in SEGMENTS:
+        assert segments[spec.segment_id]["labelValue"] == spec.label and segments[spec.segment_id]["name"] == spec.name
+        assert terminology_entry_to_string(segments[spec.segment_id]["terminology"]) == spec.terminology
