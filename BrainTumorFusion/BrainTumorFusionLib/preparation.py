@@ -127,7 +127,7 @@ def prepare_volumes(volumes: dict[str, Volume], register: str = "off", reference
 def _misaligned(moving: sitk.Image, similarity: _Similarity) -> bool:
     """As the headers place it, the input's head lies less inside the reference's (or the reference's inside the
     input's) than in any aligned BraTS case (registration.HEAD_ALIGNED)."""
-    return similarity.head_containment(sitk.Cast(moving, sitk.sitkFloat32), sitk.Euler3DTransform()) < HEAD_ALIGNED
+    return similarity.head_containment(moving, sitk.Euler3DTransform()) < HEAD_ALIGNED
 
 
 def _misalignment_warning(role: str, reference_role: str, moving: sitk.Image, similarity: _Similarity) -> list[str]:
