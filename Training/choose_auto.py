@@ -27,6 +27,7 @@ from BrainTumorFusionLib.catalogue import (AUTO_CPU_SECONDS_LIMIT, SHIPPED_CATAL
                                           MeasuredChoice)
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import read_case
+from BrainTumorFusionLib.inference import keeps_dice_in_bf16_here
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.postprocessing import Cleanup, clean_labels, regions_to_labels, uncrop
 
@@ -102,9 +103,13 @@ SPEED_FIELDS = ("network", "config", "spacing_mm", "patch_size", "whole_window")
 
 def runs_alike(entry, timed_entry):
     """Whether two catalogue entries take the same time per case: same network, configuration, grid, window and
-    CPU precision verdict (weights may differ: a retrained model)."""
+    CPU precision verdict on this CPU's kind (weights may differ: a retrained model)."""
     return (all(getattr(entry, field) == getattr(timed_entry, field) for field in SPEED_FIELDS)
-            and entry.details.get("precision", {}).get("cpu") == timed_entry.details.get("precision", {}).get("cpu"))
+            and bf16_here(entry) == bf16_here(timed_entry))
+
+
+def bf16_here(entry):
+    return keeps_dice_in_bf16_here(entry.details.get("precision", {}).get("cpu", {}))
 
 
 def recorded_seconds(catalogue, timed=None):

@@ -47,8 +47,8 @@ def cache_folder() -> Path:
     return Path(base) / "BrainTumorFusion"
 
 
-# Entry fields kept as they are in ModelEntry.details; `precision.cpu` ("bf16" or "fp32") is the measured verdict
-# that lets precision "auto" use bfloat16 on CPUs for this model.
+# Entry fields kept as they are in ModelEntry.details; `precision.cpu` ({CPU bfloat16 kind: "bf16" or "fp32"}) is the
+# verdict, measured per kind, that lets precision "auto" use bfloat16 on such CPUs for this model.
 DETAILS = ("training", "metrics", "split", "notes", "precision")
 
 
@@ -61,7 +61,9 @@ _REQUIRED = object()
 # DETAILS the library reads (notes are shown as warnings, precision.cpu by the pipeline); the others are shown as
 # they are.
 _DETAIL_TYPES = {"notes": ("a string", lambda v: isinstance(v, str)),
-                 "precision": ('an object such as {"cpu": "bf16"}', lambda v: isinstance(v, dict))}
+                 "precision": ('an object such as {"cpu": {"avx512_bf16": "bf16"}}',
+                               lambda v: isinstance(v, dict) and isinstance(v.get("cpu", {}), dict)
+                               and set(v.get("cpu", {}).values()) <= {"bf16", "fp32"})}
 
 
 def _shown(value: Any) -> str:

@@ -3,7 +3,7 @@ cancel, and a CPU fallback when the GPU runs out of memory.
 
 Precision (`precision`): "auto" runs float16 autocast on CUDA, bfloat16 autocast on CPUs with native bfloat16
 arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm; read from the CPU flags, Linux only) for models whose catalogue
-entry says bfloat16 keeps their Dice (`Model.cpu_bf16`), and float32 elsewhere. "fp32", "bf16" and "fp16" (CUDA
+entry says bfloat16 keeps their Dice on this kind of CPU (`cpu_bf16_kind`, `Model.cpu_bf16`), and float32 elsewhere. "fp32", "bf16" and "fp16" (CUDA
 only) force one.
 
 Test-time augmentation (`tta`): "off" runs the network once; "mirror" averages the sigmoid region probabilities of
@@ -33,18 +33,33 @@ MIRROR_FLIPS = ((), (1,), (2,), (3,))
 Progress = Callable[[float, str], None]  # (fraction done, message)
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (x86 avx512_bf16 / amx_bf16, Arm bf16), from /proc/cpuinfo.
+# The CPU's bfloat16 instructions, most capable first: results differ between their kernels (transfuse's TC: -0.0005
+# with AVX512-BF16, -0.075 with AMX), so a model's bfloat16 verdict is measured and recorded per kind.
+BF16_KINDS = ("amx_bf16", "avx512_bf16", "bf16")
 
-    Elsewhere (no /proc/cpuinfo: Windows, macOS) False: emulated bfloat16 is slower than float32, so never guess."""
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_kind() -> Optional[str]:
+    """The bfloat16 instructions this CPU computes with (BF16_KINDS: x86 amx_bf16 or avx512_bf16, Arm bf16), from
+    /proc/cpuinfo; None where it has none, and elsewhere (no /proc/cpuinfo: Windows, macOS): emulated bfloat16 is
+    slower than float32, so never guess."""
     try:
         with open("/proc/cpuinfo") as stream:
             flags = {flag for line in stream if line.lower().startswith(("flags", "features"))
                      for flag in line.split(":", 1)[1].split()}
     except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+        return None
+    return next((kind for kind in BF16_KINDS if kind in flags), None)
+
+
+def cpu_has_native_bf16() -> bool:
+    return cpu_bf16_kind() is not None
+
+
+def keeps_dice_in_bf16_here(verdicts: dict) -> bool:
+    """Whether a catalogue verdict ({kind: "bf16" or "fp32"}, `precision.cpu`) says bfloat16 keeps the model's
+    accuracy on this CPU's kind; a kind it was not measured on runs float32."""
+    return verdicts.get(cpu_bf16_kind()) == "bf16"
 
 
 def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False) -> Optional[torch.dtype]:

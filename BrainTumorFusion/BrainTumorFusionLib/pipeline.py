@@ -17,7 +17,7 @@ from .catalogue import (AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue
                         member_names)
 from .errors import Cancelled, InputError, ModelError
 from .inference import (Progress, autocast_dtype, check_precision, choose_device, classify, covering_window, flips_of,
-                        precision_name, predict_regions)
+                        keeps_dice_in_bf16_here, precision_name, predict_regions)
 from .modalities import MODALITIES, display, how_to_give
 from .plausibility import grading_refusal, result_warnings
 from .postprocessing import Cleanup, clean_labels, regions_to_labels, region_volumes, uncrop
@@ -40,7 +40,7 @@ class Model:
     modalities: tuple[str, ...] = MODALITIES
     handles_missing_modalities: bool = False
     notes: str = ""  # the catalogue entry's caveat, passed on with its results
-    cpu_bf16: bool = False  # bfloat16 keeps its Dice (catalogue `precision.cpu`), so "auto" may use it on a CPU
+    cpu_bf16: bool = False  # bfloat16 keeps its Dice on this CPU (catalogue `precision.cpu`): "auto" may use it
     whole_window: bool = False  # one window over the whole crop instead of patch-sized sliding windows
     cleanup: Cleanup = Cleanup()  # applied to its labels when it runs alone (not as an ensemble member)
 
@@ -57,7 +57,7 @@ class Model:
                    spacing_mm=entry.spacing_mm, modalities=entry.modalities,
                    handles_missing_modalities=entry.handles_missing_modalities,
                    notes=entry.details.get("notes", ""), whole_window=entry.whole_window,
-                   cpu_bf16=entry.details.get("precision", {}).get("cpu") == "bf16")
+                   cpu_bf16=keeps_dice_in_bf16_here(entry.details.get("precision", {}).get("cpu", {})))
 
     def precisions(self, device: Device, precision: str) -> list[str]:
         """The precision this model runs in (fp32, bf16, fp16), as a list (an ensemble has one per member)."""

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from BrainTumorFusionLib import inference
 from BrainTumorFusionLib.catalogue import AutoTable, Catalogue
 from Training.choose_auto import recorded_seconds, takeable
 
@@ -39,6 +40,21 @@ def test_a_retrained_model_keeps_the_seconds_of_the_table_that_timed_it_when_it_
     other = Catalogue([*(e for n, e in shipped.entries.items() if n != "missu"), wider], shipped.auto)
     with pytest.raises(SystemExit, match="holds 15"):  # only the combinations without missu
         recorded_seconds(other, timed=shipped)
+
+
+def test_a_retrained_model_whose_bfloat16_verdict_here_changed_does_not_keep_its_seconds(shipped, monkeypatch):
+    monkeypatch.setattr(inference, "cpu_bf16_kind", lambda: "avx512_bf16")  # the kind the table was timed on
+    assert shipped.entries["missu"].details["precision"]["cpu"]["avx512_bf16"] == "bf16"
+    entry = shipped.entries["missu"]
+    for verdicts, kept in (({"avx512_bf16": "bf16"}, True), ({"avx512_bf16": "bf16", "amx_bf16": "fp32"}, True),
+                           ({"avx512_bf16": "fp32"}, False), ({"amx_bf16": "bf16"}, False)):
+        retrained = replace(entry, sha256="1" * 64, details={**entry.details, "precision": {"cpu": verdicts}})
+        current = Catalogue([*(e for n, e in shipped.entries.items() if n != "missu"), retrained], shipped.auto)
+        if kept:
+            assert recorded_seconds(current, timed=shipped) == recorded_seconds(shipped), verdicts
+        else:
+            with pytest.raises(SystemExit, match="holds 15"):  # float32 here: missu's combinations run slower
+                recorded_seconds(current, timed=shipped)
 
 
 def test_the_takeable_combinations_are_what_auto_picks_for_some_modalities_on_a_cpu_or_a_gpu(shipped):

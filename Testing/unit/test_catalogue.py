@@ -105,7 +105,7 @@ def test_shipped_catalogue_loads_with_its_fields():
     assert hafb.handles_missing_modalities and hafb.patch_size == (64, 64, 64)
     for model in shipped:  # "window" is read as recorded (the retrained hafb measured better with patches)
         assert catalogue.entries[model["name"]].whole_window == (model.get("window") == "whole")
-    assert catalogue.entry("cmg", "grading").details["precision"]["cpu"] == "bf16"
+    assert catalogue.entry("cmg", "grading").details["precision"]["cpu"]["avx512_bf16"] == "bf16"
 
 
 def test_a_catalogue_that_is_a_list_is_refused_when_loaded(tmp_path):
@@ -126,6 +126,8 @@ def test_a_catalogue_that_is_a_list_is_refused_when_loaded(tmp_path):
     ("handles_missing_modalities", "false", "true or false"),
     ("window", "sliding", '"patch" or "whole"'),
     ("precision", "bf16", "an object"),
+    ("precision", {"cpu": "bf16"}, "an object such as {\"cpu\": {\"avx512_bf16\": \"bf16\"}}"),
+    ("precision", {"cpu": {"amx_bf16": "half"}}, "an object"),
 ])
 def test_a_malformed_entry_field_is_named_when_the_catalogue_is_loaded(tmp_path, field, value, expected):
     path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), **{field: value})

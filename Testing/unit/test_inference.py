@@ -157,26 +157,36 @@ def test_predict_runs_in_the_chosen_precision_and_returns_float32():
     assert np.abs(fp32 - bf16).max() < 0.02 and not np.array_equal(fp32, bf16)
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+def test_the_cpus_bfloat16_kind_is_read_from_its_flags(monkeypatch, tmp_path):
     from BrainTumorFusionLib import inference
 
-    def flags(text):
+    def kind(text):
         path = tmp_path / "cpuinfo"
         path.write_text(text)
         real_open = open
         monkeypatch.setattr("builtins.open", lambda name, *a, **k: real_open(path if name == "/proc/cpuinfo" else name,
                                                                              *a, **k))
-        inference.cpu_has_native_bf16.cache_clear()
+        inference.cpu_bf16_kind.cache_clear()
         try:
-            return inference.cpu_has_native_bf16()
+            return inference.cpu_bf16_kind(), inference.cpu_has_native_bf16()
         finally:
             monkeypatch.undo()
-            inference.cpu_has_native_bf16.cache_clear()
+            inference.cpu_bf16_kind.cache_clear()
 
-    assert flags("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
-    assert flags("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile\n")
-    assert flags("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # Arm
-    assert not flags("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert kind("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n") == ("avx512_bf16", True)
+    # A Xeon with AMX has AVX512-BF16 too; its kernels are AMX's.
+    assert kind("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_bf16 amx_tile\n") == ("amx_bf16", True)
+    assert kind("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n") == ("bf16", True)  # Arm
+    assert kind("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n") == (None, False)
+
+
+def test_a_bfloat16_verdict_holds_only_on_the_cpu_kind_it_was_measured_on(monkeypatch):
+    from BrainTumorFusionLib import inference
+
+    verdicts = {"avx512_bf16": "bf16", "amx_bf16": "fp32"}  # transfuse's first weights
+    for here, keeps in (("avx512_bf16", True), ("amx_bf16", False), ("bf16", False), (None, False)):
+        monkeypatch.setattr(inference, "cpu_bf16_kind", lambda: here)
+        assert inference.keeps_dice_in_bf16_here(verdicts) is keeps, here
 
 
 def test_a_whole_window_model_runs_one_window_over_the_whole_crop():
