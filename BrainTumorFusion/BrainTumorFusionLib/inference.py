@@ -3,8 +3,8 @@ cancel, and a CPU fallback when the GPU runs out of memory.
 
 Precision (`precision`): "auto" runs float16 autocast on CUDA, bfloat16 autocast on CPUs with native bfloat16
 arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm; read from the CPU flags, Linux only) for models whose catalogue
-entry says bfloat16 keeps their Dice on this kind of CPU (`cpu_bf16_kind`, `Model.cpu_bf16`), and float32 elsewhere. "fp32", "bf16" and "fp16" (CUDA
-only) force one.
+entry says bfloat16 keeps their Dice on this kind of CPU (`cpu_bf16_kind`, `Model.cpu_bf16`), and float32 elsewhere.
+"fp32", "bf16" and "fp16" (CUDA only) force one.
 
 Test-time augmentation (`tta`): "off" runs the network once; "mirror" averages the sigmoid region probabilities of
 the image and of its mirror images (nnU-Net's mirroring), each flipped back before averaging: MIRROR_FLIPS passes,
