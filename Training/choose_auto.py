@@ -105,11 +105,7 @@ def runs_alike(entry, timed_entry):
     """Whether two catalogue entries take the same time per case: same network, configuration, grid, window and
     CPU precision verdict on this CPU's kind (weights may differ: a retrained model)."""
     return (all(getattr(entry, field) == getattr(timed_entry, field) for field in SPEED_FIELDS)
-            and bf16_here(entry) == bf16_here(timed_entry))
-
-
-def bf16_here(entry):
-    return keeps_dice_in_bf16_here(entry.details.get("precision", {}).get("cpu", {}))
+            and keeps_dice_in_bf16_here(entry.bf16_verdicts) == keeps_dice_in_bf16_here(timed_entry.bf16_verdicts))
 
 
 def recorded_seconds(catalogue, timed=None):

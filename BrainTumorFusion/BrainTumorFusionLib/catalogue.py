@@ -166,6 +166,11 @@ class ModelEntry:
                    details={k: get(k, *_DETAIL_TYPES[k]) if k in _DETAIL_TYPES else data[k]
                             for k in DETAILS if k in data})
 
+    @property
+    def bf16_verdicts(self) -> dict[str, str]:
+        """{CPU bfloat16 kind: "bf16" or "fp32"} (`precision.cpu`); {} = never measured: float32 everywhere."""
+        return self.details.get("precision", {}).get("cpu", {})
+
     def weights_path(self) -> Path:
         """The weights file: next to its catalogue, else in the user cache folder; never a file elsewhere."""
         for folder in (self.folder, cache_folder()):

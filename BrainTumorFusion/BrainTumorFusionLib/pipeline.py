@@ -57,7 +57,7 @@ class Model:
                    spacing_mm=entry.spacing_mm, modalities=entry.modalities,
                    handles_missing_modalities=entry.handles_missing_modalities,
                    notes=entry.details.get("notes", ""), whole_window=entry.whole_window,
-                   cpu_bf16=keeps_dice_in_bf16_here(entry.details.get("precision", {}).get("cpu", {})))
+                   cpu_bf16=keeps_dice_in_bf16_here(entry.bf16_verdicts))
 
     def precisions(self, device: Device, precision: str) -> list[str]:
         """The precision this model runs in (fp32, bf16, fp16), as a list (an ensemble has one per member)."""
