@@ -3,8 +3,8 @@
 Per step: a batch of augmented patches (Training.transforms), the network in training mode, Dice + BCE on the
 three regions plus the network's auxiliary term (Training.losses; for hafb the masked-cube consistency on a
 masked copy of the batch), as its recipe in Training.network_recipes says. Validation segments the validation
-split with the library's sliding-window inference (`inference.predict_regions`) on the prepared cache; the best
-mean Dice is kept in best.pt.
+split with the library's sliding-window inference (`inference.predict_regions`) on the prepared cache; best.pt
+keeps the best mean Dice among checkpoints whose worst case keeps its whole tumor (checkpoint_score).
 """
 
 from pathlib import Path
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR
 from BrainTumorFusionLib.inference import predict_regions
 from BrainTumorFusionLib.postprocessing import regions_to_labels
 
@@ -37,24 +38,34 @@ def validation_dice(network, case_ids, paths, patch_size, context, overlap=0.5) 
     """Mean Dice per region over case_ids (split across ranks), by sliding-window inference on the cache.
 
     Probabilities go through the library's postprocessing (nested regions -> labels) before scoring, as in
-    the real pipeline. Returns {"dice_WT", "dice_TC", "dice_ET", "dice_mean", "cases"}.
+    the real pipeline. Returns {"dice_WT", "dice_TC", "dice_ET", "dice_mean", "cases", "worst_WT",
+    "worst_WT_case"}: the worst case's whole-tumor Dice shows a collapse that a mean hides.
     """
-    sums = [0.0] * (len(REGIONS) + 1)
-    for case_id in case_ids[context.rank::context.world_size]:
-        case = load_cached(paths[case_id])
+    # one row per case, filled by the rank that scores it: summing over ranks gathers them all
+    per_case = [[0.0] * len(REGIONS) for _ in case_ids]
+    for index in range(context.rank, len(case_ids), context.world_size):
+        case = load_cached(paths[case_ids[index]])
         image, shape = padded_to(case["image"], patch_size)
         probabilities = predict_regions(network, image, tuple(patch_size), context.device, overlap=overlap)
         probabilities = probabilities[(slice(None),) + tuple(slice(0, n) for n in shape)]
         predicted = regions_from_labels(regions_to_labels(probabilities))
-        for i in range(len(REGIONS)):
-            sums[i] += dice(predicted[i], case["regions"][i])
-        sums[-1] += 1
-    totals = distributed.all_sum(sums, context)
-    count = max(totals[-1], 1)
-    means = {f"dice_{region}": totals[i] / count for i, region in enumerate(REGIONS)}
+        per_case[index] = [dice(predicted[i], case["regions"][i]) for i in range(len(REGIONS))]
+    flat = distributed.all_sum([value for row in per_case for value in row], context)
+    rows = [flat[i:i + len(REGIONS)] for i in range(0, len(flat), len(REGIONS))]
+    count = max(len(rows), 1)
+    means = {f"dice_{region}": sum(row[i] for row in rows) / count for i, region in enumerate(REGIONS)}
     means["dice_mean"] = sum(means[f"dice_{r}"] for r in REGIONS) / len(REGIONS)
-    means["cases"] = int(totals[-1])
+    means["cases"] = len(rows)
+    if rows:
+        worst = min(range(len(rows)), key=lambda i: rows[i][0])
+        means["worst_WT"], means["worst_WT_case"] = rows[worst][0], case_ids[worst]
     return means
+
+
+def checkpoint_score(result: dict) -> float:
+    """best.pt's score: the mean Dice, less 1 when a validation case collapsed (WT below the catalogue's floor),
+    so that any checkpoint without a collapse ranks above every one with a collapse."""
+    return result["dice_mean"] - (1.0 if result["worst_WT"] < WORST_WT_FLOOR else 0.0)
 
 
 def _worker_init(_):
@@ -145,9 +156,10 @@ class SegmentationRecipe(Recipe):
             return None
         result = validation_dice(network, self.split["validation"], self.paths, self.config.patch_size, context,
                                  self.config.val_overlap)
-        result["score"] = result["dice_mean"]
+        result["score"] = checkpoint_score(result)
         result["message"] = (f"validation Dice WT {result['dice_WT']:.3f} TC {result['dice_TC']:.3f} "
-                             f"ET {result['dice_ET']:.3f} (mean {result['dice_mean']:.3f}, {result['cases']} cases)")
+                             f"ET {result['dice_ET']:.3f} (mean {result['dice_mean']:.3f}, {result['cases']} cases; "
+                             f"worst WT {result['worst_WT']:.3f} on {result['worst_WT_case']})")
         return result
 
 

@@ -9,10 +9,12 @@ import torch
 from training_support import CASES, TINY_HAFB, one_thread, tiny_config, workspace  # noqa: F401
 
 from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR
 from Training import checkpoint as ckpt
 from Training.config import RunConfig
 from Training.data import cache_path
 from Training.loop import lr_scheduler, optimizer_step, restore_scheduler
+from Training.segmentation import checkpoint_score
 from Training.segmentation import SegmentationRecipe, train
 from Training.transforms import PatchDataset, cube_voxels
 
@@ -86,6 +88,9 @@ def test_resume_after_a_kill_continues_exactly(tmp_path):
     assert steps == [1, 2, 3, 4]
     # Validation ran on the straight run's last step and kept the best checkpoint.
     assert straight["validation"][0]["cases"] == 1 and 0 <= straight["validation"][0]["dice_mean"] <= 1
+    # With one validation case, the worst case is that case and its WT Dice is the mean's.
+    assert straight["validation"][0]["worst_WT_case"] == split["validation"][0]
+    assert straight["validation"][0]["worst_WT"] == straight["validation"][0]["dice_WT"]
     assert ckpt.load(straight["best"])["best"]["step"] == 4
     assert ckpt.load(straight["best"])["kind"] == "segmentation"
     records = [json.loads(line) for line in (straight_dir / "metrics.jsonl").read_text().splitlines()]
@@ -193,3 +198,12 @@ def test_a_step_with_non_finite_gradients_is_skipped():
     assert not torch.equal(weight.detach(), torch.ones(3))
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         optimizer_step(loss, float("nan"), optimizer, [weight], grad_clip=1.0)
+
+
+def test_best_checkpoint_prefers_a_lower_mean_without_a_collapse_to_a_higher_one_with():
+    steady = {"dice_mean": 0.70, "worst_WT": WORST_WT_FLOOR}
+    collapsed = {"dice_mean": 0.80, "worst_WT": WORST_WT_FLOOR - 0.01}
+    assert checkpoint_score(steady) > checkpoint_score(collapsed)
+    # Between two steady (or two collapsed) checkpoints the mean decides.
+    assert checkpoint_score({**steady, "dice_mean": 0.71}) > checkpoint_score(steady)
+    assert checkpoint_score({**collapsed, "dice_mean": 0.81}) > checkpoint_score(collapsed)
