@@ -48,6 +48,9 @@ def build_parser():
     train.add_argument("--groups-table", help="CSV with case_id, source_group (default <data-dir>/cases.csv)")
     train.add_argument("--split-file", help="use this split JSON instead of making one")
     train.add_argument("--val-fraction", type=float)
+    train.add_argument("--folds", type=int, help="cross-validation: split the cases into this many folds, stratified "
+                       "by source group, and validate on fold --fold (instead of --val-fraction)")
+    train.add_argument("--fold", type=int, help="with --folds: the validation fold, 0-based (default 0)")
     train.add_argument("--spacing", nargs="+", help="mm: one value, I J K, or 'native' (default 2)")
     train.add_argument("--patch-size", nargs=3, type=int, help="D H W voxels (default 64 64 64)")
     train.add_argument("--batch-size", type=int, help="per process (default 2)")

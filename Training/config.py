@@ -72,6 +72,8 @@ class TrainConfig(RunConfig):
     groups_table: Optional[str] = None  # CSV with case_id and source_group; default <data_dir>/cases.csv
     split_file: Optional[str] = None  # an existing split to use; default <run_dir>/split.json (made if absent)
     val_fraction: float = 0.2
+    folds: Optional[int] = None  # cross-validation: the validation cases are fold `fold` (0-based) of this many
+    fold: int = 0
     steps: int = 2000
     dice_weight: float = 1.0  # alpha
     bce_weight: float = 0.5  # beta

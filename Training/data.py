@@ -110,22 +110,40 @@ def source_groups(case_ids, input_dir=None, table=None):
 # ---------------------------------------------------------------------------------------------- split
 
 
-def make_split(groups, val_fraction=0.2, seed=0):
-    """Deterministic train/validation split stratified by group.
-
-    groups: {case id: group}. Cases are ordered group by group (groups sorted by name, cases shuffled within
-    their group by the seed) and every 1/val_fraction-th position, from a seeded random offset, goes to
-    validation. So the validation set has round(N * val_fraction) cases (+-1), every group contributes its
-    share (+-1), and the result depends only on the case ids, their groups and the seed (not on listing
-    order). At least one case stays on each side when there are two or more.
-    """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
+def grouped_order(groups, rng):
+    """Case ids group by group (groups sorted by name), shuffled within their group by rng: the order both splits
+    deal from, so that every group contributes its share to each side."""
     ordered = []
     for group in sorted(set(groups.values())):
         members = sorted(case_id for case_id, g in groups.items() if g == group)
         ordered += [members[i] for i in rng.permutation(len(members))]
+    return ordered
+
+
+def split_record(groups, validation, seed, **how):
+    validation_set = set(validation)
+    return {
+        "seed": int(seed),
+        **how,
+        "stratified_by": "source_group",
+        "train": sorted(c for c in groups if c not in validation_set),
+        "validation": sorted(validation_set),
+        "groups": {c: groups[c] for c in sorted(groups)},
+    }
+
+
+def make_split(groups, val_fraction=0.2, seed=0):
+    """Deterministic train/validation split stratified by group.
+
+    groups: {case id: group}. Cases are ordered by grouped_order and every 1/val_fraction-th position, from a
+    seeded random offset, goes to validation. So the validation set has round(N * val_fraction) cases (+-1), every
+    group contributes its share (+-1), and the result depends only on the case ids, their groups and the seed (not
+    on listing order). At least one case stays on each side when there are two or more.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    ordered = grouped_order(groups, rng)
     offset = rng.random()
     validation = [case_id for i, case_id in enumerate(ordered)
                   if np.floor((i + 1) * val_fraction + offset) > np.floor(i * val_fraction + offset)]
@@ -133,15 +151,19 @@ def make_split(groups, val_fraction=0.2, seed=0):
         validation = [ordered[-1]]
     if len(ordered) >= 2 and len(validation) == len(ordered):
         validation = validation[:-1]
-    validation_set = set(validation)
-    return {
-        "seed": int(seed),
-        "val_fraction": float(val_fraction),
-        "stratified_by": "source_group",
-        "train": sorted(c for c in groups if c not in validation_set),
-        "validation": sorted(validation_set),
-        "groups": {c: groups[c] for c in sorted(groups)},
-    }
+    return split_record(groups, validation, seed, val_fraction=float(val_fraction))
+
+
+def make_fold_split(groups, folds, fold, seed=0):
+    """Fold `fold` (0-based) of a `folds`-fold cross-validation, stratified by group: grouped_order dealt round-robin
+    to the folds, so that the folds of one seed partition the cases, differ in size by at most one, and each takes
+    its share (+-1) of every group. Validation is fold `fold`, training the others."""
+    if not 2 <= folds <= len(groups):
+        raise InputError(f"Cross-validation needs 2 to {len(groups)} folds for {len(groups)} cases, got {folds}.")
+    if not 0 <= fold < folds:
+        raise InputError(f"--fold must lie in 0..{folds - 1} for {folds} folds, got {fold}.")
+    ordered = grouped_order(groups, np.random.default_rng(seed))
+    return split_record(groups, ordered[fold::folds], seed, folds=int(folds), fold=int(fold))
 
 
 def write_json(data, path):
@@ -177,9 +199,10 @@ def cached_split(split_file, cache_dir, spacing):
     return split
 
 
-def load_or_make_split(path, groups, val_fraction=0.2, seed=0):
+def load_or_make_split(path, groups, val_fraction=0.2, seed=0, folds=None, fold=0):
     """The split recorded at `path` if it exists (resume, or a split given on purpose), else a new one written
-    there. A recorded split naming cases that are not available is an error."""
+    there (fold `fold` of `folds` when folds is given). A recorded split naming cases that are not available is an
+    error."""
     path = Path(path)
     if path.is_file():
         split = json.loads(path.read_text())
@@ -188,7 +211,7 @@ def load_or_make_split(path, groups, val_fraction=0.2, seed=0):
             raise InputError(f"Split {path} names cases that are not in the data folder: {', '.join(missing[:5])}"
                              f"{' ...' if len(missing) > 5 else ''}.")
         return split
-    split = make_split(groups, val_fraction, seed)
+    split = make_fold_split(groups, folds, fold, seed) if folds else make_split(groups, val_fraction, seed)
     write_json(split, path)
     return split
 

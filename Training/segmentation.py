@@ -108,7 +108,7 @@ class SegmentationRecipe(Recipe):
             cases = discover(config.data_dir)
             groups = source_groups(cases, config.data_dir, config.groups_table)
             split = load_or_make_split(Path(config.split_file) if config.split_file else split_path, groups,
-                                       config.val_fraction, config.seed)
+                                       config.val_fraction, config.seed, config.folds, config.fold)
             needed = {c: cases[c] for c in split["train"] + split["validation"]}
             prepare_cache(needed, config.cache_dir, config.spacing, progress=True)
         elif context.main:  # the prepared cache alone, e.g. on a GPU machine that got the cache but not the cases

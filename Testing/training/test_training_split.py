@@ -4,11 +4,14 @@ import csv
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from training_support import BRATS_DIR
 
-from Training.data import group_from_id, load_or_make_split, make_split, read_groups_table, source_groups
+from BrainTumorFusionLib.errors import InputError
+from Training.data import (group_from_id, load_or_make_split, make_fold_split, make_split, read_groups_table,
+                           source_groups)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,32 @@ def test_split_keeps_group_shares_on_a_large_set():
 def test_split_leaves_a_case_on_each_side():
     split = make_split({"a": "x", "b": "x"}, 0.1, 0)
     assert len(split["train"]) == 1 and len(split["validation"]) == 1
+
+
+def test_folds_partition_the_cases_stratified_and_keep_make_splits_order(real_groups):
+    splits = [make_fold_split(real_groups, 3, fold, seed=0) for fold in range(3)]
+    held_out = [set(split["validation"]) for split in splits]
+    assert set().union(*held_out) == set(real_groups) and sum(map(len, held_out)) == len(real_groups)
+    for split in splits:
+        check_stratified(split, real_groups, 1 / 3)
+        assert split["folds"] == 3 and "val_fraction" not in split
+    # Listing order does not matter; the fraction split of the same seed is unchanged by the shared ordering.
+    assert make_fold_split(dict(reversed(list(real_groups.items()))), 3, 1, seed=0) == splits[1]
+    assert make_split(real_groups, 0.2, seed=0)["validation"] == json.loads(
+        (Path(__file__).parents[2] / "Training/splits/brats-shared-seed0.json").read_text())["validation"]
+
+
+def test_folds_out_of_range_are_refused_with_the_valid_range(real_groups):
+    with pytest.raises(InputError, match="0..2"):
+        make_fold_split(real_groups, 3, 3)
+    with pytest.raises(InputError, match="2 to"):
+        make_fold_split(real_groups, 1, 0)
+
+
+def test_a_fold_split_is_recorded_and_reused(tmp_path, real_groups):
+    path = tmp_path / "split.json"
+    split = load_or_make_split(path, real_groups, seed=0, folds=3, fold=2)
+    assert split == make_fold_split(real_groups, 3, 2, seed=0) == json.loads(path.read_text())
 
 
 def test_split_is_recorded_and_reused(tmp_path, real_groups):
