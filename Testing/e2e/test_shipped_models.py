@@ -1,8 +1,8 @@
 """Shipped models on the real validation cases of their recorded split (the library's own inference): each
 reproduces the Dice its catalogue entry reports in float32; its precision verdict for this CPU's kind of bfloat16
 follows from its bfloat16 Dice here (bfloat16 only where every region's mean Dice stays within 0.005 of float32); no
-model collapses on a validation case (whole-tumor Dice below 0.5) or, until it is retrained, it carries that caveat;
-and the default "auto" reproduces the figures its table records for four modalities and clears the acceptance bar."""
+model collapses on a validation case (whole-tumor Dice below 0.5); and the default "auto" reproduces the figures its
+table records for four modalities and clears the acceptance bar."""
 
 import numpy as np
 import pytest
@@ -61,9 +61,7 @@ def test_shipped_model_reproduces_the_dice_of_its_catalogue_entry(name):
     assert entry.details["metrics"]["cases"] == len(validation)
     for region in REGIONS:
         assert measured[region] == pytest.approx(recorded[region], abs=0.005), (region, measured, recorded)
-    worst = min(scores["WT"])
-    if worst < WORST_WT_FLOOR:  # a collapse: the entry must say so, and so every result of it warns
-        assert f"{worst:.2f}" in entry.details.get("notes", ""), dict(zip(validation, np.round(scores["WT"], 3)))
+    assert min(scores["WT"]) >= WORST_WT_FLOOR, dict(zip(validation, np.round(scores["WT"], 3)))  # no collapse
 
 
 # Emulated bfloat16 is about 30x slower than float32 (hafb, one validation case, one thread, AMD EPYC with AVX2 only:
