@@ -97,6 +97,16 @@ def test_a_graders_caveat_reaches_the_result_warnings(tmp_path):
     assert not any("Grading model" in warning for warning in plain.warnings)
 
 
+def test_a_segmentation_models_caveat_reaches_the_result_warnings(tmp_path):
+    """A segmentation entry's notes (e.g. a user's model that collapsed on a case) warn with every result of it."""
+    caveat = "Whole-tumor Dice 0.39 on one validation case: check the result."
+    path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), name="weak", notes=caveat)
+    image = np.pad(real_crop((48, 48, 48))[0], [(0, 0)] + [(6, 6)] * 3).astype(np.float32)
+    case = Case("real-crop", image, np.eye(4), (True,) * 4)
+    result = Pipeline(model="weak", device="cpu", catalogue=Catalogue.load([path])).run(case)
+    assert f"Model 'weak': {caveat}" in result.warnings
+
+
 def test_shipped_catalogue_loads_with_its_fields():
     shipped = json.loads(SHIPPED_CATALOGUE.read_text())["models"]
     catalogue = Catalogue.load()
