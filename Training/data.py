@@ -203,6 +203,8 @@ def load_or_make_split(path, groups, val_fraction=0.2, seed=0, folds=None, fold=
     """The split recorded at `path` if it exists (resume, or a split given on purpose), else a new one written
     there (fold `fold` of `folds` when folds is given). A recorded split naming cases that are not available is an
     error."""
+    if fold and not folds:
+        raise InputError(f"--fold {fold} needs --folds (how many folds the cases are dealt into).")
     path = Path(path)
     if path.is_file():
         split = json.loads(path.read_text())

@@ -14,8 +14,7 @@ from Training import checkpoint as ckpt
 from Training.config import RunConfig
 from Training.data import cache_path
 from Training.loop import lr_scheduler, optimizer_step, restore_scheduler
-from Training.segmentation import checkpoint_score
-from Training.segmentation import SegmentationRecipe, train
+from Training.segmentation import SegmentationRecipe, checkpoint_score, train
 from Training.transforms import PatchDataset, cube_voxels
 
 pytestmark = pytest.mark.usefixtures("one_thread")

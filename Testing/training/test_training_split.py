@@ -97,6 +97,8 @@ def test_folds_out_of_range_are_refused_with_the_valid_range(real_groups):
         make_fold_split(real_groups, 3, 3)
     with pytest.raises(InputError, match="2 to"):
         make_fold_split(real_groups, 1, 0)
+    with pytest.raises(InputError, match="needs --folds"):
+        load_or_make_split("unused.json", real_groups, fold=1)
 
 
 def test_a_fold_split_is_recorded_and_reused(tmp_path, real_groups):
