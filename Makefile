@@ -3,11 +3,20 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The Slicer-like environment: Slicer 5.12's Python (3.12) and bundled packages, then what the module installs on
+# first use, in its order (README, "Supported Slicer releases").
+SLICER_PYTHON ?= PYENV_VERSION=3.12.1 python3.12
+SLICER_VENV := .venv-slicer
+SLICER_PY := $(SLICER_VENV)/bin/python
+SLICER_STAMP := $(SLICER_VENV)/.installed
+SLICER_BUNDLE := Testing/environments/slicer-5.12.txt
+MODULE_REQUIREMENTS := BrainTumorFusion/Resources/requirements-slicer.txt
+DEPENDENCIES := BrainTumorFusion/BrainTumorFusionLib/dependencies.py
 CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
 MODEL ?= hafb
 DEMO_DIR := out/demo
 
-.PHONY: setup test demo bench-zoo bench bench-training gpu-check clean
+.PHONY: setup setup-slicer test test-dev test-slicer demo bench-zoo bench bench-training gpu-check clean
 
 setup: $(STAMP)
 
@@ -19,9 +28,31 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# One torch thread per test process: the suite's small tensors run faster without intra-op threading on 2 cores.
-test: setup
+# torch as the PyTorch extension installs it (the newest release dependencies.TORCH_REQUIREMENT admits; from PyPI,
+# so a CUDA build of about 4 GB), then the module's pinned packages as its first use installs them.
+setup-slicer: $(SLICER_STAMP)
+
+$(SLICER_STAMP): $(SLICER_BUNDLE) $(MODULE_REQUIREMENTS) $(DEPENDENCIES) pyproject.toml
+	test -x $(SLICER_PY) || $(SLICER_PYTHON) -m venv $(SLICER_VENV)
+	$(SLICER_PY) -m pip install --quiet --upgrade pip
+	$(SLICER_PY) -m pip install --quiet -r $(SLICER_BUNDLE)
+	$(SLICER_PY) -m pip install --quiet "torch$$(sed -n 's/^TORCH_REQUIREMENT = "\(.*\)"/\1/p' $(DEPENDENCIES))"
+	$(SLICER_PY) -m pip install --quiet -r $(MODULE_REQUIREMENTS)
+	$(SLICER_PY) -m pip install --quiet --no-deps -e .
+	$(SLICER_PY) -m pip check
+	touch $(SLICER_STAMP)
+
+# The whole suite in both environments (what CI runs). One torch thread per test process: the suite's small tensors
+# run faster without intra-op threading on 2 cores.
+test: test-dev test-slicer
+
+test-dev: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+# Tests that need a package of the development venv only (Training's panoptica, pydeface's head, deepbet) are skipped
+# here, each saying which package; in the development venv a missing one is an error (Testing/conftest.py).
+test-slicer: setup-slicer
+	OMP_NUM_THREADS=1 BTF_SLICER_ENVIRONMENT=1 $(SLICER_PY) -m pytest
 
 # Segments one real case (CASE=folder) with the shipped default model into out/demo/.
 demo: setup
@@ -50,4 +81,4 @@ gpu-check: setup
 	$(PY) Testing/benchmarks/gpu_check.py run --cache out/gpu_check
 
 clean:
-	rm -rf $(VENV) .venv-runtime out .pytest_cache
+	rm -rf $(VENV) $(SLICER_VENV) .venv-runtime out .pytest_cache

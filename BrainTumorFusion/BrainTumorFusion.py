@@ -3,6 +3,7 @@
 The only file that imports qt: a thin shell over the Qt-free BrainTumorFusionLib.
 """
 
+import logging
 import os
 import shutil
 
@@ -18,6 +19,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from BrainTumorFusionLib.catalogue import DEFAULT_MODEL, ENSEMBLE, Catalogue
+from BrainTumorFusionLib.dependencies import unsupported_reason
 from BrainTumorFusionLib.errors import BrainTumorFusionError
 from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
@@ -43,7 +45,13 @@ class BrainTumorFusion(ScriptedLoadableModule):
             "(or <code>model='ensemble', members='hafb,segresnet'</code>); "
             "<code>logic.grade(t1=n1, t1ce=n2, t2=n3, flair=n4)</code>.<br>"
             "<b>Batch</b>: <code>Slicer --no-main-window --python-script "
-            "&lt;module&gt;/BrainTumorFusionLib/__main__.py segment --input-dir DIR --output-dir OUT</code>.")
+            "&lt;module&gt;/BrainTumorFusionLib/__main__.py segment --input-dir DIR --output-dir OUT</code>.<br>"
+            "For research use only, not for clinical diagnosis. Code: Apache-2.0. The shipped weights were trained "
+            "on BraTS 2018/2021 data, which are for research use (see the extension's README).")
+        reason = unsupported_reason(slicerVersion())
+        if reason:  # said at load, before anything is installed; Apply refuses with the same words
+            logging.error(reason)
+            self.parent.helpText = f"<b>{reason}</b><br>" + self.parent.helpText
         self.parent.acknowledgementText = _(
             "Networks implemented in 3D from: HAFB-Net (Self-supervised multi-modal hybrid fusion network, "
             "IEEE JBHI 2022); MISSU (Wang et al., arXiv:2206.00902); TransFuse (Zhang et al., MICCAI 2021); "
@@ -190,7 +198,7 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         p = self._parameterNode
         try:
-            ensure_installed(confirm=slicer.util.confirmOkCancelDisplay)
+            ensure_installed(slicerVersion(), confirm=slicer.util.confirmOkCancelDisplay)
             if self.logic.needs_skull_stripping(p.skullStrip, t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair):
                 ensure_skull_stripping_installed(confirm=slicer.util.confirmOkCancelDisplay)
             self.run = self.logic.start_segmentation(t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair,
@@ -254,6 +262,10 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateApplyButton()
 
 
+def slicerVersion():
+    return slicer.app.majorVersion, slicer.app.minorVersion
+
+
 def pythonSlicerExecutable():
     """Slicer's own Python interpreter, which runs the background process (never the Slicer app itself)."""
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
@@ -276,34 +288,64 @@ class BrainTumorFusionLogic(ScriptedLoadableModuleLogic, SceneLogic):
 
 
 class BrainTumorFusionTest(ScriptedLoadableModuleTest):
-    """Runs the whole in-process pipeline on synthetic volumes with a randomly initialised compact network
-    (plumbing only: the shipped weights are tested on real cases by the pytest suites)."""
+    """What Slicer's extension CI and `Slicer --testing` run: the first-use dependency check, the whole in-process
+    pipeline with a randomly initialised compact network, and the shipped default model end to end on a synthetic
+    case (plumbing, not Dice: the shipped weights are scored on real cases by the pytest suites)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_segment_synthetic_case()
+        for test in (self.test_dependencies, self.test_segment_synthetic_case, self.test_default_model_end_to_end):
+            self.setUp()
+            test()
 
-    def test_segment_synthetic_case(self):
+    def test_dependencies(self):
+        from BrainTumorFusionLib.dependencies import ensure_installed, missing_packages
+
+        self.delayDisplay("Checking (and on first use installing) the Python packages")
+        ensure_installed(slicerVersion())
+        self.assertEqual(missing_packages(), [])
+
+    def syntheticCase(self):
+        """Four brain-like volumes: zero background, a noisy brain box, a bright FLAIR lesion with an enhancing
+        core on T1ce."""
         import numpy as np
 
-        from BrainTumorFusionLib import networks
-        from BrainTumorFusionLib.pipeline import Model, Pipeline
-
-        self.delayDisplay("Creating four synthetic volumes")
         rng = np.random.default_rng(0)
         nodes = {}
         for role in MODALITIES:
+            array = np.zeros((40, 48, 56), np.float32)
+            array[4:-4, 6:-6, 6:-6] = 100 + 10 * rng.random((32, 36, 44))
+            if role == "flair":
+                array[15:25, 18:28, 20:32] = 300
+            if role == "t1ce":
+                array[17:23, 20:26, 22:30] = 400
             node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"Synthetic_{role}")
-            slicer.util.updateVolumeFromArray(node, (rng.random((40, 48, 56)) * 100 + 1).astype(np.float32))
+            slicer.util.updateVolumeFromArray(node, array)
             nodes[role] = node
+        return nodes
+
+    def test_segment_synthetic_case(self):
+        from BrainTumorFusionLib import networks
+        from BrainTumorFusionLib.pipeline import Model, Pipeline
+
+        self.delayDisplay("Segmenting a synthetic case with a random compact network")
+        nodes = self.syntheticCase()
         logic = BrainTumorFusionLogic()
         self.assertEqual(logic.auto_assign(), nodes)
         network = networks.build("hafb", widths=(4, 8, 8, 16, 16))
         pipeline = Pipeline(device="cpu", segmenter=Model("random-hafb", network.eval(), patch_size=(32, 32, 32)))
         segmentation = logic.segment(**nodes, pipeline=pipeline)
         self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 3)
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("Synthetic tumor volumes"))
+        self.delayDisplay("Test passed")
+
+    def test_default_model_end_to_end(self):
+        self.delayDisplay(f"Segmenting a synthetic case with the shipped default model ({DEFAULT_MODEL})")
+        nodes = self.syntheticCase()
+        segmentation = BrainTumorFusionLogic().segment(**nodes, model=DEFAULT_MODEL, device="cpu")
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 3)
+        self.assertTrue(segmentation.GetAttribute(MODEL_ATTRIBUTE))
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("Synthetic tumor volumes"))
         self.delayDisplay("Test passed")

@@ -8,17 +8,19 @@
   real vtkMRMLScriptedModuleNode of the scene, as in Slicer), `slicer.parameterNodeWrapper` (fields stored in
   that node: node references and string parameters; binding to widgets is left out, tests set the parameters
   as the bound widgets would) and `slicer.i18n`;
-- `slicer.app`, the Qt application: testing mode (so `slicer.util.errorDisplay` only logs) and the test scene's
+- `slicer.app`, the Qt application: the slicer-core wheel's version, testing mode (so `slicer.util.errorDisplay` only logs) and the test scene's
   real vtkSlicerApplicationLogic.
 Everything else the widget touches is real: MRML scene, slicer.util, the logic and its background process.
 """
 
 import importlib
+import importlib.metadata
 import inspect
 import os
 import sys
 import types
 import typing
+import unittest
 import weakref
 import xml.etree.ElementTree as ElementTree
 
@@ -253,8 +255,9 @@ class ScriptedLoadableModuleLogic:
         return node
 
 
-class ScriptedLoadableModuleTest:
-    pass
+class ScriptedLoadableModuleTest(unittest.TestCase):
+    def delayDisplay(self, message, msec=None):
+        pass
 
 
 def _field(name, kind):
@@ -320,7 +323,9 @@ def install(monkeypatch, app_logic):
             monkeypatch.setitem(sys.modules, name, module)
             stubbed.append(name)
     if not hasattr(slicer, "app"):
+        major, minor = (int(v) for v in importlib.metadata.version("slicer-core").split(".")[:2])
         monkeypatch.setattr(slicer, "app", types.SimpleNamespace(
+            majorVersion=major, minorVersion=minor, slicerHome=sys.prefix,
             testingEnabled=lambda: True, applicationName="Slicer", applicationLogic=lambda: app_logic,
             setOverrideCursor=lambda cursor: None, restoreOverrideCursor=lambda: None), raising=False)
         stubbed.append("slicer.app")

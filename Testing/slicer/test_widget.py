@@ -5,9 +5,12 @@ Only what the slicer-core wheel lacks is stubbed (gui_stubs.py: qt, Slicer's Qt-
 """
 
 import importlib.util
+import io
 import logging
 import sys
 import time
+import types
+import unittest
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +213,36 @@ def test_the_mirroring_choice_reaches_the_background_process(kit, widget, proces
     arguments = processes[0].process.args
     assert arguments[arguments.index("--tta") + 1] == "mirror"
     assert processes[0].process.returncode == 0 and kit.scene.GetFirstNodeByName("Case7 tumor")
+
+
+@pytest.mark.parametrize("version, refused", [((5, 12), False), ((5, 8), True)])
+def test_the_module_says_at_load_which_slicer_it_needs(module, monkeypatch, version, refused):
+    monkeypatch.setattr(module.slicer.app, "majorVersion", version[0], raising=False)
+    monkeypatch.setattr(module.slicer.app, "minorVersion", version[1], raising=False)
+    parent = types.SimpleNamespace()
+    module.BrainTumorFusion(parent)
+    assert parent.helpText.startswith("<b>BrainTumorFusion needs 3D Slicer 5.12 or newer") == refused
+    assert "not for clinical diagnosis" in parent.helpText
+
+
+def test_apply_on_an_unsupported_slicer_installs_nothing_and_runs_nothing(kit, widget, processes, monkeypatch,
+                                                                          caplog):
+    add_case(kit)
+    widget.setup()
+    monkeypatch.setattr(widget.logic, "start_segmentation", lambda **options: pytest.fail("a run was started"))
+    monkeypatch.setattr(gui_stubs.slicer.app, "minorVersion", 8, raising=False)
+    before = kit.state()
+    with caplog.at_level(logging.ERROR):
+        widget.ui.applyButton.click()
+    assert any("needs 3D Slicer 5.12 or newer" in record.getMessage() and "this is Slicer 5.8" in record.getMessage()
+               for record in caplog.records)  # slicer.util.errorDisplay
+    assert processes == [] and widget.run is None and kit.state() == before
+
+
+def test_the_module_self_test_passes(kit, module, monkeypatch):
+    """BrainTumorFusionTest, what Slicer's extension CI and `Slicer --testing` run: the dependency check, a random
+    network, and the shipped default model end to end, on this test's headless scene."""
+    monkeypatch.setattr(module.slicer, "mrmlScene", kit.scene, raising=False)
+    result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(module.BrainTumorFusionTest("runTest"))
+    assert result.wasSuccessful(), result.errors + result.failures
+    assert kit.scene.GetFirstNodeByName("Synthetic tumor volumes") is not None
