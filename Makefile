@@ -12,6 +12,7 @@ SLICER_STAMP := $(SLICER_VENV)/.installed
 SLICER_BUNDLE := Testing/environments/slicer-5.12.txt
 MODULE_REQUIREMENTS := BrainTumorFusion/Resources/requirements-slicer.txt
 DEPENDENCIES := BrainTumorFusion/BrainTumorFusionLib/dependencies.py
+SKULL_STRIPPING := BrainTumorFusion/BrainTumorFusionLib/skull_stripping.py
 CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
 MODEL ?= hafb
 DEMO_DIR := out/demo
@@ -29,15 +30,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 # torch as the PyTorch extension installs it (the newest release dependencies.TORCH_REQUIREMENT admits; from PyPI,
-# so a CUDA build of about 4 GB), then the module's pinned packages as its first use installs them.
+# so a CUDA build of about 4 GB), then the module's pinned packages and deepbet as its first use installs them.
 setup-slicer: $(SLICER_STAMP)
 
-$(SLICER_STAMP): $(SLICER_BUNDLE) $(MODULE_REQUIREMENTS) $(DEPENDENCIES) pyproject.toml
+$(SLICER_STAMP): $(SLICER_BUNDLE) $(MODULE_REQUIREMENTS) $(DEPENDENCIES) $(SKULL_STRIPPING) pyproject.toml
 	test -x $(SLICER_PY) || $(SLICER_PYTHON) -m venv $(SLICER_VENV)
 	$(SLICER_PY) -m pip install --quiet --upgrade pip
 	$(SLICER_PY) -m pip install --quiet -r $(SLICER_BUNDLE)
 	$(SLICER_PY) -m pip install --quiet "torch$$(sed -n 's/^TORCH_REQUIREMENT = "\(.*\)"/\1/p' $(DEPENDENCIES))"
 	$(SLICER_PY) -m pip install --quiet -r $(MODULE_REQUIREMENTS)
+	$(SLICER_PY) -m pip install --quiet "$$(sed -n 's/^DEEPBET_REQUIREMENT = "\(.*\)"/\1/p' $(SKULL_STRIPPING))"
 	$(SLICER_PY) -m pip install --quiet --no-deps -e .
 	$(SLICER_PY) -m pip check
 	touch $(SLICER_STAMP)
@@ -49,7 +51,7 @@ test: test-dev test-slicer
 test-dev: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
-# Tests that need a package of the development venv only (Training's panoptica, pydeface's head, deepbet) are skipped
+# Tests that need a package of the development venv only (Training's panoptica, pydeface's head) are skipped
 # here, each saying which package; in the development venv a missing one is an error (Testing/conftest.py).
 test-slicer: setup-slicer
 	OMP_NUM_THREADS=1 BTF_SLICER_ENVIRONMENT=1 $(SLICER_PY) -m pytest

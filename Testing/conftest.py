@@ -1,5 +1,7 @@
 """Shared fixtures. Helpers to import live in realdata.py (every conftest.py is imported as `conftest`)."""
 
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +26,22 @@ def _import_slicer_without_this_folder():
 
 
 _import_slicer_without_this_folder()
+
+
+# `make test-slicer` sets this: the environment that mirrors Slicer's Python, without the development venv's extras.
+SLICER_ENVIRONMENT = os.environ.get("BTF_SLICER_ENVIRONMENT") == "1"
+
+
+def pytest_runtest_setup(item):
+    """@pytest.mark.needs("package", ...): skipped in the Slicer-like environment when a package is missing there (a
+    package of the development venv only), an error anywhere else (a broken `make setup`)."""
+    for marker in item.iter_markers("needs"):
+        missing = [name for name in marker.args if importlib.util.find_spec(name) is None]
+        if missing:
+            message = f"needs {', '.join(missing)} (development venv only: requirements-dev.txt)"
+            if SLICER_ENVIRONMENT:
+                pytest.skip(message)
+            pytest.fail(f"{message}, which is not installed: run `make setup`")
 
 
 @pytest.fixture(scope="session")

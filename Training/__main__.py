@@ -124,6 +124,9 @@ def build_parser():
                           help="test-time augmentation: off (default) or mirror (the mean over mirrored passes)")
     evaluate.add_argument("--drop-modalities", default="", help="e.g. t1,t2: evaluate without these")
     evaluate.add_argument("--save-predictions", type=Path, help="also write <case>_seg.nii.gz here")
+    evaluate.add_argument("--save-probabilities", type=Path,
+                          help="also write <case>.npz here: the region probabilities on the brain crop (uint8, x/255) "
+                               "and the crop, for scoring ensembles and clean-ups later (out-of-fold predictions)")
     evaluate.add_argument("--window", default="patch", choices=("patch", "whole"),
                           help="with --checkpoint: patch-sized sliding windows, or one window over the whole brain "
                                "crop (fully convolutional networks)")
@@ -190,7 +193,7 @@ def main(argv=None):
         drop = tuple(m for m in args.drop_modalities.split(",") if m)
         result = evaluate(args.checkpoint, args.data_dir, args.split, args.output, args.device, drop,
                           args.save_predictions, model=args.model, members=args.members, precision=args.precision,
-                          window=args.window, tta=args.tta)
+                          window=args.window, tta=args.tta, probabilities_dir=args.save_probabilities)
         means = result["means"]
         print(f"{len(result['rows'])} cases -> {result['csv']}")
         print("mean " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))

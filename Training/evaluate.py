@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue
-from BrainTumorFusionLib.file_io import CaseFiles, read_case, write_labels
+from BrainTumorFusionLib.file_io import CaseFiles, read_case, write_atomically, write_labels
 from BrainTumorFusionLib.geometry import spacing_of
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline
@@ -96,9 +96,29 @@ def read_means(path):
     return out
 
 
+def save_probabilities(path, probabilities, crop):
+    """Region probabilities (3, ...) on a case's brain crop as uint8 (x/255, compressed) with the crop's start and
+    stop per axis, written atomically: what ensembles and clean-ups are scored on later (load_probabilities)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quantised = np.round(np.clip(probabilities, 0, 1) * 255).astype(np.uint8)
+    bounds = np.array([[s.start, s.stop] for s in crop], dtype=np.int64)
+
+    def write(target):
+        with open(target, "wb") as stream:  # a stream: numpy would add ".npz" to the temporary's name
+            np.savez_compressed(stream, probabilities=quantised, crop=bounds)
+
+    write_atomically(write, path)
+
+
+def load_probabilities(path):
+    """(float32 region probabilities on the crop, the crop's slices) of a save_probabilities file."""
+    with np.load(path) as data:
+        return data["probabilities"].astype(np.float32) / 255, tuple(slice(*b) for b in data["crop"].tolist())
+
+
 def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="auto", drop_modalities=(),
              predictions_dir=None, progress=True, model=None, members=None, catalogue=None, precision="fp32",
-             window="patch", tta="off"):
+             window="patch", tta="off", probabilities_dir=None):
     """Segment the cases of `split` with the library pipeline; write per-case metrics and the means to CSV.
 
     checkpoint: a checkpoint file or run folder; or None and `model`, a catalogue model name ("ensemble" with
@@ -108,6 +128,7 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
     missing modalities. precision: the library's (fp32 by default, so that scores do not depend on the CPU).
     window: with a checkpoint, "patch" or "whole" (see model_from_checkpoint); a catalogue model uses its entry's.
     tta: the library's test-time augmentation, "off" or "mirror" (the seconds include all its passes).
+    probabilities_dir: also write each case's region probabilities on its brain crop there (save_probabilities).
     Returns {"csv": path, "rows": [...], "means": {...}}.
     """
     if checkpoint is not None:
@@ -142,6 +163,10 @@ def evaluate(checkpoint, data_dir, split="validation", output_csv=None, device="
         if predictions_dir is not None:
             Path(predictions_dir).mkdir(parents=True, exist_ok=True)
             write_labels(result.labels, reference, Path(predictions_dir) / f"{case_id}_seg.nii.gz")
+        if probabilities_dir is not None:
+            probabilities, crop = segmenter.crop_probabilities(case, pipeline.device, lambda *_: None,
+                                                               precision=precision, tta=tta)
+            save_probabilities(Path(probabilities_dir) / f"{case_id}.npz", probabilities, crop)
     means = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_COLUMNS} if rows else {}
     mean_seconds = round(float(np.mean([r["seconds"] for r in rows])), 2) if rows else ""
     mean_row = {"case_id": MEAN_ROW, **means, "seconds": mean_seconds}

@@ -161,6 +161,7 @@ def test_predict_records_stages_and_writes_each_input_grid(moved, tmp_path):
     assert (row["register_s"], row["skull_strip_s"], row["segment_s"]) == (12.5, "", 3.0)
 
 
+@pytest.mark.needs("deepbet")
 def test_the_chain_reports_progress_strips_the_skull_when_asked_and_cancels():
     """register -> skull-strip in one call: progress for each stage, its seconds recorded; Cancel stops it (here at
     once, before the first registration)."""

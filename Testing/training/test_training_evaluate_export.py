@@ -13,11 +13,12 @@ from training_support import CASES, brats_case_dir, one_thread, tiny_config, wor
 from BrainTumorFusionLib.catalogue import Catalogue, ModelEntry, file_sha256, load_network
 from BrainTumorFusionLib.file_io import case_files_in, read_case
 from BrainTumorFusionLib.pipeline import Model, Pipeline
+from BrainTumorFusionLib.postprocessing import regions_to_labels, uncrop
 from Training import checkpoint as ckpt
 from Training.__main__ import main
 from Training.config import TrainConfig
 from Training.data import regions_from_labels
-from Training.evaluate import COLUMNS, evaluate, load_trained, read_means
+from Training.evaluate import COLUMNS, evaluate, load_probabilities, load_trained, read_means
 from Training.export import export
 from Training.metrics import dice, hd95, lesion_wise_dice
 from Training.segmentation import train
@@ -64,6 +65,7 @@ def test_dice_and_hd95_follow_the_brats_conventions():
     assert hd95(a, b, spacing) == pytest.approx(brute_force_hd95(a, b, spacing))
 
 
+@pytest.mark.needs("panoptica")
 def test_lesion_wise_dice_counts_every_missed_lesion_and_false_island():
     truth = np.zeros((40, 40, 40), bool)
     truth[5:15, 5:15, 5:15] = True  # a large lesion
@@ -99,11 +101,13 @@ def intensity_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.needs("panoptica")
 def test_evaluate_runs_the_library_pipeline_and_writes_dice_and_hd95(intensity_checkpoint, tmp_path):
     input_dir, _ = workspace()
     out = tmp_path / "eval.csv"
     assert main(["evaluate", "--checkpoint", str(intensity_checkpoint), "--data-dir", str(input_dir),
-                 "--output", str(out), "--device", "cpu", "--save-predictions", str(tmp_path / "pred")]) == 0
+                 "--output", str(out), "--device", "cpu", "--save-predictions", str(tmp_path / "pred"),
+                 "--save-probabilities", str(tmp_path / "probabilities")]) == 0
     with open(out, newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert tuple(rows[0]) == COLUMNS
@@ -119,6 +123,10 @@ def test_evaluate_runs_the_library_pipeline_and_writes_dice_and_hd95(intensity_c
     case, _ = read_case(case_files_in(brats_case_dir(CASE)))
     model = Model(name="intensity", network=IntensityNet().eval(), patch_size=(64, 64, 64), spacing_mm=(2.0, 2.0, 2.0))
     np.testing.assert_array_equal(predicted, Pipeline(model=None, device="cpu", segmenter=model).run(case).labels)
+    # The saved probabilities (out-of-fold predictions) give the same labels (up to their 1/255 steps).
+    probabilities, crop = load_probabilities(tmp_path / "probabilities" / f"{CASE}.npz")
+    from_saved = uncrop(regions_to_labels(probabilities), crop, predicted.shape)
+    assert (from_saved != predicted).mean() < 1e-4 and (predicted > 0).any()
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(brats_case_dir(CASE) / f"{CASE}_seg.nii.gz")))
     for i, region in enumerate(("WT", "TC", "ET")):
         p, t = regions_from_labels(predicted)[i].astype(bool), regions_from_labels(truth)[i].astype(bool)
@@ -127,6 +135,7 @@ def test_evaluate_runs_the_library_pipeline_and_writes_dice_and_hd95(intensity_c
     assert means["cases"] == 1 and means["dice_WT"] == pytest.approx(values["dice_WT"])
 
 
+@pytest.mark.needs("panoptica")
 def test_evaluate_scores_a_catalogue_ensemble_on_its_members_common_split(tmp_path):
     input_dir, _ = workspace()
     split = {"train": list(CASES[1:]), "validation": [CASE]}

@@ -1,8 +1,11 @@
 """What Slicer's build and the module shell rely on, checked without the Slicer application."""
 
 import ast
+import json
 import re
 import xml.etree.ElementTree as ElementTree
+
+from PIL import Image
 
 from realdata import MODULE_DIR, REPO
 
@@ -26,11 +29,43 @@ def test_every_resource_is_packaged():
     assert on_disk == cmake_list("MODULE_PYTHON_RESOURCES")
 
 
+def extension_variable(name):
+    value = re.search(rf'set\({name} "?([^")]*)"?\)', (REPO / "CMakeLists.txt").read_text()).group(1)
+    return re.sub(r"\$\{(\w+)\}", lambda variable: extension_variable(variable.group(1)), value)
+
+
 def test_extension_metadata():
     top = (REPO / "CMakeLists.txt").read_text()
-    assert 'set(EXTENSION_CATEGORY "Segmentation")' in top
+    assert extension_variable("EXTENSION_CATEGORY") == "Segmentation"
     assert "set(EXTENSION_DEPENDS PyTorch)" in top and "add_subdirectory(BrainTumorFusion)" in top
     assert "WITH_GENERIC_TESTS" in CMAKE and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in CMAKE
+    # The icon and screenshot URLs name files of this repository (under the placeholder repository URL).
+    raw = extension_variable("EXTENSION_RAW_FILES")
+    for name in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        url = extension_variable(name)
+        assert url.startswith(raw + "/") and (REPO / url[len(raw) + 1:]).is_file(), url
+    with Image.open(REPO / "Resources" / "Screenshots" / "BrainTumorFusion.png") as screenshot:
+        assert screenshot.format == "PNG" and screenshot.width >= 800
+
+
+def test_extensions_index_description_matches_the_cmake_metadata():
+    """The file to submit to Slicer's ExtensionsIndex (schema v1.0.1: required $schema, category, scm_url; nothing
+    outside the schema's fields)."""
+    entry = json.loads((REPO / "Resources" / "ExtensionsIndex" / "BrainTumorFusion.json").read_text())
+    assert entry["$schema"].endswith("/slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled",
+                          "scm_revision", "scm_type", "scm_url", "tier"}
+    assert entry["category"] == extension_variable("EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == extension_variable("EXTENSION_DEPENDS").split()
+    assert entry["scm_url"] == extension_variable("EXTENSION_REPOSITORY") + ".git"
+
+
+def test_code_licence_and_weights_terms_are_stated():
+    assert "Apache License\n                           Version 2.0" in (REPO / "LICENSE").read_text()
+    assert 'license = "Apache-2.0"' in (REPO / "pyproject.toml").read_text()
+    terms = json.loads((MODULE_DIR / "Resources" / "models.json").read_text())["terms"]
+    for text in (terms, MODULE_FILE.read_text(), (REPO / "README.md").read_text()):
+        assert "not for clinical diagnosis" in text and "BraTS" in text and "research use" in text
 
 
 def test_widget_uses_only_names_that_exist_in_the_ui_file():

@@ -117,6 +117,7 @@ def test_cleanup_gives_small_islands_the_label_around_them_and_is_off_by_default
     assert np.array_equal(clean_labels(labels, voxel_ml, Cleanup(min_enhancing_ml=0.005)), labels)
 
 
+@pytest.mark.needs("panoptica")
 def test_tune_cleanup_keeps_a_step_only_when_it_raises_dice():
     from Training.tune_cleanup import tune
     truth = planted_tumor()
@@ -131,6 +132,7 @@ def test_tune_cleanup_keeps_a_step_only_when_it_raises_dice():
     assert unchanged == type(chosen)()  # a perfect prediction needs no clean-up
 
 
+@pytest.mark.needs("panoptica")
 def test_tune_cleanup_scores_the_tumor_box_as_the_whole_grid():
     from BrainTumorFusionLib.postprocessing import Cleanup
     from Training.tune_cleanup import mean_dice, tumor_box

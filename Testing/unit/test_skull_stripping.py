@@ -59,6 +59,7 @@ def test_every_shared_brats_volume_is_detected_as_skull_stripped(brats_dir):
     assert not_detected == []
 
 
+@pytest.mark.needs("pydeface")
 def test_a_head_with_its_skull_is_not_skull_stripped(head):
     array = sitk.GetArrayFromImage(head)
     assert not is_skull_stripped(array)
@@ -71,6 +72,7 @@ def test_a_head_with_its_skull_is_not_skull_stripped(head):
     assert not is_skull_stripped(padded)  # 1 mm voxels assumed: near enough to these 0.95 mm³ ones
 
 
+@pytest.mark.needs("pydeface")
 def test_detection_takes_stacks_and_refuses_other_shapes(head):
     array = sitk.GetArrayFromImage(head)
     assert not is_skull_stripped(np.stack([array, array]))
@@ -80,6 +82,7 @@ def test_detection_takes_stacks_and_refuses_other_shapes(head):
 
 
 @pytest.mark.slow
+@pytest.mark.needs("pydeface", "deepbet")
 def test_brain_mask_of_a_real_head_is_a_plausible_brain_inside_the_head(head, head_mask):
     assert head_mask.GetPixelID() == sitk.sitkUInt8
     assert head_mask.GetSize() == head.GetSize()
@@ -97,6 +100,7 @@ def test_brain_mask_of_a_real_head_is_a_plausible_brain_inside_the_head(head, he
 
 
 @pytest.mark.slow
+@pytest.mark.needs("pydeface", "deepbet")
 def test_brain_mask_follows_the_image_in_physical_space(head, head_mask):
     # The same head stored with its axes permuted and flipped (another direction matrix): the mask must cover the
     # same physical voxels, so compare on the original grid.
@@ -108,6 +112,7 @@ def test_brain_mask_follows_the_image_in_physical_space(head, head_mask):
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.999
 
 
+@pytest.mark.needs("pydeface")
 def test_missing_deepbet_says_how_to_install_it(head, monkeypatch):
     monkeypatch.setitem(sys.modules, "deepbet", None)  # what `import deepbet` meets where it is not installed
     with pytest.raises(ModelError) as error:
@@ -117,6 +122,7 @@ def test_missing_deepbet_says_how_to_install_it(head, monkeypatch):
     assert f"slicer.util.pip_install('{DEEPBET_REQUIREMENT}')" in message
 
 
+@pytest.mark.needs("pydeface")
 def test_cancel_before_any_work(head):
     messages = []
     with pytest.raises(Cancelled):
@@ -124,6 +130,7 @@ def test_cancel_before_any_work(head):
     assert messages == []
 
 
+@pytest.mark.needs("pydeface")
 def test_cancel_between_stages(head):
     calls, messages = [], []
 
@@ -137,18 +144,20 @@ def test_cancel_between_stages(head):
     assert messages == ["Skull stripping: loading the model"]  # stopped after the model load, before the networks
 
 
+@pytest.mark.needs("pydeface")
 def test_a_2d_image_is_refused(head):
     with pytest.raises(InputError, match="3D"):
         brain_mask(head[:, :, 100])
 
 
 def test_first_use_installation_asks_only_when_deepbet_is_missing(monkeypatch):
-    asked = []
-    dependencies.ensure_skull_stripping_installed(confirm=lambda message: asked.append(message) or True)
-    assert asked == []  # installed here (requirements-dev.txt): nothing to ask
+    asked, installed = [], True
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *rest: None if name == "deepbet" else real_find_spec(name, *rest))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: (
+        (object() if installed else None) if name == "deepbet" else real_find_spec(name, *rest)))
+    dependencies.ensure_skull_stripping_installed(confirm=lambda message: asked.append(message) or True)
+    assert asked == []  # installed: nothing to ask
+    installed = False
     with pytest.raises(Cancelled, match="declined"):
         dependencies.ensure_skull_stripping_installed(confirm=lambda message: asked.append(message) or False)
     assert len(asked) == 1 and "deepbet" in asked[0] and "skull" in asked[0]
