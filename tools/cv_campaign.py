@@ -5,10 +5,13 @@ Resumable: each stage of a (network, fold) leaves a marker file when it finished
 `--resume`, so rerunning the same command after a kill or on a new machine (with the runs folder carried over)
 continues where it stopped. Progress goes to <runs>/STATUS.md.
 
-    nohup .venv/bin/python tools/cv_campaign.py --data-dir ../shared/data/brats --runs runs/cv > runs/cv.log 2>&1 &
+    git worktree add ../campaign && cd ../campaign
+    nohup ../main/.venv/bin/python tools/cv_campaign.py --data-dir ../shared/data/brats --runs ../main/runs/cv \
+        --cache-dir ../main/out/cache > ../main/runs/cv.log 2>&1 &
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -33,9 +36,13 @@ PRETRAIN = {"swinfuse": ["--steps", "400", "--checkpoint-every", "100", "--threa
 
 
 def run(command, log):
+    """Run a stage with the library and Training of this script's checkout (not an editable install elsewhere), so
+    that a campaign started from its own worktree (`git worktree add ../campaign`) is not changed by edits in
+    progress beside it."""
     print(time.strftime("%H:%M:%S"), " ".join(command), flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "BrainTumorFusion"), str(ROOT)])}
     with open(log, "a") as stream:
-        return subprocess.run(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(command, cwd=ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
 
 
 def stages(network, fold, data_dir, cache_dir, run_dir):
@@ -60,8 +67,8 @@ def stages(network, fold, data_dir, cache_dir, run_dir):
 
 
 def write_status(runs, networks):
-    lines = ["# Cross-validation campaign", "", "Resume: `nohup .venv/bin/python tools/cv_campaign.py "
-             f"--runs {runs} ... &` (same command; finished stages are skipped).", "",
+    lines = ["# Cross-validation campaign", "", "Resume: the command in tools/cv_campaign.py's docstring, from the "
+             f"campaign's worktree, with --runs {runs} (finished stages are skipped, training resumes).", "",
              "| network | " + " | ".join(f"fold {k}" for k in range(FOLDS)) + " |",
              "|---|" + "---|" * FOLDS]
     for network in networks:
