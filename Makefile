@@ -17,7 +17,7 @@ CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
 MODEL ?= hafb
 DEMO_DIR := out/demo
 
-.PHONY: setup setup-slicer test test-dev test-slicer demo bench-zoo bench bench-training gpu-check clean
+.PHONY: setup setup-slicer lint test test-dev test-slicer demo bench-zoo bench bench-training gpu-check clean
 
 setup: $(STAMP)
 
@@ -44,9 +44,12 @@ $(SLICER_STAMP): $(SLICER_BUNDLE) $(MODULE_REQUIREMENTS) $(DEPENDENCIES) $(SKULL
 	$(SLICER_PY) -m pip check
 	touch $(SLICER_STAMP)
 
-# The whole suite in both environments (what CI runs). One torch thread per test process: the suite's small tensors
-# run faster without intra-op threading on 2 cores.
-test: test-dev test-slicer
+# The linter, then the whole suite in both environments (what CI runs). One torch thread per test process: the
+# suite's small tensors run faster without intra-op threading on 2 cores.
+test: lint test-dev test-slicer
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test-dev: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest
@@ -77,7 +80,7 @@ bench-training: setup
 	$(PY) Testing/benchmarks/bench_training.py
 
 # On a CUDA machine: every shipped model, the OOM fallback and 200 training steps against CPU references, one table.
-# The cache (out/gpu_check) is made here from ../shared when missing; carry it to a GPU machine (see README).
+# The cache (out/gpu_check) is made here from ../shared when missing; carry it to a GPU machine (see docs/architecture.md, Tests).
 gpu-check: setup
 	test -f out/gpu_check/manifest.json || $(PY) Testing/benchmarks/gpu_check.py prepare --out out/gpu_check
 	$(PY) Testing/benchmarks/gpu_check.py run --cache out/gpu_check

@@ -14,8 +14,12 @@ from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from BrainTumorFusionLib.catalogue import DEFAULT_MODEL, ENSEMBLE, Catalogue
@@ -23,6 +27,7 @@ from BrainTumorFusionLib.dependencies import unsupported_reason
 from BrainTumorFusionLib.errors import BrainTumorFusionError
 from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.options import GUI_CHOICES, GUI_DEFAULTS, GUI_FIELDS, SegmentationOptions
 from BrainTumorFusionLib.process_runner import BackgroundProcess
 from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUTE, WARNINGS_ATTRIBUTE
 
@@ -60,20 +65,9 @@ class BrainTumorFusion(ScriptedLoadableModule):
             "arXiv:1811.02629.")
 
 
-@parameterNodeWrapper
-class BrainTumorFusionParameterNode:
-    t1: vtkMRMLScalarVolumeNode
-    t1ce: vtkMRMLScalarVolumeNode
-    t2: vtkMRMLScalarVolumeNode
-    flair: vtkMRMLScalarVolumeNode
-    model: str = DEFAULT_MODEL
-    members: str = ""
-    device: str = "auto"
-    precision: str = "auto"
-    tta: str = "off"
-    grade: bool = False
-    register: str = "auto"
-    skullStrip: str = "auto"
+# The four input volumes and the run's options (options.GUI_FIELDS, each bound to a widget in the .ui file).
+BrainTumorFusionParameterNode = parameterNodeWrapper(type("BrainTumorFusionParameterNode", (), {
+    "__annotations__": {**{role: vtkMRMLScalarVolumeNode for role in MODALITIES}, **GUI_FIELDS}, **GUI_DEFAULTS}))
 
 
 class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -97,6 +91,9 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = self.logicFactory()
+        for name, choices in GUI_CHOICES.items():  # the options' own choice lists; skull_strip -> skullStripComboBox
+            camel = "".join(part.capitalize() if i else part for i, part in enumerate(name.split("_")))
+            getattr(self.ui, f"{camel}ComboBox").addItems(choices)
         self.fillModels()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -197,15 +194,13 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from BrainTumorFusionLib.dependencies import ensure_installed, ensure_skull_stripping_installed
 
         p = self._parameterNode
+        nodes = {role: getattr(p, role) for role in MODALITIES}
         try:
+            options = SegmentationOptions.from_gui(**{name: getattr(p, name) for name in GUI_FIELDS})
             ensure_installed(slicerVersion(), confirm=slicer.util.confirmOkCancelDisplay)
-            if self.logic.needs_skull_stripping(p.skullStrip, t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair):
+            if self.logic.needs_skull_stripping(options.skull_strip, **nodes):
                 ensure_skull_stripping_installed(confirm=slicer.util.confirmOkCancelDisplay)
-            self.run = self.logic.start_segmentation(t1=p.t1, t1ce=p.t1ce, t2=p.t2, flair=p.flair,
-                                                     model=p.model, device=p.device, grade=p.grade,
-                                                     members=p.members if p.model == ENSEMBLE else None,
-                                                     precision=p.precision, tta=p.tta, register=p.register,
-                                                     skull_strip=p.skullStrip)
+            self.run = self.logic.start_segmentation(**nodes, options=options)
         except BrainTumorFusionError as error:
             slicer.util.errorDisplay(str(error))
             return

@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 import torch
+from plumbing import ConstantGrader, IntensityNet, write_catalogue
+from realdata import REPO, brats_case_dir
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.options import SegmentationOptions
 from BrainTumorFusionLib.records import RunSettings
-from plumbing import ConstantGrader, IntensityNet, write_catalogue
-from realdata import REPO, brats_case_dir
 
 SOURCE = "Brats18_2013_11_1"
 
@@ -62,7 +63,8 @@ def intensity_catalogue(folder, name="intensity", offset=0.0):
 
 
 def settings_for(catalogue_path, model="intensity", grade=False, precision="auto"):
-    return RunSettings.from_catalogue(Catalogue.load([catalogue_path]), model, None, grade, "constant", precision)
+    options = SegmentationOptions(model=model, grade=grade, grading_model="constant", precision=precision)
+    return RunSettings.from_catalogue(Catalogue.load([catalogue_path]), options)
 
 
 def random_hafb_catalogue(folder):

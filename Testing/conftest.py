@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from realdata import BRATS_DIR
 
 

@@ -38,7 +38,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from monai.metrics import compute_roc_auc
 
 from BrainTumorFusionLib.errors import InputError

@@ -18,8 +18,18 @@ from BrainTumorFusionLib.postprocessing import regions_to_labels
 
 from . import distributed
 from .config import TrainConfig
-from .data import (REGIONS, cache_path, cached_split, discover, load_cached, load_or_make_split, prepare_cache,
-                   regions_from_labels, source_groups, write_json)
+from .data import (
+    REGIONS,
+    cache_path,
+    cached_split,
+    discover,
+    load_cached,
+    load_or_make_split,
+    prepare_cache,
+    regions_from_labels,
+    source_groups,
+    write_json,
+)
 from .loop import Recipe, Stage, run
 from .losses import SegmentationLoss
 from .metrics import dice

@@ -21,9 +21,9 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    Randomizable,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    Randomizable,
     SpatialPadd,
 )
 from torch.utils.data import Dataset, Sampler

@@ -14,13 +14,30 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .errors import BrainTumorFusionError, Cancelled, InputError, OutputError
-from .file_io import (CaseFiles, PathLike, check_writable_folder, find_cases, read_case, reference_grid,
-                      remove_stale_temporaries, write_labels)
+from .file_io import (
+    CaseFiles,
+    PathLike,
+    check_writable_folder,
+    find_cases,
+    read_case,
+    reference_grid,
+    remove_stale_temporaries,
+    write_labels,
+)
 from .memory import available_bytes, needed_bytes
 from .modalities import present_of
 from .pipeline import Pipeline
-from .records import (Record, Row, RunSettings, done_record, failed_record, read_record, rebuild_summary,
-                      summary_row, write_record)
+from .records import (
+    Record,
+    Row,
+    RunSettings,
+    done_record,
+    failed_record,
+    read_record,
+    rebuild_summary,
+    summary_row,
+    write_record,
+)
 from .seg_nrrd import save_seg_nrrd
 
 # Temporaries of a killed run are removed when the next run starts, if older than its start by this margin: a part

@@ -2,7 +2,6 @@
 process), `models` (list the catalogue)."""
 
 import argparse
-import dataclasses
 import json
 import logging
 import signal
@@ -11,10 +10,9 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .catalogue import AUTO, AUTO_CPU_SECONDS_LIMIT, DEFAULT_GRADER, DEFAULT_MODEL
 from .errors import BrainTumorFusionError, Cancelled
-from .inference import PRECISIONS, TTA_MODES
 from .modalities import MODALITIES, present_of
+from .options import SegmentationOptions
 from .process_runner import format_progress, format_result
 
 if TYPE_CHECKING:
@@ -26,37 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m BrainTumorFusionLib",
                                      description="Brain tumor segmentation and grading on T1, T1ce, T2 and FLAIR.")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    def add_model_options(command):
-        command.add_argument("--model", default=DEFAULT_MODEL, help=f"'{AUTO}' (default): per case the most accurate "
-                             f"measured choice for the modalities present within {AUTO_CPU_SECONDS_LIMIT:g} s per case "
-                             "on a CPU (the models "
-                             "command lists the table); a segmentation model of the catalogue; or 'ensemble' to "
-                             "average several")
-        command.add_argument("--members", metavar="A,B,...",
-                             help="with --model ensemble: comma-separated segmentation models to average (default: "
-                             "every segmentation model of the catalogue; see the models command)")
-        command.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-        command.add_argument("--precision", default="auto", choices=PRECISIONS,
-                             help="auto (default): float16 on CUDA, bfloat16 on CPUs with native bfloat16 for models "
-                             "whose catalogue entry allows it, else float32")
-        command.add_argument("--tta", default="off", choices=TTA_MODES,
-                             help="test-time augmentation: off (default) or mirror, the mean over the image and its "
-                             "mirror images (several times the network time; see the README)")
-        command.add_argument("--grade", action="store_true", help="also grade the glioma (HGG vs LGG)")
-        command.add_argument("--grading-model", default=DEFAULT_GRADER)
-        command.add_argument("--catalogue", action="append", default=[], metavar="JSON",
-                             help="extra model catalogue file (your own trained models); repeatable")
-
-    def add_preparation_options(command):
-        command.add_argument("--register", default="auto", choices=("auto", "on", "off"),
-                             help="rigid co-registration of the other inputs onto the reference: auto (default) when "
-                             "an input lies on another grid or looks misaligned, on, or off")
-        command.add_argument("--reference", default="t1ce", choices=MODALITIES,
-                             help="the input whose grid the result lies on (default t1ce; the first present one when "
-                             "it is absent)")
-        command.add_argument("--skull-strip", default="auto", choices=("auto", "on", "off"),
-                             help="brain extraction: auto (default) when an input still has its skull, on, or off")
 
     segment = commands.add_parser("segment", help="segment every case folder of --input-dir")
     segment.add_argument("--input-dir", required=True, type=Path)
@@ -70,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run part K (0 to N-1): the cases whose position in the sorted list modulo N is K")
     segment.add_argument("--preview", action="store_true",
                          help="also write <id>_preview.png: slices through the tumor, FLAIR and T1ce with labels")
-    add_model_options(segment)
-    add_preparation_options(segment)
+    SegmentationOptions.add_arguments(segment)
 
     predict = commands.add_parser("predict", help="segment one case given as files (PROGRESS lines on stdout, then "
                                   "a RESULT line: see process_runner)")
@@ -79,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         predict.add_argument(f"--{role}", type=Path)
     predict.add_argument("--output-dir", required=True, type=Path)
     predict.add_argument("--name", default="case")
-    add_model_options(predict)
-    add_preparation_options(predict)
+    SegmentationOptions.add_arguments(predict)
     predict.add_argument("--each-input-grid", action="store_true",
                          help="also write labels_<role>.nrrd: the labels on each other input's own grid (through the "
                          "inverse of its registration)")
@@ -90,18 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_pipeline(args: argparse.Namespace, catalogue: Optional["Catalogue"] = None) -> "Pipeline":
-    from .catalogue import Catalogue
+def make_pipeline(options: SegmentationOptions, catalogue: Optional["Catalogue"] = None) -> "Pipeline":
     from .pipeline import Pipeline
 
-    return Pipeline(model=args.model, device=args.device, grade=args.grade, grading_model=args.grading_model,
-                    catalogue=catalogue or Catalogue.load(args.catalogue), members=args.members,
-                    precision=args.precision, tta=args.tta)
-
-
-def preparation_options(args: argparse.Namespace) -> dict:
-    """geometry.assemble_case's input preparation settings from the command line."""
-    return {"register": args.register, "reference": args.reference, "skull_strip": args.skull_strip}
+    return Pipeline.from_options(options, catalogue)
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -109,14 +66,13 @@ def run_segment(args: argparse.Namespace) -> int:
     from .catalogue import Catalogue
     from .records import SUMMARY_NAME, RunSettings
 
-    catalogue = Catalogue.load(args.catalogue)
-    settings = RunSettings.from_catalogue(catalogue, args.model, args.members, args.grade, args.grading_model,
-                                          args.precision, args.tta)
-    settings = dataclasses.replace(settings, preparation=tuple(preparation_options(args).items()))
+    options = SegmentationOptions.from_args(args)
+    catalogue = Catalogue.load(options.catalogues)
+    settings = RunSettings.from_catalogue(catalogue, options)
     # A cluster cancels or times out a job with SIGTERM: stop as on Ctrl-C, removing the temporary being written.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        rows = run_batch(args.input_dir, args.output_dir, settings, lambda: make_pipeline(args, catalogue),
+        rows = run_batch(args.input_dir, args.output_dir, settings, lambda: make_pipeline(options, catalogue),
                          overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
                          preview=args.preview)
     finally:
@@ -143,10 +99,10 @@ def run_predict(args: argparse.Namespace) -> int:
     # Registration and skull stripping, when they run (case.stages), take about as long as the segmentation: half
     # the bar each.
     files = {role: getattr(args, role) for role in MODALITIES if getattr(args, role) is not None}
-    pipeline = make_pipeline(args)
+    options = SegmentationOptions.from_args(args)
+    pipeline = make_pipeline(options)
     pipeline.check_modalities(present_of(files))  # before registration; model errors before the output folder
-    case, reference = read_case(CaseFiles(args.name, files), **preparation_options(args),
-                                progress=share(report, 0.0, 0.5))
+    case, reference = read_case(CaseFiles(args.name, files), **options.preparation(), progress=share(report, 0.0, 0.5))
     check_writable_folder(args.output_dir)
     result = pipeline.run(case, share(report, 0.5 if case.stages else 0.0, 1.0))
     write_labels(result.labels, reference, args.output_dir / "labels.nrrd")

@@ -22,13 +22,12 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from .errors import Cancelled, InputError
+from .options import PRECISIONS, TTA_MODES
 
 log = logging.getLogger(__name__)
 OVERLAP = 0.5
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TTA_MODES = ("off", "mirror")
 # Axes of a (4, D, H, W) image flipped in each mirroring pass: the image, then one flip per spatial axis. Every
-# combination of the three (8 passes, nnU-Net's) took twice the time for a lower mean Dice with hafb (README).
+# combination of the three (8 passes, nnU-Net's) took twice the time for a lower mean Dice with hafb (docs/decisions.md).
 MIRROR_FLIPS = ((), (1,), (2,), (3,))
 Progress = Callable[[float, str], None]  # (fraction done, message)
 
@@ -178,8 +177,8 @@ def predict_regions(network: torch.nn.Module, image: np.ndarray, roi_size: Seque
 def covering_window(shape: Sequence[int], patch_size: Sequence[int], network: torch.nn.Module) -> Tuple[int, ...]:
     """One window that covers an image of `shape`: at least the patch size, each side rounded up to the
     network's `size_multiple`. For fully convolutional models whose catalogue entry says "window": "whole": one
-    forward pass instead of overlapping patches (hafb: 3.7x less time on the 2 mm brain crop, Dice kept; see the
-    README)."""
+    forward pass instead of overlapping patches (hafb: 3.7x less time on the 2 mm brain crop, Dice kept; see
+    docs/decisions.md)."""
     multiple = int(getattr(network, "size_multiple", 1))
     return tuple(-(-max(int(s), int(p)) // multiple) * multiple for s, p in zip(shape, patch_size))
 

@@ -9,7 +9,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
@@ -18,12 +18,12 @@ import SimpleITK as sitk
 
 from . import scene as scene_adapter
 from .case import Result
-from .catalogue import DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, member_names
+from .catalogue import DEFAULT_GRADER, ENSEMBLE, Catalogue
 from .file_io import PathLike
-from .geometry import image_from_array, ijk_to_ras_of
+from .geometry import ijk_to_ras_of, image_from_array
 from .modalities import MODALITIES, assign_roles, case_name_of, present_of
+from .options import SegmentationOptions
 from .process_runner import BackgroundProcess, library_command, parse_progress, parse_result
-from .registration import DEFAULT_REFERENCE
 
 if TYPE_CHECKING:
     import slicer
@@ -123,29 +123,27 @@ class SceneLogic:
         return filled
 
     def segment(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
-                flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto", grade: bool = False,
+                flair: "MaybeVolume" = None, options: Optional[SegmentationOptions] = None,
                 progress: Optional["Progress"] = None, should_cancel: Optional[Callable[[], bool]] = None,
-                catalogue_files: Iterable[PathLike] = (), pipeline: Optional["Pipeline"] = None,
-                members: Members = None, precision: str = "auto", tta: str = "off", register: str = "auto",
-                reference: str = DEFAULT_REFERENCE, skull_strip: str = "auto") -> "slicer.vtkMRMLSegmentationNode":
+                pipeline: Optional["Pipeline"] = None, **keywords: Any) -> "slicer.vtkMRMLSegmentationNode":
         """Segment in this process; returns the new segmentation node (tables are added beside it).
 
-        model="ensemble" averages the segmentation models in `members` (list or "a,b"; default: all).
-        precision: auto, fp32, bf16 or fp16 (CUDA). tta: "off" or "mirror" (test-time augmentation: the mean over
-        the image and its mirror images, several times slower). register: auto (when an input lies on another grid
-        or looks misaligned), on or off; the registered volumes are put under transform nodes "BrainTumorFusion
-        <role> to <reference>". skull_strip: auto (when an input has its skull), on or off. The result lies on the
-        `reference` volume's grid (T1ce by default)."""
+        options: a SegmentationOptions (default: its defaults); keywords replace single options, e.g. model="hafb",
+        model="ensemble" with members=["hafb", "segresnet"], device, precision (auto, fp32, bf16, fp16), tta ("off"
+        or "mirror": the mean over the image and its mirror images, several times slower), register (auto: when an
+        input lies on another grid or looks misaligned; on; off - the registered volumes are put under transform
+        nodes "BrainTumorFusion <role> to <reference>"), reference (the volume whose grid the result lies on, T1ce by
+        default), skull_strip (auto: when an input has its skull; on; off), grade, catalogues (own model files)."""
         from .pipeline import Pipeline, share
         from .registration import ras_transform_to_parent
 
+        options = (options or SegmentationOptions()).with_keywords(**keywords)
         report = progress or (lambda fraction, message: None)
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
-        pipeline = pipeline or Pipeline(model=model, device=device, grade=grade, members=members,
-                                        catalogue=Catalogue.load(catalogue_files), precision=precision, tta=tta)
+        pipeline = pipeline or Pipeline.from_options(options)
         pipeline.check_modalities(present_of(role for role, node in nodes.items() if node is not None))
-        case = scene_adapter.case_from_nodes(**nodes, register=register, reference=reference, skull_strip=skull_strip,
-                                             progress=share(report, 0.0, 0.5), should_cancel=should_cancel)
+        case = scene_adapter.case_from_nodes(**nodes, **options.preparation(), progress=share(report, 0.0, 0.5),
+                                             should_cancel=should_cancel)
         # registration and skull stripping, when they ran, had the first half of the progress
         result = pipeline.run(case, share(report, 0.5 if case.stages else 0.0, 1.0), should_cancel)
         for warning in result.warnings:  # the console shows these; the node keeps them (WARNINGS_ATTRIBUTE)
@@ -188,38 +186,30 @@ class SceneLogic:
         return False
 
     def start_segmentation(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
-                           flair: "MaybeVolume" = None, model: str = DEFAULT_MODEL, device: str = "auto",
-                           grade: bool = False, catalogue_files: Iterable[PathLike] = (),
-                           members: Members = None, precision: str = "auto", tta: str = "off",
-                           register: str = "auto", reference: str = DEFAULT_REFERENCE,
-                           skull_strip: str = "auto") -> BackgroundSegmentation:
-        """Write the inputs to temporary NRRD files and start the `predict` command on them (tta, register,
-        reference, skull_strip: as segment)."""
-        from .preparation import check_modes, reference_role_of
+                           flair: "MaybeVolume" = None, options: Optional[SegmentationOptions] = None,
+                           **keywords: Any) -> BackgroundSegmentation:
+        """Write the inputs to temporary NRRD files and start the `predict` command on them (options and keywords:
+        as segment)."""
+        from .preparation import reference_role_of
 
-        check_modes(register, skull_strip)
+        options = (options or SegmentationOptions()).with_keywords(**keywords)
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
         scene_adapter.case_from_nodes(**nodes)  # validate here, so bad input fails before any process starts
-        if model == ENSEMBLE:  # check the members here too, and pass the defaults on by name
-            members = [entry.name for entry in Catalogue.load(catalogue_files).ensemble_members(members)]
+        if options.model == ENSEMBLE:  # check the members here too, and pass the defaults on by name
+            members = Catalogue.load(options.catalogues).ensemble_members(options.members)
+            options = replace(options, members=tuple(entry.name for entry in members))
         folder = Path(tempfile.mkdtemp(prefix="BrainTumorFusion-"))
-        arguments = ["predict", "--output-dir", str(folder / "output"), "--model", model, "--device", device,
-                     "--precision", precision, "--tta", tta, "--register", register, "--reference", reference,
-                     "--skull-strip", skull_strip]
-        arguments += ["--members", ",".join(member_names(members))] if members else []
+        arguments = ["predict", "--output-dir", str(folder / "output"), *options.to_argv()]
         for role, node in nodes.items():
             if node is not None:
                 array, ijk_to_ras = scene_adapter.volume_from_node(node, role)
                 path = folder / f"{role}.nrrd"
                 sitk.WriteImage(image_from_array(array, ijk_to_ras), str(path), True)
                 arguments += [f"--{role}", str(path)]
-        arguments += ["--grade"] if grade else []
-        for extra in catalogue_files:
-            arguments += ["--catalogue", str(extra)]
         name = case_name_of(self._reference(nodes).GetName())
         arguments += ["--name", name]
         present = [role for role in MODALITIES if nodes[role] is not None]
-        reference_node = nodes[reference_role_of(present, reference)]
+        reference_node = nodes[reference_role_of(present, options.reference)]
         try:
             process = self.process_factory(library_command(self.python_executable, *arguments))
         except BaseException:

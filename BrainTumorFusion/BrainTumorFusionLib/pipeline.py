@@ -13,14 +13,34 @@ import torch
 
 from .auto_choice import choose, collapse_warning, measured_cleanup, usable_choices
 from .case import Case, Result
-from .catalogue import (AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Catalogue, Members, ModelEntry, load_network,
-                        member_names)
+from .catalogue import (
+    AUTO,
+    DEFAULT_GRADER,
+    DEFAULT_MODEL,
+    ENSEMBLE,
+    Catalogue,
+    Members,
+    ModelEntry,
+    load_network,
+    member_names,
+)
 from .errors import Cancelled, InputError, ModelError
-from .inference import (Progress, autocast_dtype, check_precision, choose_device, classify, covering_window, flips_of,
-                        keeps_dice_in_bf16_here, precision_name, predict_regions)
+from .inference import (
+    Progress,
+    autocast_dtype,
+    check_precision,
+    choose_device,
+    classify,
+    covering_window,
+    flips_of,
+    keeps_dice_in_bf16_here,
+    precision_name,
+    predict_regions,
+)
 from .modalities import MODALITIES, display, how_to_give
+from .options import SegmentationOptions
 from .plausibility import grading_refusal, result_warnings
-from .postprocessing import Cleanup, clean_labels, regions_to_labels, region_volumes, uncrop
+from .postprocessing import Cleanup, clean_labels, region_volumes, regions_to_labels, uncrop
 from .preprocessing import Crop, Prepared, prepare
 
 GRADES = ("HGG", "LGG")
@@ -234,6 +254,13 @@ class Pipeline:
                                        if model else None)
         self.grader = grader or (Model.from_catalogue(grading_model, "grading", self.device, catalogue)
                                  if grade else None)
+
+    @classmethod
+    def from_options(cls, options: SegmentationOptions, catalogue: Optional[Catalogue] = None) -> "Pipeline":
+        """The pipeline of a run's options (the input preparation among them is the caller's: options.preparation())."""
+        return cls(model=options.model, device=options.device, grade=options.grade,
+                   catalogue=catalogue or Catalogue.load(options.catalogues), members=options.members or None,
+                   grading_model=options.grading_model, precision=options.precision, tta=options.tta)
 
     def run(self, case: Case, progress: Optional[Progress] = None, should_cancel: ShouldCancel = None) -> Result:
         """Result for one Case. progress(fraction, message) is called as work advances."""

@@ -17,11 +17,18 @@ import SimpleITK as sitk
 
 from .errors import Cancelled, InputError
 from .modalities import DISPLAY_NAMES, MODALITIES
+from .options import SKULL_STRIP_MODES
 from .plausibility import MIN_NEIGHBOUR_CORRELATION, SAMPLE, correlation
-from .registration import (DEFAULT_REFERENCE, HEAD_ALIGNED, REGISTER_MODES, Alignment, _Similarity, align,
-                           resample_registered)
+from .registration import (
+    DEFAULT_REFERENCE,
+    HEAD_ALIGNED,
+    REGISTER_MODES,
+    Alignment,
+    _Similarity,
+    align,
+    resample_registered,
+)
 
-SKULL_STRIP_MODES = ("auto", "on", "off")
 Volume = tuple[np.ndarray, np.ndarray]  # (array (K, J, I), IJK-to-RAS)
 Progress = Callable[[float, str], None]
 
@@ -69,7 +76,8 @@ def prepare_volumes(volumes: dict[str, Volume], register: str = "off", reference
                     should_cancel: Optional[Callable[[], bool]] = None) -> Prepared:
     """Every present volume (role -> (array, IJK-to-RAS), checked by geometry.check_volume) on the reference
     role's grid, registered and skull-stripped as the modes say."""
-    from .geometry import image_from_array, same_grid as grids_match  # geometry imports this module
+    from .geometry import image_from_array  # geometry imports this module
+    from .geometry import same_grid as grids_match
 
     check_modes(register, skull_strip)
     report = progress or (lambda fraction, message: None)

@@ -18,9 +18,10 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .case import Result
-from .catalogue import AUTO, ENSEMBLE, Catalogue, Members
+from .catalogue import AUTO, ENSEMBLE, Catalogue
 from .errors import OutputError
 from .file_io import PathLike, write_atomically
+from .options import SegmentationOptions
 from .pipeline import GRADES
 from .segments import VOLUME_COLUMNS
 
@@ -54,10 +55,10 @@ class RunSettings:
     preparation: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_catalogue(cls, catalogue: Catalogue, model: str, members: Members, grade: bool, grading_model: str,
-                       precision: str, tta: str = "off") -> "RunSettings":
+    def from_catalogue(cls, catalogue: Catalogue, options: SegmentationOptions) -> "RunSettings":
         """Settings of a run, from catalogue entries only (no weights are loaded); unknown names raise
         ModelError."""
+        model, members = options.model, options.members
         if model == AUTO and not members:  # every network auto may choose: new weights make results differ
             from .auto_choice import usable_choices
 
@@ -67,9 +68,10 @@ class RunSettings:
             entries = catalogue.ensemble_members(members)
         else:
             entries = [catalogue.entry(model, "segmentation")]
-        grader = catalogue.entry(grading_model, "grading") if grade else None
+        grader = catalogue.entry(options.grading_model, "grading") if options.grade else None
         return cls(model=model, members=tuple((entry.name, entry.sha256) for entry in entries),
-                   grading_model=(grader.name, grader.sha256) if grader else None, precision=precision, tta=tta)
+                   grading_model=(grader.name, grader.sha256) if grader else None, precision=options.precision,
+                   tta=options.tta, preparation=tuple(options.preparation().items()))
 
     def as_json(self) -> dict[str, Any]:
         """The settings as a record holds them."""

@@ -85,8 +85,13 @@ from BrainTumorFusionLib.case import Case  # after the stand-in
 from BrainTumorFusionLib.catalogue import DEFAULT_MODEL, Catalogue
 from BrainTumorFusionLib.file_io import find_cases, read_case
 from BrainTumorFusionLib.pipeline import Model, Pipeline
-from BrainTumorFusionLib.preprocessing import (brain_bounding_box, crop_matrix, needs_resampling,
-                                               resample_channels, resampled_grid)
+from BrainTumorFusionLib.preprocessing import (
+    brain_bounding_box,
+    crop_matrix,
+    needs_resampling,
+    resample_channels,
+    resampled_grid,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / "out" / "gpu_check"

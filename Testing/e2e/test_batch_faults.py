@@ -12,17 +12,24 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from batch_cases import (
+    cli_command,
+    cli_environment,
+    intensity_catalogue,
+    random_hafb_catalogue,
+    settings_for,
+    small_input,
+    write_small_case,
+)
 from PIL import Image
+from plumbing import IntensityNet, write_catalogue
+from realdata import REPO
 
 from BrainTumorFusionLib import cli, networks
 from BrainTumorFusionLib.batch import part, run_batch
 from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.memory import needed_bytes
 from BrainTumorFusionLib.pipeline import Pipeline
-from batch_cases import (cli_command, cli_environment, intensity_catalogue, random_hafb_catalogue, settings_for,
-                         small_input, write_small_case)
-from plumbing import IntensityNet, write_catalogue
-from realdata import REPO
 
 SPIKE_Z = 15.0  # z-scores of real brain tissue stay far below; a block of int16 maximum goes far above
 

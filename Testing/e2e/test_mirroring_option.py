@@ -6,10 +6,11 @@ import csv
 import json
 
 import pytest
+from batch_cases import intensity_catalogue, random_hafb_catalogue, run_cli, settings_for, small_input, write_small_case
 
 from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.options import SegmentationOptions
 from BrainTumorFusionLib.records import RunSettings
-from batch_cases import intensity_catalogue, random_hafb_catalogue, run_cli, settings_for, small_input, write_small_case
 
 
 def test_segment_records_mirroring_and_refuses_mixing_it_with_results_made_without(tmp_path):
@@ -53,6 +54,6 @@ def test_records_made_before_the_option_count_as_made_without_mirroring(tmp_path
     plain = settings_for(catalogue)
     older = {key: value for key, value in plain.as_json().items() if key != "tta"}
     assert plain.tta == "off" and plain.matches(older) and plain.matches(plain.as_json())
-    mirrored = RunSettings.from_catalogue(Catalogue.load([catalogue]), "intensity", None, False, "constant", "auto",
-                                          "mirror")
+    mirrored = RunSettings.from_catalogue(Catalogue.load([catalogue]),
+                                          SegmentationOptions(model="intensity", grading_model="constant", tta="mirror"))
     assert not mirrored.matches(older) and mirrored.differences(older) == ["test-time augmentation off, now mirror"]

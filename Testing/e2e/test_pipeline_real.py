@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from plumbing import intensity_model
+from realdata import brats_case_dir
 
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import CaseFiles, case_files_in, read_case, write_labels
 from BrainTumorFusionLib.pipeline import Pipeline
 from BrainTumorFusionLib.postprocessing import region_volumes
 from BrainTumorFusionLib.preprocessing import prepare
-from realdata import brats_case_dir
-from plumbing import intensity_model
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ table records for four modalities and clears the acceptance bar."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from realdata import brats_case_dir
 
 from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, describe
 from BrainTumorFusionLib.catalogue import AUTO, DEFAULT_MODEL, Catalogue
@@ -14,7 +15,6 @@ from BrainTumorFusionLib.file_io import case_files_in, read_case
 from BrainTumorFusionLib.inference import cpu_bf16_kind, cpu_has_native_bf16
 from BrainTumorFusionLib.pipeline import Model, Pipeline
 from BrainTumorFusionLib.postprocessing import brats_labels
-from realdata import brats_case_dir
 
 # The default model's acceptance bar (issue: at least 0.75 mean whole-tumor Dice on validation).
 MINIMUM_WT_DICE = 0.75

@@ -9,10 +9,9 @@ import types
 
 import numpy as np
 import pytest
-import vtk
-
 import slicer
 import slicer.util
+import vtk
 
 from BrainTumorFusionLib.scene import add_volume_node
 from BrainTumorFusionLib.segments import SEGMENTS

@@ -15,9 +15,10 @@ from pathlib import Path
 
 def main():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for plumbing
+    from plumbing import intensity_model
+
     from BrainTumorFusionLib import cli
     from BrainTumorFusionLib.pipeline import Pipeline
-    from plumbing import intensity_model
 
     hold = Path(sys.argv[1])
 
@@ -29,7 +30,8 @@ def main():
                     time.sleep(0.05)
             return super().run(case, report, should_cancel)
 
-    cli.make_pipeline = lambda args: HeldPipeline(device="cpu", segmenter=intensity_model(), tta=args.tta)
+    cli.make_pipeline = lambda options, catalogue=None: HeldPipeline(device="cpu", segmenter=intensity_model(),
+                                                                     tta=options.tta)
     return cli.main(sys.argv[2:])
 
 

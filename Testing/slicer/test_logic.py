@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from plumbing import ConstantGrader, intensity_model, write_catalogue
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.errors import InputError, ModelError
@@ -15,7 +16,6 @@ from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Model, Pipeline
 from BrainTumorFusionLib.process_runner import BackgroundProcess
 from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUTE
-from plumbing import ConstantGrader, intensity_model, write_catalogue
 
 CASE = "Brats18_CBICA_ABM_1"
 
@@ -84,7 +84,7 @@ def test_bad_input_leaves_the_scene_unchanged(kit, real_nodes):
         logic.segment(t1=real_nodes["t1"], t2=real_nodes["t2"], flair=real_nodes["flair"], pipeline=pipeline)
     with pytest.raises(InputError, match="No input volume"):
         logic.segment(pipeline=pipeline)
-    with pytest.raises(InputError, match="Unknown test-time augmentation 'sideways'. Use off or mirror."):
+    with pytest.raises(InputError, match="Unknown test-time augmentation setting 'sideways': choose one of off, mirror."):
         logic.segment(**real_nodes, tta="sideways")  # refused before any model loads
     assert kit.state() == before
 
@@ -215,7 +215,8 @@ def test_a_process_that_ends_without_a_result_line_failed(kit):
     """Killed or crashed before its RESULT line: a failure, whatever the exit status."""
     t1 = kit.add_volume(np.ones((4, 5, 6), np.float32), np.eye(4), "small_t1")
     for script in ("print('PROGRESS 0.500 half'); import os; os._exit(3)", "print('no result line')"):
-        logic = SceneLogic(kit.scene, process_factory=lambda command: BackgroundProcess([sys.executable, "-c", script]))
+        logic = SceneLogic(kit.scene, process_factory=lambda command, script=script: BackgroundProcess(
+            [sys.executable, "-c", script]))
         run = logic.start_segmentation(t1=t1)
         error, lines, progress = wait(run, 60)
         assert error.startswith("The segmentation process ended (exit status ")

@@ -6,20 +6,19 @@ slices (Testing/moved_cases.py)."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import vtk
-
 import slicer
 import slicer.util
+import vtk
+from moved_cases import moved, random_rigid
+from plumbing import intensity_model
 
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.geometry import resample_onto
-from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.logic import SceneLogic
+from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Pipeline
 from BrainTumorFusionLib.registration import ras_transform_to_parent
 from BrainTumorFusionLib.scene import add_registration_transforms, case_from_nodes, volume_from_node
-from moved_cases import moved, random_rigid
-from plumbing import intensity_model
 
 CASE = "Brats18_CBICA_ABM_1"
 

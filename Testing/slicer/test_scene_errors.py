@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 import pytest
+import slicer.util
 import vtk
 
-import slicer.util
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.errors import InputError, OutputError
 from BrainTumorFusionLib.logic import SceneLogic

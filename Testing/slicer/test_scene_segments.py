@@ -4,10 +4,10 @@ import os
 
 import numpy as np
 import pytest
-import vtk
-
 import slicer
 import slicer.util
+import vtk
+
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.scene import write_result_to_scene, write_segmentation, write_tables
 from BrainTumorFusionLib.seg_nrrd import save_seg_nrrd

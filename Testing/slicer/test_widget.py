@@ -13,16 +13,18 @@ import types
 import unittest
 from pathlib import Path
 
+import gui_stubs
 import numpy as np
 import pytest
+from plumbing import intensity_model
+from realdata import MODULE_DIR
 
-import gui_stubs
+from BrainTumorFusionLib.cli import build_parser
 from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.options import SegmentationOptions
 from BrainTumorFusionLib.pipeline import Pipeline
 from BrainTumorFusionLib.process_runner import BackgroundProcess
 from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, WARNINGS_ATTRIBUTE
-from plumbing import intensity_model
-from realdata import MODULE_DIR
 
 STAND_IN = Path(__file__).with_name("predict_stand_in.py")
 MATRIX = np.array([[-1.2, 0, 0, 40.0], [0, -1.0, 0, 20.0], [0, 0, 1.5, -30.0], [0, 0, 0, 1]])
@@ -201,17 +203,22 @@ def test_a_failure_reported_by_the_process_is_shown(kit, widget, processes, capl
     assert widget.ui.applyButton.text == "Apply" and kit.state() == before
 
 
-def test_the_mirroring_choice_reaches_the_background_process(kit, widget, processes, hold):
+def test_every_gui_option_reaches_the_background_process(kit, widget, processes, hold):
     add_case(kit)
     widget.setup()
     assert widget.ui.ttaComboBox.currentText == widget._parameterNode.tta == "off"  # the default
-    assert widget.ui.ttaComboBox.items == ["off", "mirror"]
-    widget._parameterNode.tta = "mirror"  # what choosing it does in Slicer (bound by SlicerParameterName)
+    assert widget.ui.ttaComboBox.items == ["off", "mirror"]  # the choice lists are the options' own
+    assert widget.ui.referenceComboBox.items == list(MODALITIES)
+    chosen = {"tta": "mirror", "reference": "t2", "register": "off", "skull_strip": "off", "precision": "fp32",
+              "device": "cpu"}
+    for name, value in chosen.items():  # what choosing them does in Slicer (bound by SlicerParameterName)
+        setattr(widget._parameterNode, name, value)
     hold.unlink()
     widget.ui.applyButton.click()
     until(lambda: widget.run is None)
-    arguments = processes[0].process.args
-    assert arguments[arguments.index("--tta") + 1] == "mirror"
+    arguments = processes[0].process.args[3:]  # after python, the stand-in and its hold file
+    received = SegmentationOptions.from_args(build_parser().parse_args(arguments))
+    assert received == SegmentationOptions().with_keywords(**chosen)
     assert processes[0].process.returncode == 0 and kit.scene.GetFirstNodeByName("Case7 tumor")
 
 

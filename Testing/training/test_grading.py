@@ -18,8 +18,17 @@ from BrainTumorFusionLib.pipeline import Pipeline
 from Training import checkpoint as ckpt
 from Training.__main__ import main
 from Training.data import cache_path, discover
-from Training.grading import (GradingConfig, augment, class_weights, cumulative_alpha, lgg_auc,
-                              load_or_make_grading_split, make_grading_split, read_grades, train_grader)
+from Training.grading import (
+    GradingConfig,
+    augment,
+    class_weights,
+    cumulative_alpha,
+    lgg_auc,
+    load_or_make_grading_split,
+    make_grading_split,
+    read_grades,
+    train_grader,
+)
 from Training.network_recipes import build_network
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,8 +10,13 @@ from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.networks.outputs import HAFBAux, MISSUAux, TransFuseAux
 from Training.config import TrainConfig
-from Training.losses import (SegmentationLoss, attention_map, hafb_masked_consistency, hafb_masked_view,
-                             missu_self_distillation)
+from Training.losses import (
+    SegmentationLoss,
+    attention_map,
+    hafb_masked_consistency,
+    hafb_masked_view,
+    missu_self_distillation,
+)
 from Training.network_recipes import RECIPES, aux_weight, recipe_of, uses_modality_dropout
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,8 +8,7 @@ from training_support import CASES, brats_case_dir, make_input, workspace
 from BrainTumorFusionLib.file_io import case_files_in, read_case
 from BrainTumorFusionLib.geometry import image_from_array
 from BrainTumorFusionLib.preprocessing import prepare
-from Training.data import (cache_case, cache_path, discover, group_from_id, labels_file, load_cached,
-                           regions_from_labels)
+from Training.data import cache_case, cache_path, discover, group_from_id, labels_file, load_cached, regions_from_labels
 
 CASE = CASES[0]
 

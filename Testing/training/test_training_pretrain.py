@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from training_support import CASES, one_thread, workspace  # noqa: F401
-
 from monai.losses import ContrastiveLoss
+from training_support import CASES, one_thread, workspace  # noqa: F401
 
 from BrainTumorFusionLib.catalogue import file_sha256
 from Training.checkpoint import load_matching_weights

@@ -10,8 +10,14 @@ import pytest
 from training_support import BRATS_DIR
 
 from BrainTumorFusionLib.errors import InputError
-from Training.data import (group_from_id, load_or_make_split, make_fold_split, make_split, read_groups_table,
-                           source_groups)
+from Training.data import (
+    group_from_id,
+    load_or_make_split,
+    make_fold_split,
+    make_split,
+    read_groups_table,
+    source_groups,
+)
 
 
 @pytest.fixture(scope="module")

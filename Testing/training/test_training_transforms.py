@@ -8,7 +8,7 @@ import torch
 from training_support import CASES, one_thread, workspace  # noqa: F401
 
 from Training.data import cache_path
-from Training.transforms import (PatchDataset, StepSampler, cube_box, cube_voxels, drop_modalities, mask_cubes)
+from Training.transforms import PatchDataset, StepSampler, cube_box, cube_voxels, drop_modalities, mask_cubes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PATCH = (32, 32, 32)
@@ -96,8 +96,8 @@ def test_scanner_augmentation_changes_brain_voxels_only():
 
 
 def test_cases_with_a_large_core_are_shown_more_often_and_core_crops_hold_core():
-    from Training.transforms import CORE_CASE_FRACTION, repeated_core_cases
     from Training.data import load_cached
+    from Training.transforms import CORE_CASE_FRACTION, repeated_core_cases
     listed = repeated_core_cases(CASES, paths(), 3)
     for case in CASES:
         wt, tc, et = (int(r.sum()) for r in load_cached(paths()[case])["regions"])

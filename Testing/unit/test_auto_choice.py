@@ -14,6 +14,7 @@ from BrainTumorFusionLib.catalogue import AUTO, AutoTable, Catalogue, MeasuredCh
 from BrainTumorFusionLib.errors import InputError, ModelError
 from BrainTumorFusionLib.file_io import find_cases, read_case
 from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.options import SegmentationOptions
 from BrainTumorFusionLib.pipeline import Auto, Ensemble, Model, Pipeline
 from BrainTumorFusionLib.postprocessing import Cleanup
 from BrainTumorFusionLib.records import RunSettings, summary_row
@@ -112,7 +113,7 @@ def test_auto_on_a_real_case_records_its_choice(shipped, brats_dir, tmp_path):
     assert result.model_choice.startswith("auto: ") and "T1, T1ce, T2 " in result.model_choice
     four, _, _ = pipeline.segmenter_for(case)
     assert isinstance(four, (Model, Ensemble)) and four.name == describe(choose(shipped, ALL, on_cpu=True)[0])
-    settings = RunSettings.from_catalogue(shipped, AUTO, None, False, "cmg", "auto")
+    settings = RunSettings.from_catalogue(shipped, SegmentationOptions(model=AUTO))
     every = {name for choice in shipped.auto.choices for name in choice.member_names}
     assert {name for name, _ in settings.members} == every  # new weights of any candidate make results differ
     from BrainTumorFusionLib.records import done_record

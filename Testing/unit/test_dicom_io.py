@@ -8,6 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_cases import DESCRIPTIONS, Study, case_images, write_dicom_case, write_series
 
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.dicom_io import make_segmentation, segment_numbers, write_segmentation
@@ -16,7 +17,6 @@ from BrainTumorFusionLib.file_io import find_cases, read_case
 from BrainTumorFusionLib.geometry import ijk_to_ras_of
 from BrainTumorFusionLib.integrity import dicom_seg_problem
 from BrainTumorFusionLib.modalities import MODALITIES
-from dicom_cases import DESCRIPTIONS, Study, case_images, write_dicom_case, write_series
 
 CASE = "Brats18_CBICA_ABM_1"
 CROP = (40, 36, 12)  # I, J, K voxels: small, and not square, so rows and columns cannot be swapped unnoticed

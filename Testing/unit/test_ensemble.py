@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from plumbing import ConstantGrader, IntensityNet, write_catalogue
+from realdata import real_crop
 
 from BrainTumorFusionLib.case import Case
 from BrainTumorFusionLib.catalogue import Catalogue, member_names
@@ -11,8 +13,6 @@ from BrainTumorFusionLib.inference import choose_device
 from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline
 from BrainTumorFusionLib.postprocessing import regions_to_labels, uncrop
 from BrainTumorFusionLib.preprocessing import prepare
-from plumbing import ConstantGrader, IntensityNet, write_catalogue
-from realdata import real_crop
 
 CPU = choose_device("cpu")
 PAD = 6  # zero background around the real crop, so the brain crop is a strict part of the case grid

@@ -3,11 +3,18 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from realdata import brats_case_dir
 
 from BrainTumorFusionLib.errors import InputError, OutputError
-from BrainTumorFusionLib.file_io import (CaseFiles, check_writable_folder, find_cases, read_case, read_image,
-                                        role_of_file, write_labels)
-from realdata import brats_case_dir
+from BrainTumorFusionLib.file_io import (
+    CaseFiles,
+    check_writable_folder,
+    find_cases,
+    read_case,
+    read_image,
+    role_of_file,
+    write_labels,
+)
 
 
 def write_image(path, array=None, vector=False):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from realdata import brats_case_dir
 
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.geometry import assemble_case, image_from_array, ijk_to_ras_of, resample_onto
-from realdata import brats_case_dir
+from BrainTumorFusionLib.geometry import assemble_case, ijk_to_ras_of, image_from_array, resample_onto
 
 
 def oblique_matrix(handedness=1, spacing=(0.9, 1.1, 2.5), origin=(10.0, -20.0, 5.0)):

@@ -5,6 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from plumbing import intensity_model
 
 from BrainTumorFusionLib.case import Case
 from BrainTumorFusionLib.file_io import case_files_in, read_case, write_labels
@@ -13,7 +14,6 @@ from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Pipeline
 from BrainTumorFusionLib.postprocessing import regions_to_labels, uncrop
 from BrainTumorFusionLib.preprocessing import prepare
-from plumbing import intensity_model
 
 # Few small examples: the whole file runs in seconds on one thread.
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from realdata import REPO
 
 SPEC = importlib.util.spec_from_file_location("gpu_check", REPO / "Testing" / "benchmarks" / "gpu_check.py")

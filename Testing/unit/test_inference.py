@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from plumbing import ConstantGrader, IntensityNet
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.errors import Cancelled, InputError
 from BrainTumorFusionLib.inference import _window_size, choose_device, classify, predict_regions, window_count
-from plumbing import ConstantGrader, IntensityNet
 
 
 class CountingNet(torch.nn.Module):
@@ -185,7 +185,7 @@ def test_a_bfloat16_verdict_holds_only_on_the_cpu_kind_it_was_measured_on(monkey
 
     verdicts = {"avx512_bf16": "bf16", "amx_bf16": "fp32"}  # transfuse's first weights
     for here, keeps in (("avx512_bf16", True), ("amx_bf16", False), ("bf16", False), (None, False)):
-        monkeypatch.setattr(inference, "cpu_bf16_kind", lambda: here)
+        monkeypatch.setattr(inference, "cpu_bf16_kind", lambda here=here: here)
         assert inference.keeps_dice_in_bf16_here(verdicts) is keeps, here
 
 
@@ -206,8 +206,9 @@ def test_a_whole_window_model_runs_one_window_over_the_whole_crop():
 
 
 def test_the_catalogue_window_field_reaches_the_model(tmp_path):
-    from BrainTumorFusionLib.pipeline import Model
     from plumbing import write_catalogue
+
+    from BrainTumorFusionLib.pipeline import Model
     for window, expected in (("whole", True), ("patch", False), (None, False)):
         fields = {"window": window} if window else {}
         path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), **fields)

@@ -4,8 +4,13 @@ import itertools
 
 import pytest
 import torch
-from network_checks import eval_deterministic, exports, forward_backward
-from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
+from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+    eval_deterministic,
+    exports,
+    forward_backward,
+    one_thread,
+    real_input,
+)
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.networks.outputs import HAFBAux

@@ -1,8 +1,13 @@
 """MISSU (networks/missu.py): shapes, gradients, MSF only in training, determinism, export, paper size."""
 
 import torch
-from network_checks import eval_deterministic, exports, forward_backward
-from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
+from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+    eval_deterministic,
+    exports,
+    forward_backward,
+    one_thread,
+    real_input,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from BrainTumorFusionLib import networks

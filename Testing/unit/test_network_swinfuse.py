@@ -4,6 +4,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+    absent_channel_is_ignored,
+    eval_deterministic,
+    exports,
+    forward_backward,
+    one_thread,
+    real_input,
+)
 
 from BrainTumorFusionLib.networks import build
 from BrainTumorFusionLib.networks.outputs import SwinFUSEAux
@@ -13,9 +21,6 @@ from BrainTumorFusionLib.networks.swinfuse import (
     _from_windows,
     _to_windows,
 )
-from network_checks import absent_channel_is_ignored, eval_deterministic, exports, forward_backward
-from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
-
 
 # A CPU-sized variant from the same code: feature size 12 (paper 48), one Swin block per stage (paper 2),
 # Swin window 4 (paper 7; 4 tiles the 32^3 token grid of a 64^3 crop without padding).

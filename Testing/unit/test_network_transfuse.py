@@ -2,12 +2,17 @@
 
 import pytest
 import torch
+from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+    absent_channel_is_ignored,
+    eval_deterministic,
+    exports,
+    forward_backward,
+    one_thread,
+    real_input,
+)
 
 from BrainTumorFusionLib.networks import build
 from BrainTumorFusionLib.networks.outputs import TransFuseAux
-from network_checks import absent_channel_is_ignored, eval_deterministic, exports, forward_backward
-from network_checks import one_thread, real_input  # noqa: F401 (one_thread: autouse fixture)
-
 
 # A CPU-sized variant from the same code: narrow CNN, 2-block ViT; 16^3 patches as in the paper.
 COMPACT = dict(

@@ -1,13 +1,16 @@
 """What Slicer's build and the module shell rely on, checked without the Slicer application."""
 
 import ast
+import importlib.util
 import json
 import re
 import xml.etree.ElementTree as ElementTree
 
 from PIL import Image
-
 from realdata import MODULE_DIR, REPO
+
+from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.options import GUI_FIELDS
 
 MODULE_FILE = MODULE_DIR / "BrainTumorFusion.py"
 CMAKE = (MODULE_DIR / "CMakeLists.txt").read_text()
@@ -75,8 +78,7 @@ def test_widget_uses_only_names_that_exist_in_the_ui_file():
     assert used and used <= names, f"missing in .ui: {used - names}"
     # Every parameter of the parameter node is bound to a widget through SlicerParameterName.
     bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
-    assert bound == {"t1", "t1ce", "t2", "flair", "model", "members", "device", "precision", "tta", "grade",
-                     "register", "skullStrip"}
+    assert bound == set(MODALITIES) | set(GUI_FIELDS)
 
 
 def test_module_file_is_a_thin_shell_and_the_only_qt_importer():
@@ -96,3 +98,12 @@ def test_only_the_scene_adapter_and_logic_import_slicer_at_module_level():
                      if isinstance(node, ast.Import) for alias in node.names}
         if "slicer" in top_level:
             assert path.name in allowed, path
+
+
+def test_the_readme_model_table_is_generated_from_the_catalogue():
+    """README.md's table is tools/model_table.py's rendering of models.json (run it after changing the catalogue)."""
+    spec = importlib.util.spec_from_file_location("model_table", REPO / "tools" / "model_table.py")
+    model_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_table)
+    readme = (REPO / "README.md").read_text()
+    assert model_table.current_readme(readme, model_table.render()) == readme, "run tools/model_table.py"

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from plumbing import ConstantGrader, intensity_model
+from realdata import brats_case_dir
 
 from BrainTumorFusionLib.catalogue import DEFAULT_MODEL
 from BrainTumorFusionLib.file_io import case_files_in, read_case
@@ -10,8 +12,6 @@ from BrainTumorFusionLib.geometry import assemble_case
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Model, Pipeline
 from BrainTumorFusionLib.plausibility import result_warnings
-from plumbing import ConstantGrader, intensity_model
-from realdata import brats_case_dir
 
 CASE = "Brats18_CBICA_ABM_1"
 

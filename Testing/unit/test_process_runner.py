@@ -7,8 +7,13 @@ import time
 
 from BrainTumorFusionLib import cli
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.process_runner import (BackgroundProcess, format_progress, format_result, parse_progress,
-                                                parse_result)
+from BrainTumorFusionLib.process_runner import (
+    BackgroundProcess,
+    format_progress,
+    format_result,
+    parse_progress,
+    parse_result,
+)
 
 
 def test_progress_lines_round_trip():

@@ -130,7 +130,7 @@ class SSLHeads(nn.Module):
         self.projection = nn.Sequential(nn.Linear(channels, channels), nn.GELU(), nn.Linear(channels, projection_dim))
         layers = []
         width = channels
-        for i in range(upsamplings):
+        for _ in range(upsamplings):
             nxt = max(width // 2, channels // 16)
             layers += [
                 Convolution(3, width, nxt, kernel_size=3, norm="instance", act="leakyrelu"),
