@@ -1,6 +1,6 @@
 """Training data: case discovery with label files, source groups, the recorded split, and the prepared cache.
 
-Cases are found by the library's file adapter (`file_io.find_cases`: BraTS 2018-2021 `_t1/_t1ce/_t2/_flair`
+Cases are found by the library's file adapter (`cases.find_cases`: BraTS 2018-2021 `_t1/_t1ce/_t2/_flair`
 and 2023 `-t1n/-t1c/-t2w/-t2f` naming); the label map is the file of the case folder whose name ends in
 `_seg` / `-seg`. Images are prepared by the library's own `preprocessing.prepare` (brain crop, resampling to
 the model spacing, z-score), i.e. exactly what inference does, and the label map is brought onto the same grid
@@ -22,8 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from BrainTumorFusionLib.cases import find_cases
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import find_cases, read_case, strip_extension, write_atomically
+from BrainTumorFusionLib.file_io import read_case, strip_extension, write_atomically
 from BrainTumorFusionLib.geometry import ijk_to_ras_of, resample_onto, same_grid
 from BrainTumorFusionLib.postprocessing import brats_labels
 from BrainTumorFusionLib.preprocessing import prepare

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from BrainTumorFusionLib.cases import find_cases
 from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, file_sha256
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import find_cases, read_case
+from BrainTumorFusionLib.file_io import read_case
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import GRADES, Model, Pipeline
 

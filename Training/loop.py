@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 import warnings
 from contextlib import nullcontext
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from BrainTumorFusionLib.inference import cpu_has_native_bf16
+from BrainTumorFusionLib import cpu, inference
+from BrainTumorFusionLib.errors import InputError
 
 from . import checkpoint as ckpt
 from . import distributed
@@ -135,29 +135,16 @@ def restore_scheduler(scheduler, state: dict) -> None:
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> Optional[torch.dtype]:
-    """--amp: auto = bf16 on CUDA where supported (else fp16 with a gradient scaler), and on CPUs with native bf16
-    for networks whose recipe says bf16 trains them faster there (`NetworkRecipe.cpu_bf16`), else fp32; bf16 / fp16
-    force one (fp16 on CUDA only); none = fp32."""
-    if config.amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA GPU; on the CPU use auto, bf16 or none.")
-    if config.amp == "none":
-        return None
-    if config.amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if config.amp == "auto" and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() and recipe_of(config.network).cpu_bf16 else None
-
-
-def cpu_name() -> str:
+    """--amp through the library's precision policy (inference.autocast_dtype): auto = bf16 on CUDA where supported
+    (else fp16 with a gradient scaler), and on CPUs with native bf16 for networks whose recipe says bf16 trains them
+    faster there (`NetworkRecipe.trains_faster_in_cpu_bf16`), else fp32; bf16 / fp16 force one (fp16 on CUDA only);
+    none = fp32."""
     try:
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return inference.autocast_dtype({"none": "fp32"}.get(config.amp, config.amp), device,
+                                        cpu_bf16_allowed=recipe_of(config.network).trains_faster_in_cpu_bf16,
+                                        cuda_bf16=True)
+    except InputError as error:
+        raise ValueError(f"--amp {config.amp}: {error}") from None
 
 
 def hardware(context: distributed.Context) -> str:
@@ -165,7 +152,7 @@ def hardware(context: distributed.Context) -> str:
     if context.device.type == "cuda":
         name = torch.cuda.get_device_name(context.device)
     else:
-        name = f"CPU {cpu_name()} ({torch.get_num_threads()} threads)"
+        name = f"CPU {cpu.probe().model_name} ({torch.get_num_threads()} threads)"
     return f"{context.world_size} x {name}" if context.world_size > 1 else name
 
 

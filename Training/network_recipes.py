@@ -24,7 +24,7 @@ class NetworkRecipe:
     handles_missing_modalities: bool = False  # forward takes the (B, 4) present mask; modality dropout by default
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient in supervised training
     pretrainable: bool = False  # has `pretrain_forward` (self-supervised pretraining, Training.pretraining)
-    cpu_bf16: bool = False  # --amp auto trains in bf16 on CPUs with native bf16 (measured faster, finite gradients)
+    trains_faster_in_cpu_bf16: bool = False  # --amp auto trains in bf16 on CPUs with native bf16 (measured faster, finite gradients)
     notes: dict = field(default_factory=dict)  # extra catalogue `training` fields
 
 
@@ -35,11 +35,11 @@ RECIPES = {
         compact={"widths": [8, 16, 32, 64, 128], "norm": ["instance", {"affine": True}], "fusion_norm": "instance"},
         aux_term=hafb_masked_consistency, aux_weight=0.1,
         aux_description="masked-cube consistency", masked_view=hafb_masked_view, handles_missing_modalities=True,
-        cpu_bf16=True),
+        trains_faster_in_cpu_bf16=True),
     "missu": NetworkRecipe(
         compact={"widths": [8, 16, 32, 64], "hidden_size": 64, "num_heads": 4, "mlp_dim": 128, "num_layers": 2},
         aux_term=missu_self_distillation, aux_weight=0.3,
-        aux_description="self-distillation (attention maps, fused branch not detached)", cpu_bf16=True),
+        aux_description="self-distillation (attention maps, fused branch not detached)", trains_faster_in_cpu_bf16=True),
     "transfuse": NetworkRecipe(
         compact={"cnn_widths": [16, 32, 64], "cnn_blocks": [1, 1, 1], "vit_hidden_size": 64, "vit_depth": 2,
                  "vit_heads": 4, "vit_mlp_dim": 128},

@@ -13,12 +13,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from .cases import find_cases
 from .errors import BrainTumorFusionError, Cancelled, InputError, OutputError
 from .file_io import (
     CaseFiles,
     PathLike,
     check_writable_folder,
-    find_cases,
     read_case,
     reference_grid,
     remove_stale_temporaries,

@@ -90,8 +90,8 @@ def run_predict(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from .file_io import CaseFiles, check_writable_folder, read_case, write_atomically, write_labels
-    from .pipeline import share
     from .preparation import labels_on_input_grids
+    from .progress import share
 
     def report(fraction, message):
         print(format_progress(fraction, message), flush=True)

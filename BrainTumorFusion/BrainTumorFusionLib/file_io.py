@@ -15,9 +15,10 @@ import SimpleITK as sitk
 
 from .case import Case
 from .errors import InputError, OutputError
-from .geometry import assemble_case, ijk_to_ras_of
+from .geometry import ijk_to_ras_of
 from .integrity import problem_in
 from .modalities import DISPLAY_NAMES, MODALITIES, role_of_token
+from .preparation import assemble_case
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # A file's role is that of its last name token (`<id>_t1ce`, `<id>-t2f`); anything else (`_seg`, masks, notes)
@@ -65,40 +66,6 @@ def case_files_in(folder: PathLike) -> Optional[CaseFiles]:
                 "Keep one per modality in the case folder.")
         files[role] = path
     return CaseFiles(folder.name, files) if files else None
-
-
-def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = None,
-               dicom: bool = False) -> list[CaseFiles]:
-    """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored). With `dicom`,
-    a sub-folder without such images that holds DICOM files is a dicom_io.DicomCase (its series are looked at
-    when it is read).
-
-    A case folder that cannot be used (two images for one modality) raises InputError; with `problems` given it
-    is left out and its error stored there under the folder's name instead, so a batch records it as failed and
-    goes on."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise InputError(f"Input folder {input_dir} does not exist. Give a folder with one sub-folder per case.")
-    cases = []
-    for folder in sorted(p for p in input_dir.iterdir() if p.is_dir()):
-        try:
-            case = case_files_in(folder)
-            if case is None and dicom:
-                from .dicom_io import dicom_case_in  # pydicom is needed only for DICOM cases
-
-                case = dicom_case_in(folder)
-        except InputError as error:
-            if problems is None:
-                raise
-            problems[folder.name] = error
-            continue
-        if case is not None:
-            cases.append(case)
-    if not cases and not problems:
-        raise InputError(
-            f"No case found in {input_dir}. Expected one sub-folder per case holding <id>_t1/_t1ce/_t2/_flair "
-            f"(or -t1n/-t1c/-t2w/-t2f) NIfTI or NRRD images{' or DICOM series' if dicom else ''}.")
-    return cases
 
 
 # Read size of the integrity pass: a multiple of every voxel size, so chunks split the data between voxels.
@@ -193,7 +160,7 @@ def _check_metaimage_data(path: Path, image: sitk.Image, label: str) -> None:
 
 def read_case(case_files: CaseFiles, **preparation) -> tuple[Case, sitk.Image]:
     """(Case, reference SimpleITK image) from CaseFiles (or a dicom_io.DicomCase). `preparation`:
-    geometry.assemble_case's register, reference, skull_strip, progress and should_cancel."""
+    preparation.assemble_case's register, reference, skull_strip, progress and should_cancel."""
     if case_files.dicom:
         return case_files.read(**preparation)
     images = {role: read_image(case_files.files[role], role) for role in MODALITIES if role in case_files.files}

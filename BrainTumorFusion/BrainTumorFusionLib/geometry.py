@@ -1,16 +1,14 @@
 """Voxel grids: conversion between (array, IJK-to-RAS) and SimpleITK images, grid comparison, resampling,
-and assembling validated Cases. Geometry goes through SimpleITK; axes are never flipped by hand."""
+and the checks on the volumes of a case. Geometry goes through SimpleITK; axes are never flipped by hand."""
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from .case import Case
 from .errors import InputError
-from .modalities import DISPLAY_NAMES, MODALITIES, how_to_give
-from .plausibility import brain_sample, case_warnings, correlation, grid_warnings
-from .registration import DEFAULT_REFERENCE
+from .modalities import DISPLAY_NAMES, MODALITIES
+from .plausibility import brain_sample, correlation
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # Grids closer than this (mm, or unitless for directions) are the same grid.
@@ -98,52 +96,3 @@ def check_distinct(image: np.ndarray, present_roles: list[str]) -> None:
                     f"{similarity:.3f} over the brain; different sequences of a BraTS case stay below 0.9). Each role "
                     f"needs its own sequence: check which file or volume is given as {DISPLAY_NAMES[first]} and as "
                     f"{DISPLAY_NAMES[second]}.")
-
-
-def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], name: str, register: str = "off",
-                  reference: str = DEFAULT_REFERENCE, skull_strip: str = "off", progress=None,
-                  should_cancel=None) -> Case:
-    """Build a validated Case from role -> (array (K, J, I), ijk_to_ras) or None.
-
-    The grid is that of the `reference` role (T1ce by default; the first present modality in MODALITIES order when
-    it is absent). The other volumes are registered onto it or resampled in physical space as `register` says
-    (auto / on / off), and skull-stripped as `skull_strip` says (preparation.py), with progress(fraction, message)
-    and should_cancel(). Case.warnings holds what preparation found (a different grid, a misaligned or poorly
-    registered input) and the plausibility warnings (thick slices, small field of view, missing FLAIR, brain volume,
-    intensities).
-    """
-    from .preparation import prepare_volumes, reference_role_of
-
-    present_roles = [role for role in MODALITIES if volumes.get(role) is not None]
-    if not present_roles:
-        raise InputError(f"No input volume is given: {how_to_give(MODALITIES)} (at least those the chosen model "
-                         "needs).")
-    for role in present_roles:
-        check_volume(role, volumes[role][0])
-    reference_array, reference_matrix = volumes[reference_role_of(present_roles, reference)]
-    # Each input becomes float32 once, straight into its channel when it has the reference's shape: on-grid inputs
-    # then need no further copy (each fresh full-size array costs page faults: 0.1-0.3 s per 4 channels here).
-    image = np.zeros((len(MODALITIES),) + tuple(reference_array.shape), dtype=np.float32)
-    as_float = {}
-    for role in present_roles:
-        array, matrix = volumes[role]
-        if array.shape == reference_array.shape:
-            channel = image[MODALITIES.index(role)]
-            channel[...] = array
-            as_float[role] = (channel, matrix)
-        else:
-            as_float[role] = (array.astype(np.float32, copy=False), matrix)
-    prepared = prepare_volumes(as_float, register, reference, skull_strip, progress, should_cancel)
-    warnings = grid_warnings({role: (volumes[role][0].shape, spacing_of(volumes[role][1])) for role in present_roles})
-    warnings += prepared.warnings
-    for channel, role in enumerate(MODALITIES):
-        if role in present_roles and not np.shares_memory(prepared.volumes[role], image[channel]):
-            image[channel] = prepared.volumes[role]
-    check_distinct(image, present_roles)
-    present = tuple(role in present_roles for role in MODALITIES)
-    case = Case(name=name, image=image, ijk_to_ras=np.array(reference_matrix, dtype=float), present=present,
-                warnings=warnings, reference_role=prepared.reference_role, alignments=prepared.alignments,
-                input_grids={role: (volumes[role][0].shape, np.array(volumes[role][1], dtype=float))
-                             for role in present_roles}, stages=prepared.stages)
-    case.warnings += case_warnings(case)
-    return case

@@ -3,7 +3,7 @@ cancel, and a CPU fallback when the GPU runs out of memory.
 
 Precision (`precision`): "auto" runs float16 autocast on CUDA, bfloat16 autocast on CPUs with native bfloat16
 arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm; read from the CPU flags, Linux only) for models whose catalogue
-entry says bfloat16 keeps their Dice on this kind of CPU (`cpu_bf16_kind`, `Model.cpu_bf16`), and float32 elsewhere.
+entry says bfloat16 keeps their Dice on this kind of CPU (`cpu.probe`, `Model.bf16_keeps_dice`), and float32 elsewhere.
 "fp32", "bf16" and "fp16" (CUDA only) force one.
 
 Test-time augmentation (`tta`): "off" runs the network once; "mirror" averages the sigmoid region probabilities of
@@ -11,7 +11,6 @@ the image and of its mirror images (nnU-Net's mirroring), each flipped back befo
 so that many times the network time.
 """
 
-import functools
 import logging
 from contextlib import nullcontext
 from typing import Callable, Optional, Sequence, Tuple, Union
@@ -21,56 +20,39 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
+from . import cpu
 from .errors import Cancelled, InputError
 from .options import PRECISIONS, TTA_MODES
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 OVERLAP = 0.5
 # Axes of a (4, D, H, W) image flipped in each mirroring pass: the image, then one flip per spatial axis. Every
 # combination of the three (8 passes, nnU-Net's) took twice the time for a lower mean Dice with hafb (docs/decisions.md).
 MIRROR_FLIPS = ((), (1,), (2,), (3,))
-Progress = Callable[[float, str], None]  # (fraction done, message)
-
-
-# The CPU's bfloat16 instructions, most capable first: results differ between their kernels (transfuse's TC: -0.0005
-# with AVX512-BF16, -0.075 with AMX), so a model's bfloat16 verdict is measured and recorded per kind.
-BF16_KINDS = ("amx_bf16", "avx512_bf16", "bf16")
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_kind() -> Optional[str]:
-    """The bfloat16 instructions this CPU computes with (BF16_KINDS: x86 amx_bf16 or avx512_bf16, Arm bf16), from
-    /proc/cpuinfo; None where it has none, and elsewhere (no /proc/cpuinfo: Windows, macOS): emulated bfloat16 is
-    slower than float32, so never guess."""
-    try:
-        with open("/proc/cpuinfo") as stream:
-            flags = {flag for line in stream if line.lower().startswith(("flags", "features"))
-                     for flag in line.split(":", 1)[1].split()}
-    except OSError:
-        return None
-    return next((kind for kind in BF16_KINDS if kind in flags), None)
-
-
-def cpu_has_native_bf16() -> bool:
-    return cpu_bf16_kind() is not None
 
 
 def keeps_dice_in_bf16_here(verdicts: dict) -> bool:
     """Whether a catalogue verdict ({kind: "bf16" or "fp32"}, `precision.cpu`) says bfloat16 keeps the model's
-    accuracy on this CPU's kind; a kind it was not measured on runs float32."""
-    return verdicts.get(cpu_bf16_kind()) == "bf16"
+    accuracy on this CPU's kind (cpu.BF16_KINDS); a kind it was not measured on runs float32."""
+    return verdicts.get(cpu.probe().bf16_kind) == "bf16"
 
 
-def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False) -> Optional[torch.dtype]:
-    """The autocast dtype of a run (None = float32). `cpu_bf16`: the model keeps its accuracy in bfloat16 (its
-    catalogue verdict), which "auto" needs before it uses bfloat16 on a CPU."""
+def autocast_dtype(precision: str, device: torch.device, cpu_bf16_allowed: bool = False,
+                   cuda_bf16: bool = False) -> Optional[torch.dtype]:
+    """THE precision policy (inference and training): the autocast dtype of a run, None = float32.
+
+    "auto" on CUDA: float16, or bfloat16 where `cuda_bf16` asks for it and the GPU has it (training: its range needs
+    no gradient scaler); on a CPU: bfloat16 only where `cpu_bf16_allowed` (inference: the model's catalogue verdict
+    says it keeps its Dice; training: its recipe trains faster so) and the CPU computes bfloat16 natively, else
+    float32. "fp32", "bf16" and "fp16" force one (fp16 on CUDA only)."""
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
         raise InputError(f"Unknown precision '{precision}'. Use {', '.join(PRECISIONS)}.")
     if precision == "auto":
         if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_bf16 and cpu_has_native_bf16() else None
+            return torch.bfloat16 if cuda_bf16 and torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_bf16_allowed and cpu.probe().bf16_kind else None
     if precision == "fp16" and device.type != "cuda":
         raise InputError("Precision fp16 needs a CUDA GPU (float16 is slow and unsupported by many CPU kernels). "
                          "Use auto, fp32 or bf16.")
@@ -80,7 +62,7 @@ def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False)
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse an unknown precision (autocast_dtype's error); warn when bfloat16 is asked for on a CPU that only
     emulates it: hafb took 360 s per case in emulated bfloat16 against 12.5 s in float32 (AVX2-only EPYC)."""
-    if autocast_dtype(precision, device) == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+    if autocast_dtype(precision, device) == torch.bfloat16 and device.type == "cpu" and not cpu.probe().bf16_kind:
         log.warning("Precision bf16 on this CPU is emulated (it has no AVX512-BF16 or AMX): it is many times slower "
                     "than fp32 for the same result. Use --precision auto or fp32.")
 
@@ -147,12 +129,12 @@ class _Monitored(torch.nn.Module):
 def predict_regions(network: torch.nn.Module, image: np.ndarray, roi_size: Sequence[int],
                     device: Union[str, torch.device], present: Optional[Sequence[bool]] = None,
                     progress: Optional[Progress] = None, should_cancel: Optional[Callable[[], bool]] = None,
-                    overlap: float = OVERLAP, precision: str = "auto", cpu_bf16: bool = False,
+                    overlap: float = OVERLAP, precision: str = "auto", cpu_bf16_allowed: bool = False,
                     tta: str = "off") -> np.ndarray:
     """Region probabilities (3, D, H, W) float32 numpy for a (4, D, H, W) normalised image.
 
     `present` (4 bools) is passed to the network when some modality is missing. Autocast follows `precision`
-    (see the module docstring; `cpu_bf16` is the model's verdict); `tta` "mirror" averages the mirrored passes
+    (see the module docstring; `cpu_bf16_allowed` is the model's verdict); `tta` "mirror" averages the mirrored passes
     (module docstring), with progress across all passes and cancel between windows. If the GPU runs out of memory
     the run is repeated on the CPU with a warning. Raises ValueError when `roi_size` is not a multiple of the
     network's `size_multiple`.
@@ -162,7 +144,7 @@ def predict_regions(network: torch.nn.Module, image: np.ndarray, roi_size: Seque
     flips = flips_of(tta)
     try:
         return _predict(network, image, roi, device, present, progress, should_cancel, overlap,
-                        autocast_dtype(precision, device, cpu_bf16), flips)
+                        autocast_dtype(precision, device, cpu_bf16_allowed), flips)
     except torch.OutOfMemoryError:
         if device.type != "cuda":
             raise
@@ -171,7 +153,7 @@ def predict_regions(network: torch.nn.Module, image: np.ndarray, roi_size: Seque
         network.to("cpu")
         cpu = torch.device("cpu")
         return _predict(network, image, roi, cpu, present, progress, should_cancel, overlap,
-                        autocast_dtype("auto" if precision == "fp16" else precision, cpu, cpu_bf16), flips)
+                        autocast_dtype("auto" if precision == "fp16" else precision, cpu, cpu_bf16_allowed), flips)
 
 
 def covering_window(shape: Sequence[int], patch_size: Sequence[int], network: torch.nn.Module) -> Tuple[int, ...]:
@@ -248,13 +230,13 @@ def resize_for_classifier(image: np.ndarray, size: Sequence[int]) -> torch.Tenso
 
 
 def classify(network: torch.nn.Module, image: np.ndarray, size: Sequence[int], device: Union[str, torch.device],
-             present: Optional[Sequence[bool]] = None, precision: str = "auto", cpu_bf16: bool = False) -> np.ndarray:
+             present: Optional[Sequence[bool]] = None, precision: str = "auto", cpu_bf16_allowed: bool = False) -> np.ndarray:
     """Class probabilities (softmax) of a grading network on the whole (4, D, H, W) image resized to `size`."""
     device = torch.device(device)
     inputs = resize_for_classifier(image, size)
     mask = None if present is None or all(present) else torch.tensor([list(present)], dtype=torch.bool)
     network = network.to(device).eval()
-    dtype = autocast_dtype(precision, device, cpu_bf16)
+    dtype = autocast_dtype(precision, device, cpu_bf16_allowed)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
         args = (inputs.to(device),) if mask is None else (inputs.to(device), mask.to(device))
         return torch.softmax(network(*args).float(), dim=1)[0].detach().cpu().numpy()

@@ -28,8 +28,8 @@ from .process_runner import BackgroundProcess, library_command, parse_progress, 
 if TYPE_CHECKING:
     import slicer
 
-    from .inference import Progress
     from .pipeline import Model, Pipeline
+    from .progress import Progress
 
     MaybeVolume = Optional[slicer.vtkMRMLScalarVolumeNode]
 
@@ -134,7 +134,8 @@ class SceneLogic:
         input lies on another grid or looks misaligned; on; off - the registered volumes are put under transform
         nodes "BrainTumorFusion <role> to <reference>"), reference (the volume whose grid the result lies on, T1ce by
         default), skull_strip (auto: when an input has its skull; on; off), grade, catalogues (own model files)."""
-        from .pipeline import Pipeline, share
+        from .pipeline import Pipeline
+        from .progress import share
         from .registration import ras_transform_to_parent
 
         options = (options or SegmentationOptions()).with_keywords(**keywords)

@@ -81,7 +81,7 @@ class SegmentationOptions:
         return replace(self, **keywords)
 
     def preparation(self) -> dict[str, str]:
-        """The input preparation settings (geometry.assemble_case's register, reference, skull_strip)."""
+        """The input preparation settings (preparation.assemble_case's register, reference, skull_strip)."""
         return {"register": self.register, "reference": self.reference, "skull_strip": self.skull_strip}
 
     # ---------------------------------------------------------------------------------------------- command line

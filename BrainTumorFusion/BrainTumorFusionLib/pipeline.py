@@ -6,7 +6,7 @@ averaged on the case's brain crop before thresholding).
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from .catalogue import (
 )
 from .errors import Cancelled, InputError, ModelError
 from .inference import (
-    Progress,
     autocast_dtype,
     check_precision,
     choose_device,
@@ -42,10 +41,10 @@ from .options import SegmentationOptions
 from .plausibility import grading_refusal, result_warnings
 from .postprocessing import Cleanup, clean_labels, region_volumes, regions_to_labels, uncrop
 from .preprocessing import Crop, Prepared, prepare
+from .progress import Progress, ShouldCancel, share
 
 GRADES = ("HGG", "LGG")
 Device = Union[str, torch.device]
-ShouldCancel = Optional[Callable[[], bool]]
 Present = tuple[bool, ...]  # one per modality, MODALITIES order
 
 
@@ -60,7 +59,7 @@ class Model:
     modalities: tuple[str, ...] = MODALITIES
     handles_missing_modalities: bool = False
     notes: str = ""  # the catalogue entry's caveat, passed on with its results
-    cpu_bf16: bool = False  # bfloat16 keeps its Dice on this CPU (catalogue `precision.cpu`): "auto" may use it
+    bf16_keeps_dice: bool = False  # bfloat16 keeps its Dice on this CPU (catalogue `precision.cpu`): "auto" may use it
     whole_window: bool = False  # one window over the whole crop instead of patch-sized sliding windows
     cleanup: Cleanup = Cleanup()  # applied to its labels when it runs alone (not as an ensemble member)
 
@@ -77,11 +76,11 @@ class Model:
                    spacing_mm=entry.spacing_mm, modalities=entry.modalities,
                    handles_missing_modalities=entry.handles_missing_modalities,
                    notes=entry.details.get("notes", ""), whole_window=entry.whole_window,
-                   cpu_bf16=keeps_dice_in_bf16_here(entry.bf16_verdicts))
+                   bf16_keeps_dice=keeps_dice_in_bf16_here(entry.bf16_verdicts))
 
     def precisions(self, device: Device, precision: str) -> list[str]:
         """The precision this model runs in (fp32, bf16, fp16), as a list (an ensemble has one per member)."""
-        return [precision_name(autocast_dtype(precision, torch.device(device), self.cpu_bf16))]
+        return [precision_name(autocast_dtype(precision, torch.device(device), self.bf16_keeps_dice))]
 
     def missing_modalities(self, present: Present) -> list[str]:
         """The modalities (roles) this model needs and the case lacks (none if it handles that)."""
@@ -117,7 +116,7 @@ class Model:
             window = covering_window(prepared.image.shape[1:], self.patch_size, self.network)
         return predict_regions(self.network, prepared.image, window, device,
                                present if self.handles_missing_modalities else None, progress, should_cancel,
-                               precision=precision, cpu_bf16=self.cpu_bf16, tta=tta)
+                               precision=precision, cpu_bf16_allowed=self.bf16_keeps_dice, tta=tta)
 
 
 class Ensemble:
@@ -210,13 +209,6 @@ class Auto:
 
     def check_modalities(self, present: Present) -> None:
         self.choose(present)[0].check_modalities(present)
-
-
-def share(progress: Progress, start: float, end: float, label: Optional[str] = None) -> Progress:
-    """Progress callback mapping [0, 1] of a part of the work onto [start, end] of the whole."""
-    def report(fraction, message):
-        progress(start + (end - start) * fraction, f"{message} ({label})" if label else message)
-    return report
 
 
 def segmentation_model(name: str, members: Members, device: Device,
@@ -317,5 +309,5 @@ class Pipeline:
         prepared = prepare(case, self.grader.spacing_mm)
         present = case.present if self.grader.handles_missing_modalities else None
         probabilities = classify(self.grader.network, prepared.image, self.grader.patch_size, self.device, present,
-                                 self.precision, self.grader.cpu_bf16)
+                                 self.precision, self.grader.bf16_keeps_dice)
         return {grade: round(float(p), 4) for grade, p in zip(GRADES, probabilities)}

@@ -15,10 +15,13 @@ from typing import Callable, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from .case import Case
 from .errors import Cancelled, InputError
-from .modalities import DISPLAY_NAMES, MODALITIES
+from .geometry import check_distinct, check_volume, image_from_array, same_grid, spacing_of
+from .modalities import DISPLAY_NAMES, MODALITIES, how_to_give
 from .options import SKULL_STRIP_MODES
-from .plausibility import MIN_NEIGHBOUR_CORRELATION, SAMPLE, correlation
+from .plausibility import MIN_NEIGHBOUR_CORRELATION, SAMPLE, case_warnings, correlation, grid_warnings
+from .progress import Progress
 from .registration import (
     DEFAULT_REFERENCE,
     HEAD_ALIGNED,
@@ -30,11 +33,10 @@ from .registration import (
 )
 
 Volume = tuple[np.ndarray, np.ndarray]  # (array (K, J, I), IJK-to-RAS)
-Progress = Callable[[float, str], None]
 
 
 @dataclass
-class Prepared:
+class PreparedInputs:
     volumes: dict[str, np.ndarray]  # role -> float32 array on the reference grid
     reference_role: str
     alignments: dict[str, Alignment] = field(default_factory=dict)
@@ -73,11 +75,9 @@ def _check_cancel(should_cancel: Optional[Callable[[], bool]]) -> None:
 
 def prepare_volumes(volumes: dict[str, Volume], register: str = "off", reference: str = DEFAULT_REFERENCE,
                     skull_strip: str = "off", progress: Optional[Progress] = None,
-                    should_cancel: Optional[Callable[[], bool]] = None) -> Prepared:
+                    should_cancel: Optional[Callable[[], bool]] = None) -> PreparedInputs:
     """Every present volume (role -> (array, IJK-to-RAS), checked by geometry.check_volume) on the reference
     role's grid, registered and skull-stripped as the modes say."""
-    from .geometry import image_from_array  # geometry imports this module
-    from .geometry import same_grid as grids_match
 
     check_modes(register, skull_strip)
     report = progress or (lambda fraction, message: None)
@@ -86,7 +86,7 @@ def prepare_volumes(volumes: dict[str, Volume], register: str = "off", reference
     reference_role = reference_role_of(roles, reference)
     reference_array, reference_matrix = volumes[reference_role]
     reference_image = image_from_array(reference_array.astype(np.float32, copy=False), reference_matrix)
-    prepared = Prepared({reference_role: reference_array.astype(np.float32, copy=False)}, reference_role)
+    prepared = PreparedInputs({reference_role: reference_array.astype(np.float32, copy=False)}, reference_role)
     reference_anatomy = shows_anatomy(reference_array)
     similarity = _Similarity(reference_image) if register != "off" or reference_anatomy else None
     others = [role for role in roles if role != reference_role]
@@ -98,7 +98,7 @@ def prepare_volumes(volumes: dict[str, Volume], register: str = "off", reference
         def part(fraction, message, index=index):  # this input's share of the registration's progress
             report(register_end * (index + fraction) / len(others), message)
 
-        on_grid = grids_match(array.shape, matrix, reference_array.shape, reference_matrix)
+        on_grid = same_grid(array.shape, matrix, reference_array.shape, reference_matrix)
         moving = image_from_array(array.astype(np.float32, copy=False), matrix)
         judged = reference_anatomy and shows_anatomy(array)
         registering = register == "on" or (register == "auto" and judged and (
@@ -157,7 +157,7 @@ def has_skull(array: np.ndarray, spacing) -> bool:
     return nonzero_ml > skull_stripping.MAX_BRAIN_ML and not skull_stripping.is_skull_stripped(array, spacing)
 
 
-def _strip_skull(prepared: Prepared, reference_image: sitk.Image, mode: str, report: Progress,
+def _strip_skull(prepared: PreparedInputs, reference_image: sitk.Image, mode: str, report: Progress,
                  should_cancel: Optional[Callable[[], bool]]) -> None:
     """Zero every volume outside the brain mask of the reference, when asked or (auto) when any input still has
     its skull."""
@@ -182,7 +182,6 @@ def _strip_skull(prepared: Prepared, reference_image: sitk.Image, mode: str, rep
 def labels_on_input_grids(labels: np.ndarray, case) -> dict[str, sitk.Image]:
     """The label map (on the case's reference grid) on each other input's own grid, role -> uint8 image: through the
     inverse of its registration (as the headers place it when it was not registered), nearest neighbour."""
-    from .geometry import image_from_array
     from .registration import labels_on_input_grid
 
     on_reference = image_from_array(np.asarray(labels, dtype=np.uint8), case.ijk_to_ras)
@@ -194,3 +193,50 @@ def labels_on_input_grids(labels: np.ndarray, case) -> dict[str, sitk.Image]:
         transform = alignment.transform if alignment is not None else sitk.Euler3DTransform()
         out[role] = labels_on_input_grid(on_reference, image_from_array(np.zeros(shape, np.uint8), matrix), transform)
     return out
+
+
+def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], name: str, register: str = "off",
+                  reference: str = DEFAULT_REFERENCE, skull_strip: str = "off", progress=None,
+                  should_cancel=None) -> Case:
+    """Build a validated Case from role -> (array (K, J, I), ijk_to_ras) or None.
+
+    The grid is that of the `reference` role (T1ce by default; the first present modality in MODALITIES order when
+    it is absent). The other volumes are registered onto it or resampled in physical space as `register` says
+    (auto / on / off), and skull-stripped as `skull_strip` says (preparation.py), with progress(fraction, message)
+    and should_cancel(). Case.warnings holds what preparation found (a different grid, a misaligned or poorly
+    registered input) and the plausibility warnings (thick slices, small field of view, missing FLAIR, brain volume,
+    intensities).
+    """
+    present_roles = [role for role in MODALITIES if volumes.get(role) is not None]
+    if not present_roles:
+        raise InputError(f"No input volume is given: {how_to_give(MODALITIES)} (at least those the chosen model "
+                         "needs).")
+    for role in present_roles:
+        check_volume(role, volumes[role][0])
+    reference_array, reference_matrix = volumes[reference_role_of(present_roles, reference)]
+    # Each input becomes float32 once, straight into its channel when it has the reference's shape: on-grid inputs
+    # then need no further copy (each fresh full-size array costs page faults: 0.1-0.3 s per 4 channels here).
+    image = np.zeros((len(MODALITIES),) + tuple(reference_array.shape), dtype=np.float32)
+    as_float = {}
+    for role in present_roles:
+        array, matrix = volumes[role]
+        if array.shape == reference_array.shape:
+            channel = image[MODALITIES.index(role)]
+            channel[...] = array
+            as_float[role] = (channel, matrix)
+        else:
+            as_float[role] = (array.astype(np.float32, copy=False), matrix)
+    prepared = prepare_volumes(as_float, register, reference, skull_strip, progress, should_cancel)
+    warnings = grid_warnings({role: (volumes[role][0].shape, spacing_of(volumes[role][1])) for role in present_roles})
+    warnings += prepared.warnings
+    for channel, role in enumerate(MODALITIES):
+        if role in present_roles and not np.shares_memory(prepared.volumes[role], image[channel]):
+            image[channel] = prepared.volumes[role]
+    check_distinct(image, present_roles)
+    present = tuple(role in present_roles for role in MODALITIES)
+    case = Case(name=name, image=image, ijk_to_ras=np.array(reference_matrix, dtype=float), present=present,
+                warnings=warnings, reference_role=prepared.reference_role, alignments=prepared.alignments,
+                input_grids={role: (volumes[role][0].shape, np.array(volumes[role][1], dtype=float))
+                             for role in present_roles}, stages=prepared.stages)
+    case.warnings += case_warnings(case)
+    return case

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from .errors import Cancelled, InputError
 from .modalities import DISPLAY_NAMES
+from .progress import Progress
 
 REGISTER_MODES = ("auto", "on", "off")
 DEFAULT_REFERENCE = "t1ce"  # it defines the tumor core and is usually the thin-slice 3D series
@@ -35,7 +36,6 @@ HEAD_ALIGNED = 0.97
 HEAD_POOR = 0.95
 _BINS = 32
 _SIMILARITY_SPACING_MM = 2.0  # similarity on a 2 mm copy of the reference grid: 8x fewer voxels, same figure
-Progress = Callable[[float, str], None]
 
 
 @dataclass

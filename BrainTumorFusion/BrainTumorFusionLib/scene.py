@@ -83,9 +83,9 @@ def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] 
                     t2: Optional[VolumeNode] = None, flair: Optional[VolumeNode] = None,
                     name: Optional[str] = None, **preparation) -> Case:
     """Validated Case from up to four volume nodes (reference grid: T1ce's, or `reference`'s, when present, else the
-    first present in MODALITIES order). `preparation`: geometry.assemble_case's register, reference, skull_strip,
+    first present in MODALITIES order). `preparation`: preparation.assemble_case's register, reference, skull_strip,
     progress and should_cancel. The nodes are only read."""
-    from .geometry import assemble_case  # lazy: keeps this module importable on its own
+    from .preparation import assemble_case  # lazy: keeps this module importable on its own
 
     nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
     seen = {}

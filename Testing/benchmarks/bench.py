@@ -63,8 +63,8 @@ def anchor(folder: Path) -> None:
 
 
 def validation_cases(count: int) -> list:
+    from BrainTumorFusionLib.cases import find_cases
     from BrainTumorFusionLib.catalogue import Catalogue
-    from BrainTumorFusionLib.file_io import find_cases
     catalogue = Catalogue.load()  # the shipped segmentation models share one split
     entry = catalogue.entry(catalogue.names("segmentation")[0])
     data = REPO.parent / "shared" / "data" / "brats"

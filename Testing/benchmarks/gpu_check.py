@@ -82,8 +82,9 @@ def simpleitk_stand_in():
 SIMPLEITK_STAND_IN = simpleitk_stand_in()
 
 from BrainTumorFusionLib.case import Case  # after the stand-in
+from BrainTumorFusionLib.cases import find_cases
 from BrainTumorFusionLib.catalogue import DEFAULT_MODEL, Catalogue
-from BrainTumorFusionLib.file_io import find_cases, read_case
+from BrainTumorFusionLib.file_io import read_case
 from BrainTumorFusionLib.pipeline import Model, Pipeline
 from BrainTumorFusionLib.preprocessing import (
     brain_bounding_box,

@@ -11,8 +11,8 @@ from realdata import brats_case_dir
 
 from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, describe
 from BrainTumorFusionLib.catalogue import AUTO, DEFAULT_MODEL, Catalogue
+from BrainTumorFusionLib.cpu import probe
 from BrainTumorFusionLib.file_io import case_files_in, read_case
-from BrainTumorFusionLib.inference import cpu_bf16_kind, cpu_has_native_bf16
 from BrainTumorFusionLib.pipeline import Model, Pipeline
 from BrainTumorFusionLib.postprocessing import brats_labels
 
@@ -67,7 +67,7 @@ def test_shipped_model_reproduces_the_dice_of_its_catalogue_entry(name):
 # Emulated bfloat16 is about 30x slower than float32 (hafb, one validation case, one thread, AMD EPYC with AVX2 only:
 # 360 s against 12.5 s), and "auto" never uses it there: the verdict is checked where bfloat16 is native.
 @pytest.mark.slow
-@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (emulated: ~30x slower)")
+@pytest.mark.skipif(not probe().bf16_kind, reason="this CPU has no native bfloat16 (emulated: ~30x slower)")
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_precision_verdict_follows_from_its_bfloat16_dice(name):
     # bfloat16 results differ between CPUs' kernels (transfuse's TC: -0.0005 on an AMD EPYC with AVX512-BF16, -0.075
@@ -75,7 +75,7 @@ def test_shipped_model_precision_verdict_follows_from_its_bfloat16_dice(name):
     # keeps the Dice, an "fp32" verdict records a measurement that lost it, and a kind never measured runs float32.
     entry = Catalogue.load().entry(name, "segmentation")
     fp32, precision = entry.details["metrics"]["dice"], entry.details["precision"]  # fp32: checked by the test above
-    kind = cpu_bf16_kind()
+    kind = probe().bf16_kind
     verdict = precision["cpu"].get(kind)
     if verdict is None:
         assert Model.from_entry(entry, "cpu").precisions("cpu", "auto") == ["fp32"], (kind, precision)

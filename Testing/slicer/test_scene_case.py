@@ -1,4 +1,4 @@
-"""case_from_nodes: nodes in roles -> validated Case (geometry.assemble_case does the checks)."""
+"""case_from_nodes: nodes in roles -> validated Case (preparation.assemble_case does the checks)."""
 
 import numpy as np
 import pytest

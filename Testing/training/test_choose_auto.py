@@ -5,8 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from BrainTumorFusionLib import inference
+from BrainTumorFusionLib import cpu
 from BrainTumorFusionLib.catalogue import AutoTable, Catalogue
+from BrainTumorFusionLib.cpu import CpuInfo
 from Training.choose_auto import recorded_seconds, takeable
 
 
@@ -43,7 +44,7 @@ def test_a_retrained_model_keeps_the_seconds_of_the_table_that_timed_it_when_it_
 
 
 def test_a_retrained_model_whose_bfloat16_verdict_here_changed_does_not_keep_its_seconds(shipped, monkeypatch):
-    monkeypatch.setattr(inference, "cpu_bf16_kind", lambda: "avx512_bf16")  # the kind the table was timed on
+    monkeypatch.setattr(cpu, "probe", lambda: CpuInfo("test CPU", frozenset({"avx512_bf16"})))  # the table's kind
     assert shipped.entries["missu"].details["precision"]["cpu"]["avx512_bf16"] == "bf16"
     entry = shipped.entries["missu"]
     for verdicts, kept in (({"avx512_bf16": "bf16"}, True), ({"avx512_bf16": "bf16", "amx_bf16": "fp32"}, True),

@@ -10,9 +10,10 @@ import torch
 
 from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, collapse_warning, describe, measured_cleanup
 from BrainTumorFusionLib.case import Case
+from BrainTumorFusionLib.cases import find_cases
 from BrainTumorFusionLib.catalogue import AUTO, AutoTable, Catalogue, MeasuredChoice
 from BrainTumorFusionLib.errors import InputError, ModelError
-from BrainTumorFusionLib.file_io import find_cases, read_case
+from BrainTumorFusionLib.file_io import read_case
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.options import SegmentationOptions
 from BrainTumorFusionLib.pipeline import Auto, Ensemble, Model, Pipeline

@@ -5,11 +5,11 @@ import pytest
 import SimpleITK as sitk
 from realdata import brats_case_dir
 
+from BrainTumorFusionLib.cases import find_cases
 from BrainTumorFusionLib.errors import InputError, OutputError
 from BrainTumorFusionLib.file_io import (
     CaseFiles,
     check_writable_folder,
-    find_cases,
     read_case,
     read_image,
     role_of_file,

@@ -3,8 +3,10 @@ import pytest
 import torch
 from plumbing import ConstantGrader, IntensityNet
 
+from BrainTumorFusionLib import cpu as cpu_module
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.cpu import CpuInfo, parse_cpuinfo
 from BrainTumorFusionLib.errors import Cancelled, InputError
 from BrainTumorFusionLib.inference import _window_size, choose_device, classify, predict_regions, window_count
 
@@ -112,17 +114,22 @@ class DtypeNet(torch.nn.Module):
         return out
 
 
+def on_cpu(monkeypatch, *flags):
+    """This test's CPU: one with these /proc/cpuinfo flags (cpu.probe is the library's one seam for it)."""
+    monkeypatch.setattr(cpu_module, "probe", lambda: CpuInfo("test CPU", frozenset(flags)))
+
+
 def test_precision_policy_on_the_cpu(monkeypatch):
     from BrainTumorFusionLib import inference
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
-    assert inference.autocast_dtype("auto", cpu, cpu_bf16=True) == torch.bfloat16
-    assert inference.autocast_dtype("auto", cpu, cpu_bf16=False) is None  # the model's verdict says fp32
-    assert inference.autocast_dtype("fp32", cpu, cpu_bf16=True) is None
-    assert inference.autocast_dtype("bf16", cpu, cpu_bf16=False) == torch.bfloat16  # asked for: given
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
-    assert inference.autocast_dtype("auto", cpu, cpu_bf16=True) is None  # emulated bf16 is slower: never guess
+    on_cpu(monkeypatch, "avx512_bf16")
+    assert inference.autocast_dtype("auto", cpu, cpu_bf16_allowed=True) == torch.bfloat16
+    assert inference.autocast_dtype("auto", cpu, cpu_bf16_allowed=False) is None  # the model's verdict says fp32
+    assert inference.autocast_dtype("fp32", cpu, cpu_bf16_allowed=True) is None
+    assert inference.autocast_dtype("bf16", cpu, cpu_bf16_allowed=False) == torch.bfloat16  # asked for: given
+    on_cpu(monkeypatch, "avx2")
+    assert inference.autocast_dtype("auto", cpu, cpu_bf16_allowed=True) is None  # emulated bf16 is slower
     with pytest.raises(InputError, match="fp16 needs a CUDA GPU"):
         inference.autocast_dtype("fp16", cpu)
     with pytest.raises(InputError, match="Unknown precision 'half'"):
@@ -133,14 +140,14 @@ def test_bfloat16_asked_for_on_a_cpu_that_emulates_it_is_warned_about(monkeypatc
     from BrainTumorFusionLib import inference
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    on_cpu(monkeypatch, "avx2")
     with caplog.at_level("WARNING", logger=inference.__name__):
         inference.check_precision("auto", cpu)
         inference.check_precision("fp32", cpu)
         assert not caplog.records
         inference.check_precision("bf16", cpu)
     assert "emulated" in caplog.text and "--precision auto or fp32" in caplog.text
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    on_cpu(monkeypatch, "amx_bf16")
     caplog.clear()
     inference.check_precision("bf16", cpu)
     assert not caplog.records
@@ -157,36 +164,26 @@ def test_predict_runs_in_the_chosen_precision_and_returns_float32():
     assert np.abs(fp32 - bf16).max() < 0.02 and not np.array_equal(fp32, bf16)
 
 
-def test_the_cpus_bfloat16_kind_is_read_from_its_flags(monkeypatch, tmp_path):
-    from BrainTumorFusionLib import inference
-
+def test_the_cpus_bfloat16_kind_and_name_are_read_from_cpuinfo():
     def kind(text):
-        path = tmp_path / "cpuinfo"
-        path.write_text(text)
-        real_open = open
-        monkeypatch.setattr("builtins.open", lambda name, *a, **k: real_open(path if name == "/proc/cpuinfo" else name,
-                                                                             *a, **k))
-        inference.cpu_bf16_kind.cache_clear()
-        try:
-            return inference.cpu_bf16_kind(), inference.cpu_has_native_bf16()
-        finally:
-            monkeypatch.undo()
-            inference.cpu_bf16_kind.cache_clear()
+        return parse_cpuinfo(text).bf16_kind
 
-    assert kind("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n") == ("avx512_bf16", True)
+    assert kind("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n") == "avx512_bf16"
     # A Xeon with AMX has AVX512-BF16 too; its kernels are AMX's.
-    assert kind("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_bf16 amx_tile\n") == ("amx_bf16", True)
-    assert kind("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n") == ("bf16", True)  # Arm
-    assert kind("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n") == (None, False)
+    assert kind("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_bf16 amx_tile\n") == "amx_bf16"
+    assert kind("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n") == "bf16"  # Arm
+    assert kind("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n") is None
+    assert parse_cpuinfo("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t: fpu\n").model_name == "AMD EPYC 9B14"
 
 
 def test_a_bfloat16_verdict_holds_only_on_the_cpu_kind_it_was_measured_on(monkeypatch):
     from BrainTumorFusionLib import inference
 
     verdicts = {"avx512_bf16": "bf16", "amx_bf16": "fp32"}  # transfuse's first weights
-    for here, keeps in (("avx512_bf16", True), ("amx_bf16", False), ("bf16", False), (None, False)):
-        monkeypatch.setattr(inference, "cpu_bf16_kind", lambda here=here: here)
-        assert inference.keeps_dice_in_bf16_here(verdicts) is keeps, here
+    for flags, keeps in ((("avx512_bf16",), True), (("avx512_bf16", "amx_bf16"), False), (("bf16",), False),
+                         ((), False)):
+        on_cpu(monkeypatch, *flags)
+        assert inference.keeps_dice_in_bf16_here(verdicts) is keeps, flags
 
 
 def test_a_whole_window_model_runs_one_window_over_the_whole_crop():

@@ -107,3 +107,46 @@ def test_the_readme_model_table_is_generated_from_the_catalogue():
     spec.loader.exec_module(model_table)
     readme = (REPO / "README.md").read_text()
     assert model_table.current_readme(readme, model_table.render()) == readme, "run tools/model_table.py"
+
+
+def library_imports():
+    """{module: library modules it imports}, module-level and lazy (inside functions) imports alike."""
+    graph = {}
+    for path in (MODULE_DIR / "BrainTumorFusionLib").rglob("*.py"):
+        parts = list(path.relative_to(MODULE_DIR / "BrainTumorFusionLib").with_suffix("").parts)
+        package = parts[:-1]
+        name = ".".join(package if parts[-1] == "__init__" else parts) or "__init__"
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[:len(package) - node.level + 1]
+                if node.module:
+                    imported.add(".".join(base + [node.module]))
+                else:
+                    imported |= {".".join(base + [alias.name]) for alias in node.names}
+        graph[name] = imported
+    return graph
+
+
+def test_library_imports_point_one_way():
+    """No import circle in the library, not even through imports deferred into functions."""
+    graph = library_imports()
+    finished, path = set(), []
+
+    def visit(module):
+        if module in path:
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(module):] + [module]))
+        if module in finished:
+            return
+        path.append(module)
+        for imported in graph.get(module, ()):
+            visit(imported)
+        path.pop()
+        finished.add(module)
+
+    for module in graph:
+        visit(module)
+    # The two circles of old, opened: case discovery sits above both file adapters, and cases are assembled by the
+    # input preparation, above the geometry it uses.
+    assert {"file_io", "dicom_io"} <= graph["cases"] and "cases" not in graph["file_io"] | graph["dicom_io"]
+    assert "geometry" in graph["preparation"] and "preparation" not in graph["geometry"]

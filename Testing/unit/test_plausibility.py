@@ -8,10 +8,10 @@ from realdata import brats_case_dir
 
 from BrainTumorFusionLib.catalogue import DEFAULT_MODEL
 from BrainTumorFusionLib.file_io import case_files_in, read_case
-from BrainTumorFusionLib.geometry import assemble_case
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Model, Pipeline
 from BrainTumorFusionLib.plausibility import result_warnings
+from BrainTumorFusionLib.preparation import assemble_case
 
 CASE = "Brats18_CBICA_ABM_1"
 

@@ -1,0 +1,41 @@
+"""Finding the cases of an input folder: one sub-folder per case, holding image files (file_io) or, for the batch,
+DICOM series (dicom_io)."""
+
+from pathlib import Path
+from typing import Optional
+
+from .dicom_io import dicom_case_in
+from .errors import InputError
+from .file_io import CaseFiles, PathLike, case_files_in
+
+
+def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = None,
+               dicom: bool = False) -> list[CaseFiles]:
+    """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored). With `dicom`,
+    a sub-folder without such images that holds DICOM files is a dicom_io.DicomCase (its series are looked at
+    when it is read).
+
+    A case folder that cannot be used (two images for one modality) raises InputError; with `problems` given it
+    is left out and its error stored there under the folder's name instead, so a batch records it as failed and
+    goes on."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise InputError(f"Input folder {input_dir} does not exist. Give a folder with one sub-folder per case.")
+    cases = []
+    for folder in sorted(p for p in input_dir.iterdir() if p.is_dir()):
+        try:
+            case = case_files_in(folder)
+            if case is None and dicom:
+                case = dicom_case_in(folder)
+        except InputError as error:
+            if problems is None:
+                raise
+            problems[folder.name] = error
+            continue
+        if case is not None:
+            cases.append(case)
+    if not cases and not problems:
+        raise InputError(
+            f"No case found in {input_dir}. Expected one sub-folder per case holding <id>_t1/_t1ce/_t2/_flair "
+            f"(or -t1n/-t1c/-t2w/-t2f) NIfTI or NRRD images{' or DICOM series' if dicom else ''}.")
+    return cases
