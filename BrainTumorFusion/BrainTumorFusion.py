@@ -22,7 +22,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from BrainTumorFusionLib.catalogue import DEFAULT_MODEL, ENSEMBLE, Catalogue
+from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.choices import DEFAULT_MODEL, ENSEMBLE
 from BrainTumorFusionLib.dependencies import unsupported_reason
 from BrainTumorFusionLib.errors import BrainTumorFusionError
 from BrainTumorFusionLib.logic import SceneLogic

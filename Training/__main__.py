@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
-from BrainTumorFusionLib.inference import TTA_MODES
+from BrainTumorFusionLib.choices import TTA_MODES
 
 from . import grading_cli
 from .choose_auto import choose_auto

@@ -23,13 +23,8 @@ import torch
 from tqdm import tqdm
 
 from BrainTumorFusionLib.auto_choice import choose, is_current
-from BrainTumorFusionLib.catalogue import (
-    AUTO_CPU_SECONDS_LIMIT,
-    SHIPPED_CATALOGUE,
-    AutoTable,
-    Catalogue,
-    MeasuredChoice,
-)
+from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, AutoTable, Catalogue, MeasuredChoice
+from BrainTumorFusionLib.choices import AUTO_CPU_SECONDS_LIMIT
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.file_io import read_case
 from BrainTumorFusionLib.inference import keeps_dice_in_bf16_here

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue
+from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.choices import ENSEMBLE
 from BrainTumorFusionLib.file_io import CaseFiles, read_case, write_atomically, write_labels
 from BrainTumorFusionLib.geometry import spacing_of
 from BrainTumorFusionLib.modalities import MODALITIES

@@ -10,7 +10,8 @@ taken only when no other runs, and the reason says so. The most accurate (mean D
 faster one on a tie.
 """
 
-from .catalogue import AUTO, Catalogue, MeasuredChoice
+from .catalogue import Catalogue, MeasuredChoice
+from .choices import AUTO
 from .errors import InputError, ModelError
 from .modalities import MODALITIES, display, how_to_give
 from .postprocessing import Cleanup

@@ -12,8 +12,9 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
+from .choices import AUTO, AUTO_CPU_SECONDS_LIMIT, ENSEMBLE, Members, member_names
 from .errors import ModelError
 from .modalities import MODALITIES
 from .postprocessing import Cleanup
@@ -24,18 +25,6 @@ if TYPE_CHECKING:
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
 SHIPPED_CATALOGUE = RESOURCES / "models.json"
 SHIPPED_WEIGHTS = RESOURCES / "Weights"
-# Reserved model name: averages the region probabilities of several segmentation models. An entry with
-# "default_ensemble": false is left out of the default members (it can still be named as a member).
-ENSEMBLE = "ensemble"
-# Reserved model name: per case, the most accurate measured choice of the catalogue's "auto" table that runs on
-# the modalities present within the time budget (auto_choice.py).
-AUTO = "auto"
-AUTO_CPU_SECONDS_LIMIT = 10.0  # issue: "runs in at most 10 s per case on the 2-core CPU"
-# The models used when none is named: GUI, console, command line and Training all read these two.
-DEFAULT_MODEL = AUTO
-DEFAULT_GRADER = "cmg"
-# Ensemble members: a list of names or one comma-separated string ("hafb, segresnet").
-Members = Union[str, Sequence[str], None]
 
 
 def cache_folder() -> Path:
@@ -336,14 +325,6 @@ class Catalogue:
                              f"({', '.join(names) or 'none'}). Choose two or more of: {available}; or choose a "
                              f"single model instead of '{ENSEMBLE}'.")
         return [self.entries[name] for name in names]
-
-
-def member_names(members: Members) -> list[str]:
-    """Ensemble member names from a list or a comma-separated string ("hafb, segresnet"); [] for none."""
-    if not members:
-        return []
-    items = members.split(",") if isinstance(members, str) else members
-    return [name.strip() for name in items if name.strip()]
 
 
 def load_network(entry: ModelEntry, device: Union[str, "torch.device"] = "cpu") -> "torch.nn.Module":

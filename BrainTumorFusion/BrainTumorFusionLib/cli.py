@@ -122,7 +122,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_models(args: argparse.Namespace) -> int:
     from .auto_choice import describe, usable_choices
-    from .catalogue import AUTO, ENSEMBLE, Catalogue
+    from .catalogue import Catalogue
+    from .choices import AUTO, ENSEMBLE
     from .errors import ModelError
 
     catalogue = Catalogue.load(args.catalogue)

@@ -21,8 +21,8 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from . import cpu
+from .choices import PRECISIONS, TTA_MODES
 from .errors import Cancelled, InputError
-from .options import PRECISIONS, TTA_MODES
 from .progress import Progress
 
 log = logging.getLogger(__name__)

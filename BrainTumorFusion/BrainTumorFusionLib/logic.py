@@ -18,7 +18,8 @@ import SimpleITK as sitk
 
 from . import scene as scene_adapter
 from .case import Result
-from .catalogue import DEFAULT_GRADER, ENSEMBLE, Catalogue
+from .catalogue import Catalogue
+from .choices import DEFAULT_GRADER, ENSEMBLE
 from .file_io import PathLike
 from .geometry import ijk_to_ras_of, image_from_array
 from .modalities import MODALITIES, assign_roles, case_name_of, present_of

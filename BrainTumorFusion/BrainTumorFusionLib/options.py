@@ -1,4 +1,4 @@
-"""The options of a segmentation run, defined once: their choice lists, defaults, help and validation, and each form a
+"""The options of a segmentation run, defined once: their defaults, help and validation (choice lists: choices.py), and each form a
 front end needs - the command line (add_arguments, from_args, to_argv), the GUI's parameter node (GUI_FIELDS,
 from_gui), Python keywords (with_keywords) and the per-case record (records.RunSettings). A new option is one field
 here plus its use.
@@ -9,15 +9,22 @@ import argparse
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
-from .catalogue import AUTO, AUTO_CPU_SECONDS_LIMIT, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, member_names
+from .choices import (
+    AUTO,
+    AUTO_CPU_SECONDS_LIMIT,
+    DEFAULT_GRADER,
+    DEFAULT_MODEL,
+    DEFAULT_REFERENCE,
+    DEVICES,
+    ENSEMBLE,
+    PRECISIONS,
+    REGISTER_MODES,
+    SKULL_STRIP_MODES,
+    TTA_MODES,
+    member_names,
+)
 from .errors import InputError
 from .modalities import MODALITIES
-from .registration import DEFAULT_REFERENCE, REGISTER_MODES
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TTA_MODES = ("off", "mirror")
-SKULL_STRIP_MODES = ("auto", "on", "off")
 
 # Older keyword spellings that console scripts may still use.
 KEYWORD_ALIASES = {"catalogue_files": "catalogues"}

@@ -13,17 +13,8 @@ import torch
 
 from .auto_choice import choose, collapse_warning, measured_cleanup, usable_choices
 from .case import Case, Result
-from .catalogue import (
-    AUTO,
-    DEFAULT_GRADER,
-    DEFAULT_MODEL,
-    ENSEMBLE,
-    Catalogue,
-    Members,
-    ModelEntry,
-    load_network,
-    member_names,
-)
+from .catalogue import Catalogue, ModelEntry, load_network
+from .choices import AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Members, member_names
 from .errors import Cancelled, InputError, ModelError
 from .inference import (
     autocast_dtype,

@@ -16,21 +16,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .case import Case
+from .choices import DEFAULT_REFERENCE, REGISTER_MODES, SKULL_STRIP_MODES
 from .errors import Cancelled, InputError
 from .geometry import check_distinct, check_volume, image_from_array, same_grid, spacing_of
 from .modalities import DISPLAY_NAMES, MODALITIES, how_to_give
-from .options import SKULL_STRIP_MODES
 from .plausibility import MIN_NEIGHBOUR_CORRELATION, SAMPLE, case_warnings, correlation, grid_warnings
 from .progress import Progress
-from .registration import (
-    DEFAULT_REFERENCE,
-    HEAD_ALIGNED,
-    REGISTER_MODES,
-    Alignment,
-    _Similarity,
-    align,
-    resample_registered,
-)
+from .registration import HEAD_ALIGNED, Alignment, _Similarity, align, resample_registered
 
 Volume = tuple[np.ndarray, np.ndarray]  # (array (K, J, I), IJK-to-RAS)
 

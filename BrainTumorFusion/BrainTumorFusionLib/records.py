@@ -18,7 +18,8 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .case import Result
-from .catalogue import AUTO, ENSEMBLE, Catalogue
+from .catalogue import Catalogue
+from .choices import AUTO, ENSEMBLE
 from .errors import OutputError
 from .file_io import PathLike, write_atomically
 from .options import SegmentationOptions

@@ -21,8 +21,6 @@ from .errors import Cancelled, InputError
 from .modalities import DISPLAY_NAMES
 from .progress import Progress
 
-REGISTER_MODES = ("auto", "on", "off")
-DEFAULT_REFERENCE = "t1ce"  # it defines the tumor core and is usually the thin-slice 3D series
 # Head overlap: Dice of the head (BraTS: brain) masks of an input and the reference on the reference grid, and its
 # slab-tolerant variant, the overlap coefficient (head_containment). Measured on the 27 shared BraTS cases (T1, T2,
 # FLAIR against T1ce; Testing/benchmarks/bench_registration.py): overlap coefficient 0.988 or more as BraTS aligned

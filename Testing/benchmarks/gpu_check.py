@@ -83,7 +83,8 @@ SIMPLEITK_STAND_IN = simpleitk_stand_in()
 
 from BrainTumorFusionLib.case import Case  # after the stand-in
 from BrainTumorFusionLib.cases import find_cases
-from BrainTumorFusionLib.catalogue import DEFAULT_MODEL, Catalogue
+from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.choices import DEFAULT_MODEL
 from BrainTumorFusionLib.file_io import read_case
 from BrainTumorFusionLib.pipeline import Model, Pipeline
 from BrainTumorFusionLib.preprocessing import (

@@ -10,7 +10,8 @@ import SimpleITK as sitk
 from realdata import brats_case_dir
 
 from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, describe
-from BrainTumorFusionLib.catalogue import AUTO, DEFAULT_MODEL, Catalogue
+from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.choices import AUTO, DEFAULT_MODEL
 from BrainTumorFusionLib.cpu import probe
 from BrainTumorFusionLib.file_io import case_files_in, read_case
 from BrainTumorFusionLib.pipeline import Model, Pipeline

@@ -11,7 +11,8 @@ import torch
 from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, collapse_warning, describe, measured_cleanup
 from BrainTumorFusionLib.case import Case
 from BrainTumorFusionLib.cases import find_cases
-from BrainTumorFusionLib.catalogue import AUTO, AutoTable, Catalogue, MeasuredChoice
+from BrainTumorFusionLib.catalogue import AutoTable, Catalogue, MeasuredChoice
+from BrainTumorFusionLib.choices import AUTO
 from BrainTumorFusionLib.errors import InputError, ModelError
 from BrainTumorFusionLib.file_io import read_case
 from BrainTumorFusionLib.modalities import MODALITIES

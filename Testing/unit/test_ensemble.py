@@ -7,7 +7,8 @@ from plumbing import ConstantGrader, IntensityNet, write_catalogue
 from realdata import real_crop
 
 from BrainTumorFusionLib.case import Case
-from BrainTumorFusionLib.catalogue import Catalogue, member_names
+from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.choices import member_names
 from BrainTumorFusionLib.errors import Cancelled, InputError, ModelError
 from BrainTumorFusionLib.inference import choose_device
 from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline

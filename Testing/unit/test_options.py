@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from BrainTumorFusionLib.catalogue import ENSEMBLE, Catalogue
+from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.choices import ENSEMBLE
 from BrainTumorFusionLib.cli import build_parser
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.options import GUI_CHOICES, GUI_DEFAULTS, GUI_FIELDS, SegmentationOptions

@@ -6,7 +6,7 @@ import torch
 from plumbing import ConstantGrader, intensity_model
 from realdata import brats_case_dir
 
-from BrainTumorFusionLib.catalogue import DEFAULT_MODEL
+from BrainTumorFusionLib.choices import DEFAULT_MODEL
 from BrainTumorFusionLib.file_io import case_files_in, read_case
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.pipeline import Model, Pipeline
