@@ -11,8 +11,8 @@ SLICER_PY := $(SLICER_VENV)/bin/python
 SLICER_STAMP := $(SLICER_VENV)/.installed
 SLICER_BUNDLE := Testing/environments/slicer-5.12.txt
 MODULE_REQUIREMENTS := BrainTumorFusion/Resources/requirements-slicer.txt
-DEPENDENCIES := BrainTumorFusion/BrainTumorFusionLib/dependencies.py
-SKULL_STRIPPING := BrainTumorFusion/BrainTumorFusionLib/skull_stripping.py
+DEPENDENCIES := BrainTumorFusion/BrainTumorFusionLib/app/dependencies.py
+SKULL_STRIPPING := BrainTumorFusion/BrainTumorFusionLib/preparation/skull_stripping.py
 CASE ?= ../shared/data/brats/Brats18_CBICA_ABM_1
 MODEL ?= hafb
 DEMO_DIR := out/demo
@@ -82,8 +82,8 @@ bench-training: setup
 # On a CUDA machine: every shipped model, the OOM fallback and 200 training steps against CPU references, one table.
 # The cache (out/gpu_check) is made here from ../shared when missing; carry it to a GPU machine (see docs/architecture.md, Tests).
 gpu-check: setup
-	test -f out/gpu_check/manifest.json || $(PY) Testing/benchmarks/gpu_check.py prepare --out out/gpu_check
-	$(PY) Testing/benchmarks/gpu_check.py run --cache out/gpu_check
+	test -f out/gpu_check/manifest.json || $(PY) tools/gpu_check.py prepare --out out/gpu_check
+	$(PY) tools/gpu_check.py run --cache out/gpu_check
 
 clean:
 	rm -rf $(VENV) $(SLICER_VENV) .venv-runtime out .pytest_cache

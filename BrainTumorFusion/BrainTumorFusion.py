@@ -22,15 +22,15 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.app.dependencies import unsupported_reason
+from BrainTumorFusionLib.app.logic import SceneLogic
+from BrainTumorFusionLib.app.process_runner import BackgroundProcess
+from BrainTumorFusionLib.app.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUTE, WARNINGS_ATTRIBUTE
 from BrainTumorFusionLib.choices import DEFAULT_MODEL, ENSEMBLE
-from BrainTumorFusionLib.dependencies import unsupported_reason
+from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.errors import BrainTumorFusionError
-from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.options import GUI_CHOICES, GUI_DEFAULTS, GUI_FIELDS, SegmentationOptions
-from BrainTumorFusionLib.process_runner import BackgroundProcess
-from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUTE, WARNINGS_ATTRIBUTE
 
 
 class BrainTumorFusion(ScriptedLoadableModule):
@@ -192,7 +192,7 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.cancelRun()
             self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
             return
-        from BrainTumorFusionLib.dependencies import ensure_installed, ensure_skull_stripping_installed
+        from BrainTumorFusionLib.app.dependencies import ensure_installed, ensure_skull_stripping_installed
 
         p = self._parameterNode
         nodes = {role: getattr(p, role) for role in MODALITIES}
@@ -297,7 +297,7 @@ class BrainTumorFusionTest(ScriptedLoadableModuleTest):
             test()
 
     def test_dependencies(self):
-        from BrainTumorFusionLib.dependencies import ensure_installed, missing_packages
+        from BrainTumorFusionLib.app.dependencies import ensure_installed, missing_packages
 
         self.delayDisplay("Checking (and on first use installing) the Python packages")
         ensure_installed(slicerVersion())
@@ -324,7 +324,7 @@ class BrainTumorFusionTest(ScriptedLoadableModuleTest):
 
     def test_segment_synthetic_case(self):
         from BrainTumorFusionLib import networks
-        from BrainTumorFusionLib.pipeline import Model, Pipeline
+        from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
 
         self.delayDisplay("Segmenting a synthetic case with a random compact network")
         nodes = self.syntheticCase()

@@ -13,10 +13,10 @@ from plumbing import ConstantGrader, IntensityNet, write_catalogue
 from realdata import REPO, brats_case_dir
 
 from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.app.records import RunSettings
+from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.options import SegmentationOptions
-from BrainTumorFusionLib.records import RunSettings
 
 SOURCE = "Brats18_2013_11_1"
 

@@ -5,8 +5,8 @@ import json
 import torch
 
 from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.catalogue import file_sha256
-from BrainTumorFusionLib.pipeline import Model
+from BrainTumorFusionLib.engine.catalogue import file_sha256
+from BrainTumorFusionLib.engine.pipeline import Model
 
 
 class IntensityNet(torch.nn.Module):

@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
 from BrainTumorFusionLib.choices import TTA_MODES
+from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE
 
 from . import grading_cli
 from .choose_auto import choose_auto

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from BrainTumorFusionLib.file_io import write_atomically
+from BrainTumorFusionLib.files.file_io import write_atomically
 
 LAST = "last.pt"
 BEST = "best.pt"

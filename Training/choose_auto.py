@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from BrainTumorFusionLib.auto_choice import choose, is_current
-from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, AutoTable, Catalogue, MeasuredChoice
 from BrainTumorFusionLib.choices import AUTO_CPU_SECONDS_LIMIT
+from BrainTumorFusionLib.engine.auto_choice import choose, is_current
+from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE, AutoTable, Catalogue, MeasuredChoice
+from BrainTumorFusionLib.engine.inference import keeps_dice_in_bf16_here
+from BrainTumorFusionLib.engine.postprocessing import Cleanup, clean_labels, regions_to_labels, uncrop
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import read_case
-from BrainTumorFusionLib.inference import keeps_dice_in_bf16_here
+from BrainTumorFusionLib.files.file_io import read_case
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.postprocessing import Cleanup, clean_labels, regions_to_labels, uncrop
 
 from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid, write_csv, write_json
 from .evaluate import catalogue_segmenter

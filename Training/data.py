@@ -22,12 +22,12 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from BrainTumorFusionLib.cases import find_cases
+from BrainTumorFusionLib.engine.postprocessing import brats_labels
+from BrainTumorFusionLib.engine.preprocessing import prepare
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import read_case, strip_extension, write_atomically
-from BrainTumorFusionLib.geometry import ijk_to_ras_of, resample_onto, same_grid
-from BrainTumorFusionLib.postprocessing import brats_labels
-from BrainTumorFusionLib.preprocessing import prepare
+from BrainTumorFusionLib.files.cases import find_cases
+from BrainTumorFusionLib.files.file_io import read_case, strip_extension, write_atomically
+from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of, resample_onto, same_grid
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from BrainTumorFusionLib.inference import choose_device
+from BrainTumorFusionLib.engine.inference import choose_device
 
 # Long enough for rank 0 to prepare a cache of a few thousand cases while the others wait.
 TIMEOUT = datetime.timedelta(hours=2)

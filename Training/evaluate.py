@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.choices import ENSEMBLE
-from BrainTumorFusionLib.file_io import CaseFiles, read_case, write_atomically, write_labels
-from BrainTumorFusionLib.geometry import spacing_of
+from BrainTumorFusionLib.engine.catalogue import Catalogue
+from BrainTumorFusionLib.engine.pipeline import Ensemble, Model, Pipeline
+from BrainTumorFusionLib.files.file_io import CaseFiles, read_case, write_atomically, write_labels
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline
+from BrainTumorFusionLib.preparation.geometry import spacing_of
 
 from . import checkpoint as ckpt
 from .checkpoint import checkpoint_file

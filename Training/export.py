@@ -5,7 +5,7 @@ the SHA-256, so the file holds exactly the plain network's state_dict: float32, 
 would exceed `size_limit_mb` (load_state_dict casts back to the parameters' dtype). The entry is appended to,
 or replaces the entry of the same name in, the catalogue JSON; weights go next to it (or into
 Resources/Weights for the shipped catalogue, where the library looks for them). Keys as read by
-BrainTumorFusionLib.catalogue.ModelEntry.from_json; training, split and metrics are shown to users as they are.
+BrainTumorFusionLib.engine.catalogue.ModelEntry.from_json; training, split and metrics are shown to users as they are.
 """
 
 import json
@@ -14,8 +14,14 @@ from pathlib import Path
 
 import torch
 
-from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, SHIPPED_WEIGHTS, ModelEntry, file_sha256, load_network
-from BrainTumorFusionLib.file_io import write_atomically
+from BrainTumorFusionLib.engine.catalogue import (
+    SHIPPED_CATALOGUE,
+    SHIPPED_WEIGHTS,
+    ModelEntry,
+    file_sha256,
+    load_network,
+)
+from BrainTumorFusionLib.files.file_io import write_atomically
 from BrainTumorFusionLib.modalities import MODALITIES
 
 from .checkpoint import checkpoint_file

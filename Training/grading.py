@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_roc_auc
 
+from BrainTumorFusionLib.engine.inference import resize_for_classifier
+from BrainTumorFusionLib.engine.pipeline import GRADES
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.inference import resize_for_classifier
-from BrainTumorFusionLib.pipeline import GRADES
 
 from . import distributed
 from .config import RunConfig

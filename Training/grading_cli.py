@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE
+from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE
 
 from .config import config_from_args
 from .grading import GradingConfig, train_grader

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from BrainTumorFusionLib.cases import find_cases
-from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, file_sha256
+from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE, file_sha256
+from BrainTumorFusionLib.engine.pipeline import GRADES, Model, Pipeline
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import read_case
+from BrainTumorFusionLib.files.cases import find_cases
+from BrainTumorFusionLib.files.file_io import read_case
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.pipeline import GRADES, Model, Pipeline
 
 from . import checkpoint as ckpt
 from .checkpoint import checkpoint_file

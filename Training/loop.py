@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from BrainTumorFusionLib import cpu, inference
+from BrainTumorFusionLib import cpu
+from BrainTumorFusionLib.engine import inference
 from BrainTumorFusionLib.errors import InputError
 
 from . import checkpoint as ckpt

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR
-from BrainTumorFusionLib.inference import predict_regions
-from BrainTumorFusionLib.postprocessing import regions_to_labels
+from BrainTumorFusionLib.engine.auto_choice import WORST_WT_FLOOR
+from BrainTumorFusionLib.engine.inference import predict_regions
+from BrainTumorFusionLib.engine.postprocessing import regions_to_labels
 
 from . import distributed
 from .config import TrainConfig

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from BrainTumorFusionLib.geometry import ijk_to_ras_of
-from BrainTumorFusionLib.postprocessing import Cleanup, clean_labels
+from BrainTumorFusionLib.engine.postprocessing import Cleanup, clean_labels
+from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of
 
 from .data import REGIONS, case_folder, discover, labels_file, read_labels_on_case_grid, regions_from_labels
 from .metrics import dice, lesion_wise_dice

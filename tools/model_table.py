@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from BrainTumorFusionLib.auto_choice import choose, describe
-from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.engine.auto_choice import choose, describe
+from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.modalities import MODALITIES
 
 ROOT = Path(__file__).resolve().parent.parent

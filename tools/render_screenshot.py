@@ -14,10 +14,10 @@ import vtk
 from PIL import Image, ImageDraw
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from BrainTumorFusionLib.file_io import case_files_in, read_case
-from BrainTumorFusionLib.pipeline import Pipeline
-from BrainTumorFusionLib.preview import render
-from BrainTumorFusionLib.segments import SEGMENTS
+from BrainTumorFusionLib.engine.pipeline import Pipeline
+from BrainTumorFusionLib.files.file_io import case_files_in, read_case
+from BrainTumorFusionLib.files.preview import render
+from BrainTumorFusionLib.files.segments import SEGMENTS
 
 SIZE = 520  # pixels of the 3D view's side
 

@@ -7,6 +7,6 @@ import sys
 if not __package__:  # run as a file: make the library importable from its own folder
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from BrainTumorFusionLib.cli import main  # noqa: E402
+from BrainTumorFusionLib.app.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -51,8 +51,8 @@ def anchor(folder: Path) -> None:
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import SegResNet
 
-    from BrainTumorFusionLib.file_io import case_files_in, read_case
-    from BrainTumorFusionLib.preprocessing import prepare
+    from BrainTumorFusionLib.engine.preprocessing import prepare
+    from BrainTumorFusionLib.files.file_io import case_files_in, read_case
 
     case, _ = read_case(case_files_in(folder))
     image = torch.from_numpy(prepare(case, (1.0, 1.0, 1.0)).image[None])
@@ -63,8 +63,8 @@ def anchor(folder: Path) -> None:
 
 
 def validation_cases(count: int) -> list:
-    from BrainTumorFusionLib.cases import find_cases
-    from BrainTumorFusionLib.catalogue import Catalogue
+    from BrainTumorFusionLib.engine.catalogue import Catalogue
+    from BrainTumorFusionLib.files.cases import find_cases
     catalogue = Catalogue.load()  # the shipped segmentation models share one split
     entry = catalogue.entry(catalogue.names("segmentation")[0])
     data = REPO.parent / "shared" / "data" / "brats"
@@ -83,7 +83,7 @@ def main() -> None:
                         help="interpreter for predict and the anchor (default: this one)")
     args = parser.parse_args()
 
-    from BrainTumorFusionLib.catalogue import Catalogue
+    from BrainTumorFusionLib.engine.catalogue import Catalogue
     models = [m for m in args.models.split(",") if m] or Catalogue.load().names("segmentation") + ["ensemble", "auto"]
     cases = validation_cases(args.cases)
     first = cases[0]

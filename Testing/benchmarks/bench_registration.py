@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from moved_cases import MOVED_ROLES, moved_case  # noqa: E402
 from realdata import BRATS_DIR  # noqa: E402
 
-from BrainTumorFusionLib.registration import _Similarity, align, head_mask  # noqa: E402
+from BrainTumorFusionLib.preparation.registration import _Similarity, align, head_mask  # noqa: E402
 
 
 def corner_error(reference: sitk.Image, found: sitk.Transform, truth: sitk.Transform) -> float:

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from BrainTumorFusionLib.skull_stripping import brain_mask
+from BrainTumorFusionLib.preparation.skull_stripping import brain_mask
 
 RAS = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines((-1, 0, 0, 0, -1, 0, 0, 0, 1))
 

@@ -9,11 +9,11 @@ import SimpleITK as sitk
 from batch_cases import intensity_catalogue, random_hafb_catalogue, run_cli, settings_for
 from realdata import brats_case_dir
 
-from BrainTumorFusionLib.batch import run_batch
-from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.app.batch import run_batch
+from BrainTumorFusionLib.engine.catalogue import Catalogue
+from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.errors import Cancelled, InputError, OutputError
-from BrainTumorFusionLib.pipeline import Pipeline
-from BrainTumorFusionLib.segments import SEGMENTS
+from BrainTumorFusionLib.files.segments import SEGMENTS
 
 CASES = ("Brats18_CBICA_ABM_1", "Brats18_2013_11_1")
 

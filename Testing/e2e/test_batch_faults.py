@@ -25,11 +25,12 @@ from PIL import Image
 from plumbing import IntensityNet, write_catalogue
 from realdata import REPO
 
-from BrainTumorFusionLib import cli, networks
-from BrainTumorFusionLib.batch import part, run_batch
-from BrainTumorFusionLib.catalogue import Catalogue
-from BrainTumorFusionLib.memory import needed_bytes
-from BrainTumorFusionLib.pipeline import Pipeline
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.app import cli
+from BrainTumorFusionLib.app.batch import part, run_batch
+from BrainTumorFusionLib.engine.catalogue import Catalogue
+from BrainTumorFusionLib.engine.memory import needed_bytes
+from BrainTumorFusionLib.engine.pipeline import Pipeline
 
 SPIKE_Z = 15.0  # z-scores of real brain tissue stay far below; a block of int16 maximum goes far above
 
@@ -150,7 +151,7 @@ def segment_in_child(argv, log):
     # plumbing is loaded from its file: Testing/ on the path would make Testing/slicer part of the slicer package
     code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('plumbing', sys.argv[1]); "
             "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
-            "from BrainTumorFusionLib import cli; sys.exit(cli.main(sys.argv[2:]))")
+            "from BrainTumorFusionLib.app import cli; sys.exit(cli.main(sys.argv[2:]))")
     with open(log, "w") as stream:
         return subprocess.Popen([sys.executable, "-c", code, str(REPO / "Testing" / "plumbing.py"), *argv],
                                 stdout=stream, stderr=subprocess.STDOUT, env=cli_environment())

@@ -14,7 +14,7 @@ from batch_cases import run_cli
 from dicom_cases import case_images, write_dicom_case, write_series
 from realdata import brats_case_dir
 
-from BrainTumorFusionLib.dicom_io import segment_numbers
+from BrainTumorFusionLib.files.dicom_io import segment_numbers
 
 CASE = "Brats18_CBICA_ABM_1"
 

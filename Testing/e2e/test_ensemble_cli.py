@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 from realdata import REPO, brats_case_dir
 
-from BrainTumorFusionLib.catalogue import Catalogue
-from BrainTumorFusionLib.cli import main
+from BrainTumorFusionLib.app.cli import main
+from BrainTumorFusionLib.engine.catalogue import Catalogue
 
 CASE = "Brats18_CBICA_ABM_1"
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from batch_cases import intensity_catalogue, random_hafb_catalogue, run_cli, settings_for, small_input, write_small_case
 
-from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.app.records import RunSettings
+from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.options import SegmentationOptions
-from BrainTumorFusionLib.records import RunSettings
 
 
 def test_segment_records_mirroring_and_refuses_mixing_it_with_results_made_without(tmp_path):

@@ -6,11 +6,11 @@ import SimpleITK as sitk
 from plumbing import intensity_model
 from realdata import brats_case_dir
 
+from BrainTumorFusionLib.engine.pipeline import Pipeline
+from BrainTumorFusionLib.engine.postprocessing import region_volumes
+from BrainTumorFusionLib.engine.preprocessing import prepare
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import CaseFiles, case_files_in, read_case, write_labels
-from BrainTumorFusionLib.pipeline import Pipeline
-from BrainTumorFusionLib.postprocessing import region_volumes
-from BrainTumorFusionLib.preprocessing import prepare
+from BrainTumorFusionLib.files.file_io import CaseFiles, case_files_in, read_case, write_labels
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import SimpleITK as sitk
 from moved_cases import MOVED_ROLES, read_images, region_dice, write_moved_case
 from realdata import brats_case_dir
 
-from BrainTumorFusionLib import registration
+from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import case_files_in, read_case
-from BrainTumorFusionLib.geometry import ijk_to_ras_of
-from BrainTumorFusionLib.pipeline import Pipeline
-from BrainTumorFusionLib.preparation import labels_on_input_grids
-from BrainTumorFusionLib.registration import align
+from BrainTumorFusionLib.files.file_io import case_files_in, read_case
+from BrainTumorFusionLib.preparation import registration
+from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of
+from BrainTumorFusionLib.preparation.inputs import labels_on_input_grids
+from BrainTumorFusionLib.preparation.registration import align
 
 CASES = ("Brats18_CBICA_ABM_1", "BraTS2021_00006")
 # Issue 11: within 0.02 (Testing/benchmarks/registration_dice.py: registered 0.008 below the same grids unmoved on ABM_1,
@@ -141,8 +141,8 @@ def test_predict_records_stages_and_writes_each_input_grid(moved, tmp_path):
     stage."""
     import json
 
-    from BrainTumorFusionLib.cli import main
-    from BrainTumorFusionLib.records import STAGES, SUMMARY_COLUMNS, summary_row
+    from BrainTumorFusionLib.app.cli import main
+    from BrainTumorFusionLib.app.records import STAGES, SUMMARY_COLUMNS, summary_row
 
     case_id, *_, moved_folder = moved[:4]
     files = [f"--{role}={moved_folder / f'{case_id}_{role}.nii.gz'}" for role in ("t1", "t1ce", "t2", "flair")]

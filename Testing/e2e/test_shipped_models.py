@@ -9,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 from realdata import brats_case_dir
 
-from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, describe
-from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.choices import AUTO, DEFAULT_MODEL
 from BrainTumorFusionLib.cpu import probe
-from BrainTumorFusionLib.file_io import case_files_in, read_case
-from BrainTumorFusionLib.pipeline import Model, Pipeline
-from BrainTumorFusionLib.postprocessing import brats_labels
+from BrainTumorFusionLib.engine.auto_choice import WORST_WT_FLOOR, choose, describe
+from BrainTumorFusionLib.engine.catalogue import Catalogue
+from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
+from BrainTumorFusionLib.engine.postprocessing import brats_labels
+from BrainTumorFusionLib.files.file_io import case_files_in, read_case
 
 # The default model's acceptance bar (issue: at least 0.75 mean whole-tumor Dice on validation).
 MINIMUM_WT_DICE = 0.75

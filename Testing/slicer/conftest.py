@@ -13,8 +13,8 @@ import slicer
 import slicer.util
 import vtk
 
-from BrainTumorFusionLib.scene import add_volume_node
-from BrainTumorFusionLib.segments import SEGMENTS
+from BrainTumorFusionLib.app.scene import add_volume_node
+from BrainTumorFusionLib.files.segments import SEGMENTS
 
 
 class SceneKit:

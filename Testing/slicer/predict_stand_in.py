@@ -17,8 +17,8 @@ def main():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for plumbing
     from plumbing import intensity_model
 
-    from BrainTumorFusionLib import cli
-    from BrainTumorFusionLib.pipeline import Pipeline
+    from BrainTumorFusionLib.app import cli
+    from BrainTumorFusionLib.engine.pipeline import Pipeline
 
     hold = Path(sys.argv[1])
 

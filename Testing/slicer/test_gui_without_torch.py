@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     module.BrainTumorFusion(types.SimpleNamespace())
     widget = module.BrainTumorFusionWidget()
     widget.setup()
-    from BrainTumorFusionLib import dependencies
+    from BrainTumorFusionLib.app import dependencies
     print("MISSING", dependencies.missing_packages())
 """)
 

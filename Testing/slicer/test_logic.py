@@ -10,12 +10,12 @@ import torch
 from plumbing import ConstantGrader, intensity_model, write_catalogue
 
 from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.app.logic import SceneLogic
+from BrainTumorFusionLib.app.process_runner import BackgroundProcess
+from BrainTumorFusionLib.app.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUTE
+from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
 from BrainTumorFusionLib.errors import InputError, ModelError
-from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.pipeline import Model, Pipeline
-from BrainTumorFusionLib.process_runner import BackgroundProcess
-from BrainTumorFusionLib.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUTE
 
 CASE = "Brats18_CBICA_ABM_1"
 
@@ -130,8 +130,8 @@ def test_background_run_gives_the_same_result_as_in_process(kit, real_nodes, ran
 
 def test_the_default_auto_model_records_its_choice_on_every_node(kit, real_nodes):
     """The GUI's default: a background run with the shipped "auto" table, without FLAIR."""
-    from BrainTumorFusionLib.auto_choice import choose, describe
-    from BrainTumorFusionLib.catalogue import Catalogue
+    from BrainTumorFusionLib.engine.auto_choice import choose, describe
+    from BrainTumorFusionLib.engine.catalogue import Catalogue
 
     logic = SceneLogic(kit.scene, python_executable=sys.executable)
     run = logic.start_segmentation(t1=real_nodes["t1"], t1ce=real_nodes["t1ce"], t2=real_nodes["t2"], device="cpu")

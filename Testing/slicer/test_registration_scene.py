@@ -12,13 +12,13 @@ import vtk
 from moved_cases import moved, random_rigid
 from plumbing import intensity_model
 
+from BrainTumorFusionLib.app.logic import SceneLogic
+from BrainTumorFusionLib.app.scene import add_registration_transforms, case_from_nodes, volume_from_node
+from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.geometry import resample_onto
-from BrainTumorFusionLib.logic import SceneLogic
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.pipeline import Pipeline
-from BrainTumorFusionLib.registration import ras_transform_to_parent
-from BrainTumorFusionLib.scene import add_registration_transforms, case_from_nodes, volume_from_node
+from BrainTumorFusionLib.preparation.geometry import resample_onto
+from BrainTumorFusionLib.preparation.registration import ras_transform_to_parent
 
 CASE = "Brats18_CBICA_ABM_1"
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from BrainTumorFusionLib.app.scene import case_from_nodes
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.modalities import case_name_of
-from BrainTumorFusionLib.scene import case_from_nodes
 
 SHAPE = (4, 5, 6)
 MATRIX = np.array([[0, 0, -1.5, 10.0], [1.0, 0, 0, -4.0], [0, 2.0, 0, 3.0], [0, 0, 0, 1]])

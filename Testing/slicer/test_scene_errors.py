@@ -7,11 +7,11 @@ import pytest
 import slicer.util
 import vtk
 
+from BrainTumorFusionLib.app.logic import SceneLogic
+from BrainTumorFusionLib.app.scene import case_from_nodes, volume_from_node, write_result_to_scene
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.errors import InputError, OutputError
-from BrainTumorFusionLib.logic import SceneLogic
-from BrainTumorFusionLib.scene import case_from_nodes, volume_from_node, write_result_to_scene
-from BrainTumorFusionLib.seg_nrrd import save_seg_nrrd
+from BrainTumorFusionLib.files.seg_nrrd import save_seg_nrrd
 
 SHAPE = (5, 6, 7)
 MATRIX = np.diag([1.0, 1.0, 2.0, 1.0])

@@ -9,11 +9,11 @@ import pytest
 import SimpleITK as sitk
 import slicer.util
 
+from BrainTumorFusionLib.app.scene import case_from_nodes, volume_from_node, write_segmentation
 from BrainTumorFusionLib.case import Result
-from BrainTumorFusionLib.geometry import ijk_to_ras_of
+from BrainTumorFusionLib.files.seg_nrrd import save_seg_nrrd
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.scene import case_from_nodes, volume_from_node, write_segmentation
-from BrainTumorFusionLib.seg_nrrd import save_seg_nrrd
+from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of
 
 SHAPE = (7, 9, 11)  # K, J, I
 SPACING = np.array([0.9, 1.3, 2.5])  # I, J, K: anisotropic

@@ -8,10 +8,10 @@ import slicer
 import slicer.util
 import vtk
 
+from BrainTumorFusionLib.app.scene import write_result_to_scene, write_segmentation, write_tables
 from BrainTumorFusionLib.case import Result
-from BrainTumorFusionLib.scene import write_result_to_scene, write_segmentation, write_tables
-from BrainTumorFusionLib.seg_nrrd import save_seg_nrrd
-from BrainTumorFusionLib.segments import SEGMENTS, VOLUME_COLUMNS
+from BrainTumorFusionLib.files.seg_nrrd import save_seg_nrrd
+from BrainTumorFusionLib.files.segments import SEGMENTS, VOLUME_COLUMNS
 
 SHAPE = (6, 8, 10)
 MATRIX = np.array([[-1.2, 0, 0, 40.0], [0, -0.8, 0, 22.0], [0, 0, 2.0, -15.0], [0, 0, 0, 1]])

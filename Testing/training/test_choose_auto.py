@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 from BrainTumorFusionLib import cpu
-from BrainTumorFusionLib.catalogue import AutoTable, Catalogue
 from BrainTumorFusionLib.cpu import CpuInfo
+from BrainTumorFusionLib.engine.catalogue import AutoTable, Catalogue
 from Training.choose_auto import recorded_seconds, takeable
 
 

@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 from training_support import TINY_HAFB, ddp_worker, free_port, tiny_config
 
 from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.file_io import TEMPORARY_PREFIX
+from BrainTumorFusionLib.files.file_io import TEMPORARY_PREFIX
 from Training import checkpoint as ckpt
 
 

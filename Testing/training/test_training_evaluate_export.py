@@ -10,10 +10,10 @@ import torch
 from plumbing import IntensityNet, write_catalogue
 from training_support import CASES, brats_case_dir, one_thread, tiny_config, workspace  # noqa: F401
 
-from BrainTumorFusionLib.catalogue import Catalogue, ModelEntry, file_sha256, load_network
-from BrainTumorFusionLib.file_io import case_files_in, read_case
-from BrainTumorFusionLib.pipeline import Model, Pipeline
-from BrainTumorFusionLib.postprocessing import regions_to_labels, uncrop
+from BrainTumorFusionLib.engine.catalogue import Catalogue, ModelEntry, file_sha256, load_network
+from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
+from BrainTumorFusionLib.engine.postprocessing import regions_to_labels, uncrop
+from BrainTumorFusionLib.files.file_io import case_files_in, read_case
 from Training import checkpoint as ckpt
 from Training.__main__ import main
 from Training.config import TrainConfig

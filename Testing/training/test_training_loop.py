@@ -9,7 +9,7 @@ import torch
 from training_support import CASES, TINY_HAFB, one_thread, tiny_config, workspace  # noqa: F401
 
 from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR
+from BrainTumorFusionLib.engine.auto_choice import WORST_WT_FLOOR
 from Training import checkpoint as ckpt
 from Training.config import RunConfig
 from Training.data import cache_path

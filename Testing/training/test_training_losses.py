@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from training_support import TINY_HAFB, one_thread  # noqa: F401
 
 from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.networks.outputs import HAFBAux, MISSUAux, TransFuseAux
 from Training.config import TrainConfig
 from Training.losses import (

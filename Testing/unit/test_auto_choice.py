@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from BrainTumorFusionLib.auto_choice import WORST_WT_FLOOR, choose, collapse_warning, describe, measured_cleanup
+from BrainTumorFusionLib.app.records import RunSettings, summary_row
 from BrainTumorFusionLib.case import Case
-from BrainTumorFusionLib.cases import find_cases
-from BrainTumorFusionLib.catalogue import AutoTable, Catalogue, MeasuredChoice
 from BrainTumorFusionLib.choices import AUTO
+from BrainTumorFusionLib.engine.auto_choice import WORST_WT_FLOOR, choose, collapse_warning, describe, measured_cleanup
+from BrainTumorFusionLib.engine.catalogue import AutoTable, Catalogue, MeasuredChoice
+from BrainTumorFusionLib.engine.pipeline import Auto, Ensemble, Model, Pipeline
+from BrainTumorFusionLib.engine.postprocessing import Cleanup
 from BrainTumorFusionLib.errors import InputError, ModelError
-from BrainTumorFusionLib.file_io import read_case
+from BrainTumorFusionLib.files.cases import find_cases
+from BrainTumorFusionLib.files.file_io import read_case
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.options import SegmentationOptions
-from BrainTumorFusionLib.pipeline import Auto, Ensemble, Model, Pipeline
-from BrainTumorFusionLib.postprocessing import Cleanup
-from BrainTumorFusionLib.records import RunSettings, summary_row
 
 ALL = (True, True, True, True)
 NO_FLAIR = (True, True, True, False)
@@ -118,7 +118,7 @@ def test_auto_on_a_real_case_records_its_choice(shipped, brats_dir, tmp_path):
     settings = RunSettings.from_catalogue(shipped, SegmentationOptions(model=AUTO))
     every = {name for choice in shipped.auto.choices for name in choice.member_names}
     assert {name for name, _ in settings.members} == every  # new weights of any candidate make results differ
-    from BrainTumorFusionLib.records import done_record
+    from BrainTumorFusionLib.app.records import done_record
 
     row = summary_row(done_record(settings, result, []))
     assert row["model"] == result.model and row["model_choice"] == result.model_choice

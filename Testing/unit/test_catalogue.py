@@ -9,9 +9,9 @@ from plumbing import ConstantGrader, IntensityNet, intensity_model, write_catalo
 from realdata import real_crop
 
 from BrainTumorFusionLib.case import Case
-from BrainTumorFusionLib.catalogue import SHIPPED_CATALOGUE, Catalogue, cache_folder, load_network
+from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE, Catalogue, cache_folder, load_network
+from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.errors import ModelError
-from BrainTumorFusionLib.pipeline import Pipeline
 
 
 def test_shipped_catalogue_entries_are_complete_and_hashes_match():
@@ -52,7 +52,7 @@ def test_corrupt_file_is_refused(tmp_path):
     path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict())
     (tmp_path / "intensity.pt").write_bytes(b"not a torch file")
     data = json.loads(path.read_text())
-    from BrainTumorFusionLib.catalogue import file_sha256
+    from BrainTumorFusionLib.engine.catalogue import file_sha256
     data["models"][0]["weights"]["sha256"] = file_sha256(tmp_path / "intensity.pt")
     path.write_text(json.dumps(data))
     with pytest.raises(ModelError, match="cannot be read"):

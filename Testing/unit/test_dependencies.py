@@ -7,7 +7,7 @@ import types
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from BrainTumorFusionLib import dependencies
+from BrainTumorFusionLib.app import dependencies
 from BrainTumorFusionLib.errors import BrainTumorFusionError
 
 # torch releases whose fresh install through the PyTorch extension breaks Slicer 5.12 (torch 2.13 needs setuptools

@@ -11,13 +11,13 @@ import SimpleITK as sitk
 from dicom_cases import DESCRIPTIONS, Study, case_images, write_dicom_case, write_series
 
 from BrainTumorFusionLib.case import Result
-from BrainTumorFusionLib.cases import find_cases
-from BrainTumorFusionLib.dicom_io import make_segmentation, segment_numbers, write_segmentation
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.file_io import read_case
-from BrainTumorFusionLib.geometry import ijk_to_ras_of
-from BrainTumorFusionLib.integrity import dicom_seg_problem
+from BrainTumorFusionLib.files.cases import find_cases
+from BrainTumorFusionLib.files.dicom_io import make_segmentation, segment_numbers, write_segmentation
+from BrainTumorFusionLib.files.file_io import read_case
+from BrainTumorFusionLib.files.integrity import dicom_seg_problem
 from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of
 
 CASE = "Brats18_CBICA_ABM_1"
 CROP = (40, 36, 12)  # I, J, K voxels: small, and not square, so rows and columns cannot be swapped unnoticed

@@ -7,13 +7,13 @@ from plumbing import ConstantGrader, IntensityNet, write_catalogue
 from realdata import real_crop
 
 from BrainTumorFusionLib.case import Case
-from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.choices import member_names
+from BrainTumorFusionLib.engine.catalogue import Catalogue
+from BrainTumorFusionLib.engine.inference import choose_device
+from BrainTumorFusionLib.engine.pipeline import Ensemble, Model, Pipeline
+from BrainTumorFusionLib.engine.postprocessing import regions_to_labels, uncrop
+from BrainTumorFusionLib.engine.preprocessing import prepare
 from BrainTumorFusionLib.errors import Cancelled, InputError, ModelError
-from BrainTumorFusionLib.inference import choose_device
-from BrainTumorFusionLib.pipeline import Ensemble, Model, Pipeline
-from BrainTumorFusionLib.postprocessing import regions_to_labels, uncrop
-from BrainTumorFusionLib.preprocessing import prepare
 
 CPU = choose_device("cpu")
 PAD = 6  # zero background around the real crop, so the brain crop is a strict part of the case grid
@@ -66,7 +66,7 @@ def test_ensemble_is_the_mean_of_member_probabilities_before_thresholding(real_c
 
 
 def test_members_of_one_spacing_share_its_preparation_and_one_resampling_back(real_case, monkeypatch):
-    from BrainTumorFusionLib import pipeline, preprocessing
+    from BrainTumorFusionLib.engine import pipeline, preprocessing
 
     fine, coarse = two_members()
     coarse_too = bright("coarse-too", offsets=(0.8, 1.2, 1.6), spacing_mm=(2.0, 2.0, 2.0), patch_size=(16, 16, 16))
@@ -173,7 +173,7 @@ def test_catalogue_ensemble_loads_each_member_with_its_own_settings(catalogue):
 
 
 def test_mirroring_reaches_every_member(real_case):
-    from BrainTumorFusionLib.inference import MIRROR_FLIPS
+    from BrainTumorFusionLib.engine.inference import MIRROR_FLIPS
 
     members = two_members()
     calls = {member.name: 0 for member in members}

@@ -5,9 +5,9 @@ import pytest
 import SimpleITK as sitk
 from realdata import brats_case_dir
 
-from BrainTumorFusionLib.cases import find_cases
 from BrainTumorFusionLib.errors import InputError, OutputError
-from BrainTumorFusionLib.file_io import (
+from BrainTumorFusionLib.files.cases import find_cases
+from BrainTumorFusionLib.files.file_io import (
     CaseFiles,
     check_writable_folder,
     read_case,

@@ -6,8 +6,8 @@ import SimpleITK as sitk
 from realdata import brats_case_dir
 
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.geometry import ijk_to_ras_of, image_from_array, resample_onto
-from BrainTumorFusionLib.preparation import assemble_case
+from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of, image_from_array, resample_onto
+from BrainTumorFusionLib.preparation.inputs import assemble_case
 
 
 def oblique_matrix(handedness=1, spacing=(0.9, 1.1, 2.5), origin=(10.0, -20.0, 5.0)):

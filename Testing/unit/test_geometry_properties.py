@@ -8,12 +8,18 @@ from hypothesis import strategies as st
 from plumbing import intensity_model
 
 from BrainTumorFusionLib.case import Case
-from BrainTumorFusionLib.file_io import case_files_in, read_case, write_labels
-from BrainTumorFusionLib.geometry import GRID_TOLERANCE, ijk_to_ras_of, image_from_array, same_grid, spacing_of
+from BrainTumorFusionLib.engine.pipeline import Pipeline
+from BrainTumorFusionLib.engine.postprocessing import regions_to_labels, uncrop
+from BrainTumorFusionLib.engine.preprocessing import prepare
+from BrainTumorFusionLib.files.file_io import case_files_in, read_case, write_labels
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.pipeline import Pipeline
-from BrainTumorFusionLib.postprocessing import regions_to_labels, uncrop
-from BrainTumorFusionLib.preprocessing import prepare
+from BrainTumorFusionLib.preparation.geometry import (
+    GRID_TOLERANCE,
+    ijk_to_ras_of,
+    image_from_array,
+    same_grid,
+    spacing_of,
+)
 
 # Few small examples: the whole file runs in seconds on one thread.
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,4 +1,4 @@
-"""The GPU check's plumbing (Testing/benchmarks/gpu_check.py) without a GPU: its pure pieces, and prepare + run on
+"""The GPU check's plumbing (tools/gpu_check.py) without a GPU: its pure pieces, and prepare + run on
 the CPU over a tiny synthetic case written as NIfTI (two shipped models, 2 training steps); the CUDA-only
 out-of-memory check is reported as skipped."""
 
@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 from realdata import REPO
 
-SPEC = importlib.util.spec_from_file_location("gpu_check", REPO / "Testing" / "benchmarks" / "gpu_check.py")
+SPEC = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
 gpu_check = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(gpu_check)
 

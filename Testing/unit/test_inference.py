@@ -5,10 +5,10 @@ from plumbing import ConstantGrader, IntensityNet
 
 from BrainTumorFusionLib import cpu as cpu_module
 from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.cpu import CpuInfo, parse_cpuinfo
+from BrainTumorFusionLib.engine.catalogue import Catalogue
+from BrainTumorFusionLib.engine.inference import _window_size, choose_device, classify, predict_regions, window_count
 from BrainTumorFusionLib.errors import Cancelled, InputError
-from BrainTumorFusionLib.inference import _window_size, choose_device, classify, predict_regions, window_count
 
 
 class CountingNet(torch.nn.Module):
@@ -120,7 +120,7 @@ def on_cpu(monkeypatch, *flags):
 
 
 def test_precision_policy_on_the_cpu(monkeypatch):
-    from BrainTumorFusionLib import inference
+    from BrainTumorFusionLib.engine import inference
 
     cpu = torch.device("cpu")
     on_cpu(monkeypatch, "avx512_bf16")
@@ -137,7 +137,7 @@ def test_precision_policy_on_the_cpu(monkeypatch):
 
 
 def test_bfloat16_asked_for_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, caplog):
-    from BrainTumorFusionLib import inference
+    from BrainTumorFusionLib.engine import inference
 
     cpu = torch.device("cpu")
     on_cpu(monkeypatch, "avx2")
@@ -177,7 +177,7 @@ def test_the_cpus_bfloat16_kind_and_name_are_read_from_cpuinfo():
 
 
 def test_a_bfloat16_verdict_holds_only_on_the_cpu_kind_it_was_measured_on(monkeypatch):
-    from BrainTumorFusionLib import inference
+    from BrainTumorFusionLib.engine import inference
 
     verdicts = {"avx512_bf16": "bf16", "amx_bf16": "fp32"}  # transfuse's first weights
     for flags, keeps in ((("avx512_bf16",), True), (("avx512_bf16", "amx_bf16"), False), (("bf16",), False),
@@ -187,8 +187,8 @@ def test_a_bfloat16_verdict_holds_only_on_the_cpu_kind_it_was_measured_on(monkey
 
 
 def test_a_whole_window_model_runs_one_window_over_the_whole_crop():
-    from BrainTumorFusionLib.inference import covering_window
-    from BrainTumorFusionLib.pipeline import Model
+    from BrainTumorFusionLib.engine.inference import covering_window
+    from BrainTumorFusionLib.engine.pipeline import Model
     net = CountingNet()
     net.size_multiple = 16
     assert covering_window((71, 92, 68), (64, 64, 64), net) == (80, 96, 80)
@@ -205,7 +205,7 @@ def test_a_whole_window_model_runs_one_window_over_the_whole_crop():
 def test_the_catalogue_window_field_reaches_the_model(tmp_path):
     from plumbing import write_catalogue
 
-    from BrainTumorFusionLib.pipeline import Model
+    from BrainTumorFusionLib.engine.pipeline import Model
     for window, expected in (("whole", True), ("patch", False), (None, False)):
         fields = {"window": window} if window else {}
         path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), **fields)
@@ -254,7 +254,7 @@ def test_mirroring_leaves_a_flip_equivariant_network_unchanged():
 
 
 def test_mirroring_averages_the_passes_each_flipped_back():
-    from BrainTumorFusionLib.inference import MIRROR_FLIPS
+    from BrainTumorFusionLib.engine.inference import MIRROR_FLIPS
 
     shape = (8, 12, 16)
     logits = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 3) + shape).astype(np.float32))
@@ -269,7 +269,7 @@ def test_mirroring_averages_the_passes_each_flipped_back():
 
 
 def test_mirroring_reports_progress_over_all_passes_and_cancels_between_them():
-    from BrainTumorFusionLib.inference import MIRROR_FLIPS
+    from BrainTumorFusionLib.engine.inference import MIRROR_FLIPS
 
     image, roi = np.zeros((4, 40, 40, 40), np.float32), (32, 32, 32)
     windows, reports = window_count(image.shape[1:], roi), []

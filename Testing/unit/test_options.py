@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from BrainTumorFusionLib.catalogue import Catalogue
+from BrainTumorFusionLib.app.cli import build_parser
+from BrainTumorFusionLib.app.records import RunSettings
 from BrainTumorFusionLib.choices import ENSEMBLE
-from BrainTumorFusionLib.cli import build_parser
+from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.options import GUI_CHOICES, GUI_DEFAULTS, GUI_FIELDS, SegmentationOptions
-from BrainTumorFusionLib.records import RunSettings
 
 
 def unusual(option):

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 from realdata import brats_case_dir
 
-from BrainTumorFusionLib.cases import find_cases
 from BrainTumorFusionLib.errors import InputError, OutputError
-from BrainTumorFusionLib.file_io import remove_stale_temporaries, write_atomically, write_labels
+from BrainTumorFusionLib.files.cases import find_cases
+from BrainTumorFusionLib.files.file_io import remove_stale_temporaries, write_atomically, write_labels
 
 CASE = "Brats18_2013_11_1"
 IJK_TO_RAS = np.array([[-1.0, 0, 0, 10], [0, -0.9, 0.1, 239], [0, 0.05, 1.2, -5], [0, 0, 0, 1]])  # oblique
@@ -131,14 +131,14 @@ def test_seg_nrrd_is_written_without_slicer_on_the_labels_grid(tmp_path):
     import slicerio
     from slicerio.segmentation import terminology_entry_to_string
 
-    from BrainTumorFusionLib.segments import SEGMENTS
+    from BrainTumorFusionLib.files.segments import SEGMENTS
 
     labels, _ = real_labels()
     np.save(tmp_path / "labels.npy", labels.astype(np.uint8))
     script = ("import sys; sys.modules['slicer'] = None\n"
               "import numpy as np\n"
               "from BrainTumorFusionLib.case import Result\n"
-              "from BrainTumorFusionLib.seg_nrrd import save_seg_nrrd\n"
+              "from BrainTumorFusionLib.files.seg_nrrd import save_seg_nrrd\n"
               f"matrix = np.array({IJK_TO_RAS.tolist()})\n"
               f"labels = np.load({str(tmp_path / 'labels.npy')!r})\n"
               "save_seg_nrrd(Result(case_name='x', labels=labels, ijk_to_ras=matrix, volumes_ml={}), "

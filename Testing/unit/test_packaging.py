@@ -128,6 +128,22 @@ def library_imports():
     return graph
 
 
+# The library's floors, lowest first: each sub-package imports only from its own floor and those below.
+FLOORS = ("", "preparation", "engine", "files", "app")  # "": the shared basics at the top of the folder, networks
+
+
+def test_sub_packages_import_only_downwards():
+    graph = library_imports()
+
+    def floor(module):
+        package = module.split(".")[0] if "." in module else ""
+        return FLOORS.index("" if package == "networks" else package)
+
+    upward = [f"{module} -> {imported}" for module, imports in graph.items() if module != "__main__"
+              for imported in imports if floor(imported) > floor(module)]
+    assert not upward
+
+
 def test_library_imports_point_one_way():
     """No import circle in the library, not even through imports deferred into functions."""
     graph = library_imports()
@@ -148,5 +164,7 @@ def test_library_imports_point_one_way():
         visit(module)
     # The two circles of old, opened: case discovery sits above both file adapters, and cases are assembled by the
     # input preparation, above the geometry it uses.
-    assert {"file_io", "dicom_io"} <= graph["cases"] and "cases" not in graph["file_io"] | graph["dicom_io"]
-    assert "geometry" in graph["preparation"] and "preparation" not in graph["geometry"]
+    assert {"files.file_io", "files.dicom_io"} <= graph["files.cases"]
+    assert "files.cases" not in graph["files.file_io"] | graph["files.dicom_io"]
+    assert "preparation.geometry" in graph["preparation.inputs"]
+    assert "preparation.inputs" not in graph["preparation.geometry"]

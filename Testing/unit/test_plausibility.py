@@ -7,11 +7,11 @@ from plumbing import ConstantGrader, intensity_model
 from realdata import brats_case_dir
 
 from BrainTumorFusionLib.choices import DEFAULT_MODEL
-from BrainTumorFusionLib.file_io import case_files_in, read_case
+from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
+from BrainTumorFusionLib.files.file_io import case_files_in, read_case
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.pipeline import Model, Pipeline
-from BrainTumorFusionLib.plausibility import result_warnings
-from BrainTumorFusionLib.preparation import assemble_case
+from BrainTumorFusionLib.preparation.inputs import assemble_case
+from BrainTumorFusionLib.preparation.plausibility import result_warnings
 
 CASE = "Brats18_CBICA_ABM_1"
 

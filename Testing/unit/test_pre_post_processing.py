@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from BrainTumorFusionLib.case import Case
-from BrainTumorFusionLib.geometry import spacing_of
-from BrainTumorFusionLib.postprocessing import brats_labels, region_volumes, regions_to_labels, uncrop
-from BrainTumorFusionLib.preprocessing import brain_bounding_box, crop_matrix, normalize, prepare, resampled_grid
+from BrainTumorFusionLib.engine.postprocessing import brats_labels, region_volumes, regions_to_labels, uncrop
+from BrainTumorFusionLib.engine.preprocessing import brain_bounding_box, crop_matrix, normalize, prepare, resampled_grid
+from BrainTumorFusionLib.preparation.geometry import spacing_of
 
 
 def test_bounding_box_covers_foreground_of_any_channel_with_margin():
@@ -101,7 +101,7 @@ def planted_tumor():
 
 
 def test_cleanup_gives_small_islands_the_label_around_them_and_is_off_by_default():
-    from BrainTumorFusionLib.postprocessing import Cleanup, clean_labels
+    from BrainTumorFusionLib.engine.postprocessing import Cleanup, clean_labels
     labels, voxel_ml = planted_tumor(), 0.001
     assert np.array_equal(clean_labels(labels, voxel_ml, Cleanup()), labels)
     no_wt_island = clean_labels(labels, voxel_ml, Cleanup(wt_island_ml=0.002))
@@ -134,7 +134,7 @@ def test_tune_cleanup_keeps_a_step_only_when_it_raises_dice():
 
 @pytest.mark.needs("panoptica")
 def test_tune_cleanup_scores_the_tumor_box_as_the_whole_grid():
-    from BrainTumorFusionLib.postprocessing import Cleanup
+    from BrainTumorFusionLib.engine.postprocessing import Cleanup
     from Training.tune_cleanup import mean_dice, tumor_box
 
     truth = np.zeros((30, 30, 30), np.uint8)

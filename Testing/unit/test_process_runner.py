@@ -5,15 +5,15 @@ import sys
 import textwrap
 import time
 
-from BrainTumorFusionLib import cli
-from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.process_runner import (
+from BrainTumorFusionLib.app import cli
+from BrainTumorFusionLib.app.process_runner import (
     BackgroundProcess,
     format_progress,
     format_result,
     parse_progress,
     parse_result,
 )
+from BrainTumorFusionLib.errors import InputError
 
 
 def test_progress_lines_round_trip():

@@ -14,10 +14,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BrainTumorFusionLib import dependencies
+from BrainTumorFusionLib.app import dependencies
 from BrainTumorFusionLib.errors import Cancelled, InputError, ModelError
 from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.skull_stripping import DEEPBET_REQUIREMENT, apply_brain_mask, brain_mask, is_skull_stripped
+from BrainTumorFusionLib.preparation.skull_stripping import (
+    DEEPBET_REQUIREMENT,
+    apply_brain_mask,
+    brain_mask,
+    is_skull_stripped,
+)
 
 BRAIN_ML = (1000.0, 1800.0)  # an adult brain; the plausibility range
 

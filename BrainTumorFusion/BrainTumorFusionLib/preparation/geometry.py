@@ -6,8 +6,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .modalities import DISPLAY_NAMES, MODALITIES
+from ..errors import InputError
+from ..modalities import DISPLAY_NAMES, MODALITIES
 from .plausibility import brain_sample, correlation
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])

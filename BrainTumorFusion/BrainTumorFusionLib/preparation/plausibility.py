@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .case import Case
-from .modalities import DISPLAY_NAMES, MODALITIES, display
+from ..case import Case
+from ..modalities import DISPLAY_NAMES, MODALITIES, display
 
 # Brain voxels sampled for correlations and skewness: enough for 3 decimals, cheap on a 240³ grid.
 SAMPLE = 20000

@@ -11,11 +11,15 @@ from typing import Iterable, Optional, Union
 import numpy as np
 import torch
 
+from ..case import Case, Result
+from ..choices import AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Members, member_names
+from ..errors import Cancelled, InputError, ModelError
+from ..modalities import MODALITIES, display, how_to_give
+from ..options import SegmentationOptions
+from ..preparation.plausibility import grading_refusal, result_warnings
+from ..progress import Progress, ShouldCancel, share
 from .auto_choice import choose, collapse_warning, measured_cleanup, usable_choices
-from .case import Case, Result
 from .catalogue import Catalogue, ModelEntry, load_network
-from .choices import AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Members, member_names
-from .errors import Cancelled, InputError, ModelError
 from .inference import (
     autocast_dtype,
     check_precision,
@@ -27,12 +31,8 @@ from .inference import (
     precision_name,
     predict_regions,
 )
-from .modalities import MODALITIES, display, how_to_give
-from .options import SegmentationOptions
-from .plausibility import grading_refusal, result_warnings
 from .postprocessing import Cleanup, clean_labels, region_volumes, regions_to_labels, uncrop
 from .preprocessing import Crop, Prepared, prepare
-from .progress import Progress, ShouldCancel, share
 
 GRADES = ("HGG", "LGG")
 Device = Union[str, torch.device]

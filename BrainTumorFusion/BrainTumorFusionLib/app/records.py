@@ -16,15 +16,15 @@ from typing import Any, Optional
 
 from filelock import FileLock, Timeout
 
-from . import __version__
-from .case import Result
-from .catalogue import Catalogue
-from .choices import AUTO, ENSEMBLE
-from .errors import OutputError
-from .file_io import PathLike, write_atomically
-from .options import SegmentationOptions
-from .pipeline import GRADES
-from .segments import VOLUME_COLUMNS
+from .. import __version__
+from ..case import Result
+from ..choices import AUTO, ENSEMBLE
+from ..engine.catalogue import Catalogue
+from ..engine.pipeline import GRADES
+from ..errors import OutputError
+from ..files.file_io import PathLike, write_atomically
+from ..files.segments import VOLUME_COLUMNS
+from ..options import SegmentationOptions
 
 RECORD_KIND = "BrainTumorFusion case record"
 SUMMARY_NAME = "summary.csv"
@@ -61,7 +61,7 @@ class RunSettings:
         ModelError."""
         model, members = options.model, options.members
         if model == AUTO and not members:  # every network auto may choose: new weights make results differ
-            from .auto_choice import usable_choices
+            from ..engine.auto_choice import usable_choices
 
             names = dict.fromkeys(name for choice in usable_choices(catalogue) for name in choice.member_names)
             entries = [catalogue.entries[name] for name in names]

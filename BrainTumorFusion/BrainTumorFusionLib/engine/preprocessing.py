@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .case import Case
-from .geometry import image_from_array, spacing_of
+from ..case import Case
+from ..preparation.geometry import image_from_array, spacing_of
 
 # Spacings within this relative difference of the model's are used as they are (no resampling).
 SPACING_TOLERANCE = 0.05

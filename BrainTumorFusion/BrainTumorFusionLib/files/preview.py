@@ -10,11 +10,11 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw
 
-from .case import Case
+from ..case import Case
+from ..engine.preprocessing import brain_bounding_box, crop_matrix
+from ..modalities import DISPLAY_NAMES, MODALITIES
+from ..preparation.geometry import image_from_array
 from .file_io import PathLike, write_atomically
-from .geometry import image_from_array
-from .modalities import DISPLAY_NAMES, MODALITIES
-from .preprocessing import brain_bounding_box, crop_matrix
 from .segments import SEGMENTS
 
 PANEL_PX = 240  # longest side of each slice picture

@@ -23,11 +23,11 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import MRImageStorage
 
-from . import __version__
-from .case import Case, Result
-from .errors import InputError, OutputError
+from .. import __version__
+from ..case import Case, Result
+from ..errors import InputError, OutputError
+from ..modalities import DISPLAY_NAMES, MODALITIES, ROLE_TOKENS, role_of, role_of_token
 from .file_io import PathLike, case_from_images, write_atomically
-from .modalities import DISPLAY_NAMES, MODALITIES, ROLE_TOKENS, role_of, role_of_token
 from .segments import ANATOMY_CODE, CATEGORY_CODE, SEGMENTS, code_parts
 
 _PREAMBLE = 128  # a DICOM file (Part 10) starts with 128 bytes of preamble, then "DICM"

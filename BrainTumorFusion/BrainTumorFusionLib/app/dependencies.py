@@ -7,8 +7,8 @@ import logging
 import sys
 from typing import Callable, Optional
 
-from .catalogue import RESOURCES
-from .errors import BrainTumorFusionError, Cancelled
+from ..engine.catalogue import RESOURCES
+from ..errors import BrainTumorFusionError, Cancelled
 
 # Slicer 5.6 / 5.8 bundle Python 3.9, on which the pinned pydicom 3 and highdicom 0.27 do not install; 5.10 bundles
 # Python 3.12 but pydicom 2.4 (its DICOM plugins' version) and no highdicom, so installing ours would replace Slicer's
@@ -92,7 +92,7 @@ def ensure_installed(slicer_version, confirm: Optional[Callable[[str], bool]] = 
 def ensure_skull_stripping_installed(confirm: Optional[Callable[[str], bool]] = None) -> None:
     """Install deepbet (skull_stripping.py) into Slicer's Python, only when an input still has its skull: inputs
     that are already skull-stripped (BraTS style) never need it. `confirm` as in ensure_installed."""
-    from .skull_stripping import DEEPBET_REQUIREMENT
+    from ..preparation.skull_stripping import DEEPBET_REQUIREMENT
 
     if importlib.util.find_spec("deepbet") is not None:
         return

@@ -2,12 +2,12 @@
 CPU float32 references made beforehand; prints one markdown table and exits 1 if a check fails.
 
 Usage:
-  .venv/bin/python Testing/benchmarks/gpu_check.py prepare [--out out/gpu_check] [--data-dir ../shared/data/brats]
+  .venv/bin/python tools/gpu_check.py prepare [--out out/gpu_check] [--data-dir ../shared/data/brats]
                                                            [--cases 2] [--models a,b,...]
-  .venv/bin/python Testing/benchmarks/gpu_check.py run [--cache out/gpu_check] [--device auto|cuda|cpu]
+  .venv/bin/python tools/gpu_check.py run [--cache out/gpu_check] [--device auto|cuda|cpu]
                                                        [--steps N] [--train-network hafb] [--models a,b,...]
                                                        [--precision auto|fp32|bf16|fp16] [--threads N]
-  python3 Testing/benchmarks/gpu_check.py train --out DIR OPTIONS-OF-python-m-Training-train
+  python3 tools/gpu_check.py train --out DIR OPTIONS-OF-python-m-Training-train
 
 `prepare` (on the CPU, beside ../shared) reads the first --cases validation cases of the default model's recorded
 split with the library (`file_io.read_case`), brings each onto the shipped models' grid with the pipeline's own
@@ -82,20 +82,20 @@ def simpleitk_stand_in():
 SIMPLEITK_STAND_IN = simpleitk_stand_in()
 
 from BrainTumorFusionLib.case import Case  # after the stand-in
-from BrainTumorFusionLib.cases import find_cases
-from BrainTumorFusionLib.catalogue import Catalogue
 from BrainTumorFusionLib.choices import DEFAULT_MODEL
-from BrainTumorFusionLib.file_io import read_case
-from BrainTumorFusionLib.pipeline import Model, Pipeline
-from BrainTumorFusionLib.preprocessing import (
+from BrainTumorFusionLib.engine.catalogue import Catalogue
+from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
+from BrainTumorFusionLib.engine.preprocessing import (
     brain_bounding_box,
     crop_matrix,
     needs_resampling,
     resample_channels,
     resampled_grid,
 )
+from BrainTumorFusionLib.files.cases import find_cases
+from BrainTumorFusionLib.files.file_io import read_case
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "out" / "gpu_check"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "brats"
 MAX_CACHE_BYTES = 64 * 2**20
@@ -598,7 +598,7 @@ def main(argv=None):
     if args.command == "prepare":
         prepare(args.out, args.data_dir, args.cases, names)
         return 0
-    from BrainTumorFusionLib.inference import choose_device
+    from BrainTumorFusionLib.engine.inference import choose_device
 
     device = choose_device(args.device)
     start = time.perf_counter()

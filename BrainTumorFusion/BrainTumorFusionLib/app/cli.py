@@ -10,14 +10,14 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .errors import BrainTumorFusionError, Cancelled
-from .modalities import MODALITIES, present_of
-from .options import SegmentationOptions
+from ..errors import BrainTumorFusionError, Cancelled
+from ..modalities import MODALITIES, present_of
+from ..options import SegmentationOptions
 from .process_runner import format_progress, format_result
 
 if TYPE_CHECKING:
-    from .catalogue import Catalogue
-    from .pipeline import Pipeline
+    from ..engine.catalogue import Catalogue
+    from ..engine.pipeline import Pipeline
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_pipeline(options: SegmentationOptions, catalogue: Optional["Catalogue"] = None) -> "Pipeline":
-    from .pipeline import Pipeline
+    from ..engine.pipeline import Pipeline
 
     return Pipeline.from_options(options, catalogue)
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from ..engine.catalogue import Catalogue
     from .batch import run_batch
-    from .catalogue import Catalogue
     from .records import SUMMARY_NAME, RunSettings
 
     options = SegmentationOptions.from_args(args)
@@ -89,9 +89,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """Writes labels.nrrd (on the reference input's grid) and result.json into --output-dir."""
     import SimpleITK as sitk
 
-    from .file_io import CaseFiles, check_writable_folder, read_case, write_atomically, write_labels
-    from .preparation import labels_on_input_grids
-    from .progress import share
+    from ..files.file_io import CaseFiles, check_writable_folder, read_case, write_atomically, write_labels
+    from ..preparation.inputs import labels_on_input_grids
+    from ..progress import share
 
     def report(fraction, message):
         print(format_progress(fraction, message), flush=True)
@@ -121,10 +121,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from .auto_choice import describe, usable_choices
-    from .catalogue import Catalogue
-    from .choices import AUTO, ENSEMBLE
-    from .errors import ModelError
+    from ..choices import AUTO, ENSEMBLE
+    from ..engine.auto_choice import describe, usable_choices
+    from ..engine.catalogue import Catalogue
+    from ..errors import ModelError
 
     catalogue = Catalogue.load(args.catalogue)
     if not catalogue.entries:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from .case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_NECROTIC
+from ..case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_NECROTIC
 
 # Codes as codingScheme^codeValue^codeMeaning (DICOM CID 7168/7169 brain lesion codes, region brain); Slicer's
 # terminology entries and the DICOM SEG (dicom_io.py) are both made from these.

@@ -13,9 +13,11 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .cases import find_cases
-from .errors import BrainTumorFusionError, Cancelled, InputError, OutputError
-from .file_io import (
+from ..engine.memory import available_bytes, needed_bytes
+from ..engine.pipeline import Pipeline
+from ..errors import BrainTumorFusionError, Cancelled, InputError, OutputError
+from ..files.cases import find_cases
+from ..files.file_io import (
     CaseFiles,
     PathLike,
     check_writable_folder,
@@ -24,9 +26,8 @@ from .file_io import (
     remove_stale_temporaries,
     write_labels,
 )
-from .memory import available_bytes, needed_bytes
-from .modalities import present_of
-from .pipeline import Pipeline
+from ..files.seg_nrrd import save_seg_nrrd
+from ..modalities import present_of
 from .records import (
     Record,
     Row,
@@ -38,7 +39,6 @@ from .records import (
     summary_row,
     write_record,
 )
-from .seg_nrrd import save_seg_nrrd
 
 # Temporaries of a killed run are removed when the next run starts, if older than its start by this margin: a part
 # sharing the folder may be writing one at this moment (a temporary is written and renamed within seconds).
@@ -172,11 +172,11 @@ class _Run:
             writers = [lambda path: save_seg_nrrd(result, path),
                        lambda path: write_labels(result.labels, reference, path)]
             if case_files.dicom:
-                from .dicom_io import write_segmentation
+                from ..files.dicom_io import write_segmentation
 
                 writers.append(lambda path: write_segmentation(result, case_files, path))
             if self.preview:
-                from .preview import write_preview  # Pillow is needed only for previews
+                from ..files.preview import write_preview  # Pillow is needed only for previews
 
                 writers.append(lambda path: write_preview(case, result.labels, path))
             _write_all(writers, [self.output_dir / name for name in names])

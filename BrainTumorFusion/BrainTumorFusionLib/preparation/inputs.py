@@ -15,13 +15,13 @@ from typing import Callable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .case import Case
-from .choices import DEFAULT_REFERENCE, REGISTER_MODES, SKULL_STRIP_MODES
-from .errors import Cancelled, InputError
+from ..case import Case
+from ..choices import DEFAULT_REFERENCE, REGISTER_MODES, SKULL_STRIP_MODES
+from ..errors import Cancelled, InputError
+from ..modalities import DISPLAY_NAMES, MODALITIES, how_to_give
+from ..progress import Progress
 from .geometry import check_distinct, check_volume, image_from_array, same_grid, spacing_of
-from .modalities import DISPLAY_NAMES, MODALITIES, how_to_give
 from .plausibility import MIN_NEIGHBOUR_CORRELATION, SAMPLE, case_warnings, correlation, grid_warnings
-from .progress import Progress
 from .registration import HEAD_ALIGNED, Alignment, _Similarity, align, resample_registered
 
 Volume = tuple[np.ndarray, np.ndarray]  # (array (K, J, I), IJK-to-RAS)

@@ -8,10 +8,10 @@ from typing import Optional
 import numpy as np
 import slicerio
 
-from .case import LABEL_ENHANCING_2023, Result
-from .errors import OutputError
+from ..case import LABEL_ENHANCING_2023, Result
+from ..engine.postprocessing import brats_labels
+from ..errors import OutputError
 from .file_io import PathLike, check_writable_folder, write_atomically
-from .postprocessing import brats_labels
 from .segments import SEGMENTS
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any, Optional, Sequence
 
-from .errors import BrainTumorFusionError
+from ..errors import BrainTumorFusionError
 
 PROGRESS_PREFIX = "PROGRESS"
 RESULT_PREFIX = "RESULT"
@@ -121,5 +121,5 @@ def library_command(python_executable: Optional[str], *arguments: str) -> list[s
 
     The entry file is run by path, so it works whether or not the library is on that Python's path.
     """
-    entry = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
+    entry = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__main__.py")
     return [python_executable or sys.executable, entry, *arguments]

@@ -10,10 +10,10 @@ taken only when no other runs, and the reason says so. The most accurate (mean D
 faster one on a tie.
 """
 
+from ..choices import AUTO
+from ..errors import InputError, ModelError
+from ..modalities import MODALITIES, display, how_to_give
 from .catalogue import Catalogue, MeasuredChoice
-from .choices import AUTO
-from .errors import InputError, ModelError
-from .modalities import MODALITIES, display, how_to_give
 from .postprocessing import Cleanup
 
 WORST_WT_FLOOR = 0.5  # issue: "no model below WT 0.5 on any case"

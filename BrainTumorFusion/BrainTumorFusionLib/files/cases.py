@@ -4,8 +4,8 @@ DICOM series (dicom_io)."""
 from pathlib import Path
 from typing import Optional
 
+from ..errors import InputError
 from .dicom_io import dicom_case_in
-from .errors import InputError
 from .file_io import CaseFiles, PathLike, case_files_in
 
 

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
-from .choices import AUTO, AUTO_CPU_SECONDS_LIMIT, ENSEMBLE, Members, member_names
-from .errors import ModelError
-from .modalities import MODALITIES
+from ..choices import AUTO, AUTO_CPU_SECONDS_LIMIT, ENSEMBLE, Members, member_names
+from ..errors import ModelError
+from ..modalities import MODALITIES
 from .postprocessing import Cleanup
 
 if TYPE_CHECKING:
     import torch
 
-RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
 SHIPPED_CATALOGUE = RESOURCES / "models.json"
 SHIPPED_WEIGHTS = RESOURCES / "Weights"
 
@@ -331,7 +331,7 @@ def load_network(entry: ModelEntry, device: Union[str, "torch.device"] = "cpu") 
     """Build the entry's network and load its weights after checking their SHA-256; eval mode."""
     import torch
 
-    from . import networks
+    from .. import networks
 
     path = entry.weights_path()
     actual = file_sha256(path)

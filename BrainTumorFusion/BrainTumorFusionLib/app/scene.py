@@ -11,11 +11,11 @@ import slicer
 import slicer.util
 import vtk
 
-from .case import Case, Result
-from .errors import InputError, OutputError
-from .modalities import DISPLAY_NAMES, MODALITIES, case_name_of
-from .seg_nrrd import check_labels
-from .segments import SEGMENTS, VOLUME_COLUMNS
+from ..case import Case, Result
+from ..errors import InputError, OutputError
+from ..files.seg_nrrd import check_labels
+from ..files.segments import SEGMENTS, VOLUME_COLUMNS
+from ..modalities import DISPLAY_NAMES, MODALITIES, case_name_of
 
 # Node attribute that records which model made a result, e.g. "hafb" or "ensemble (hafb + segresnet)".
 MODEL_ATTRIBUTE = "BrainTumorFusion.Model"
@@ -85,7 +85,7 @@ def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] 
     """Validated Case from up to four volume nodes (reference grid: T1ce's, or `reference`'s, when present, else the
     first present in MODALITIES order). `preparation`: preparation.assemble_case's register, reference, skull_strip,
     progress and should_cancel. The nodes are only read."""
-    from .preparation import assemble_case  # lazy: keeps this module importable on its own
+    from ..preparation.inputs import assemble_case  # lazy: keeps this module importable on its own
 
     nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
     seen = {}

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_ENHANCING_2023, LABEL_NECROTIC
+from ..case import LABEL_EDEMA, LABEL_ENHANCING, LABEL_ENHANCING_2023, LABEL_NECROTIC
 from .preprocessing import Crop
 
 THRESHOLD = 0.5

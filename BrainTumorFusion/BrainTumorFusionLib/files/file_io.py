@@ -13,12 +13,12 @@ from typing import Callable, ClassVar, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .case import Case
-from .errors import InputError, OutputError
-from .geometry import ijk_to_ras_of
+from ..case import Case
+from ..errors import InputError, OutputError
+from ..modalities import DISPLAY_NAMES, MODALITIES, role_of_token
+from ..preparation.geometry import ijk_to_ras_of
+from ..preparation.inputs import assemble_case
 from .integrity import problem_in
-from .modalities import DISPLAY_NAMES, MODALITIES, role_of_token
-from .preparation import assemble_case
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # A file's role is that of its last name token (`<id>_t1ce`, `<id>-t2f`); anything else (`_seg`, masks, notes)

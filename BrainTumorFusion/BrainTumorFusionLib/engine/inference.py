@@ -20,10 +20,10 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
-from . import cpu
-from .choices import PRECISIONS, TTA_MODES
-from .errors import Cancelled, InputError
-from .progress import Progress
+from .. import cpu
+from ..choices import PRECISIONS, TTA_MODES
+from ..errors import Cancelled, InputError
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 OVERLAP = 0.5

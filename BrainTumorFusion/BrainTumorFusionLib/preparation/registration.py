@@ -17,9 +17,9 @@ from typing import Callable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import Cancelled, InputError
-from .modalities import DISPLAY_NAMES
-from .progress import Progress
+from ..errors import Cancelled, InputError
+from ..modalities import DISPLAY_NAMES
+from ..progress import Progress
 
 # Head overlap: Dice of the head (BraTS: brain) masks of an input and the reference on the reference grid, and its
 # slab-tolerant variant, the overlap coefficient (head_containment). Measured on the 27 shared BraTS cases (T1, T2,

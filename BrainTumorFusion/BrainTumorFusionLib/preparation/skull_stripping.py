@@ -11,8 +11,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import Cancelled, InputError, ModelError
-from .progress import Progress
+from ..errors import Cancelled, InputError, ModelError
+from ..progress import Progress
 
 DEEPBET_REQUIREMENT = "deepbet==1.0.2"
 # BraTS inputs: 80.6-83.1 % of the grid is exactly zero on the 27 shared cases; head images whose air was set to

@@ -16,21 +16,21 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..case import Result
+from ..choices import DEFAULT_GRADER, ENSEMBLE
+from ..engine.catalogue import Catalogue
+from ..files.file_io import PathLike
+from ..modalities import MODALITIES, assign_roles, case_name_of, present_of
+from ..options import SegmentationOptions
+from ..preparation.geometry import ijk_to_ras_of, image_from_array
 from . import scene as scene_adapter
-from .case import Result
-from .catalogue import Catalogue
-from .choices import DEFAULT_GRADER, ENSEMBLE
-from .file_io import PathLike
-from .geometry import ijk_to_ras_of, image_from_array
-from .modalities import MODALITIES, assign_roles, case_name_of, present_of
-from .options import SegmentationOptions
 from .process_runner import BackgroundProcess, library_command, parse_progress, parse_result
 
 if TYPE_CHECKING:
     import slicer
 
-    from .pipeline import Model, Pipeline
-    from .progress import Progress
+    from ..engine.pipeline import Model, Pipeline
+    from ..progress import Progress
 
     MaybeVolume = Optional[slicer.vtkMRMLScalarVolumeNode]
 
@@ -135,9 +135,9 @@ class SceneLogic:
         input lies on another grid or looks misaligned; on; off - the registered volumes are put under transform
         nodes "BrainTumorFusion <role> to <reference>"), reference (the volume whose grid the result lies on, T1ce by
         default), skull_strip (auto: when an input has its skull; on; off), grade, catalogues (own model files)."""
-        from .pipeline import Pipeline
-        from .progress import share
-        from .registration import ras_transform_to_parent
+        from ..engine.pipeline import Pipeline
+        from ..preparation.registration import ras_transform_to_parent
+        from ..progress import share
 
         options = (options or SegmentationOptions()).with_keywords(**keywords)
         report = progress or (lambda fraction, message: None)
@@ -160,7 +160,7 @@ class SceneLogic:
               flair: "MaybeVolume" = None, model: str = DEFAULT_GRADER, device: str = "auto",
               catalogue_files: Iterable[PathLike] = (), grader: Optional["Model"] = None) -> dict[str, float]:
         """Grade probabilities {"HGG": p, "LGG": p}; adds nothing to the scene."""
-        from .pipeline import Pipeline
+        from ..engine.pipeline import Pipeline
 
         case = scene_adapter.case_from_nodes(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
         pipeline = Pipeline(model=None, device=device, grade=True, grading_model=model, grader=grader,
@@ -175,8 +175,8 @@ class SceneLogic:
     def needs_skull_stripping(skull_strip: str = "auto", **nodes: "MaybeVolume") -> bool:
         """Whether a run with these inputs strips the skull (so deepbet must be installed first): "on", or "auto"
         and some input still has its skull, as the run itself decides (preparation.has_skull)."""
-        from .geometry import spacing_of
-        from .preparation import has_skull
+        from ..preparation.geometry import spacing_of
+        from ..preparation.inputs import has_skull
 
         if skull_strip != "auto":
             return skull_strip == "on"
@@ -192,7 +192,7 @@ class SceneLogic:
                            **keywords: Any) -> BackgroundSegmentation:
         """Write the inputs to temporary NRRD files and start the `predict` command on them (options and keywords:
         as segment)."""
-        from .preparation import reference_role_of
+        from ..preparation.inputs import reference_role_of
 
         options = (options or SegmentationOptions()).with_keywords(**keywords)
         nodes = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair}
