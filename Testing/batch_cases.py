@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 import torch
-from plumbing import ConstantGrader, IntensityNet, write_catalogue
-from realdata import REPO, brats_case_dir
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.app.records import RunSettings
 from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.options import SegmentationOptions
+from Testing.plumbing import ConstantGrader, IntensityNet, write_catalogue
+from Testing.realdata import REPO, brats_case_dir
 
 SOURCE = "Brats18_2013_11_1"
 

@@ -1,31 +1,11 @@
-"""Shared fixtures. Helpers to import live in realdata.py (every conftest.py is imported as `conftest`)."""
+"""Shared fixtures. Helpers to import live in the Testing package (Testing.realdata, Testing.plumbing, ...)."""
 
 import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
-from realdata import BRATS_DIR
 
-
-def _import_slicer_without_this_folder():
-    """The slicer-core meta package takes every `slicer/` folder on sys.path as a part of itself and imports
-    each module in it. Testing/ is on sys.path (for realdata and plumbing), so Testing/slicer/'s test modules
-    and helpers would run as `slicer.<name>`: import slicer once without Testing/ on the path."""
-    here = Path(__file__).resolve().parent
-    saved = list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
-    try:
-        import slicer  # noqa: F401
-    except ImportError:  # tests that need it say so
-        pass
-    finally:
-        sys.path[:] = saved
-
-
-_import_slicer_without_this_folder()
-
+from Testing.realdata import BRATS_DIR
 
 # `make test-slicer` sets this: the environment that mirrors Slicer's Python, without the development venv's extras.
 SLICER_ENVIRONMENT = os.environ.get("BTF_SLICER_ENVIRONMENT") == "1"

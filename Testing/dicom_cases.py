@@ -16,9 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.modalities import MODALITIES
+from Testing.realdata import brats_case_dir
 
 # Sequence names as they might come from a scanner; each matches its role by the library's name patterns.
 DESCRIPTIONS = {"t1": "AX T1 SE", "t1ce": "AX T1CE SE", "t2": "AX T2 FSE", "flair": "AX FLAIR"}

@@ -13,18 +13,14 @@ thresholds (HEAD_ALIGNED, HEAD_POOR) come from and the peak RSS of this process.
 import argparse
 import os
 import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from moved_cases import MOVED_ROLES, moved_case  # noqa: E402
-from realdata import BRATS_DIR  # noqa: E402
-
-from BrainTumorFusionLib.preparation.registration import _Similarity, align, head_mask  # noqa: E402
+from BrainTumorFusionLib.preparation.registration import _Similarity, align, head_mask
+from Testing.moved_cases import MOVED_ROLES, moved_case
+from Testing.realdata import BRATS_DIR
 
 
 def corner_error(reference: sitk.Image, found: sitk.Transform, truth: sitk.Transform) -> float:

@@ -17,12 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO / "Testing"), str(REPO)]
-from moved_cases import region_dice, write_moved_case  # noqa: E402
-from realdata import brats_case_dir  # noqa: E402
-
-from BrainTumorFusionLib.engine.pipeline import Pipeline  # noqa: E402
-from BrainTumorFusionLib.files.file_io import case_files_in, read_case  # noqa: E402
+from BrainTumorFusionLib.engine.pipeline import Pipeline
+from BrainTumorFusionLib.files.file_io import case_files_in, read_case
+from Testing.moved_cases import region_dice, write_moved_case
+from Testing.realdata import brats_case_dir
 
 CASES = ("Brats18_CBICA_ABM_1", "Brats18_2013_20_1", "BraTS2021_00006")
 # (row, inputs, --register): the BraTS files; unmoved but on the moved copies' grids (FLAIR on 5 mm slices, what

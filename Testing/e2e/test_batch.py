@@ -6,14 +6,14 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from batch_cases import intensity_catalogue, random_hafb_catalogue, run_cli, settings_for
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.app.batch import run_batch
 from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.errors import Cancelled, InputError, OutputError
 from BrainTumorFusionLib.files.segments import SEGMENTS
+from Testing.batch_cases import intensity_catalogue, random_hafb_catalogue, run_cli, settings_for
+from Testing.realdata import brats_case_dir
 
 CASES = ("Brats18_CBICA_ABM_1", "Brats18_2013_11_1")
 

@@ -12,7 +12,15 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from batch_cases import (
+from PIL import Image
+
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.app import cli
+from BrainTumorFusionLib.app.batch import part, run_batch
+from BrainTumorFusionLib.engine.catalogue import Catalogue
+from BrainTumorFusionLib.engine.memory import needed_bytes
+from BrainTumorFusionLib.engine.pipeline import Pipeline
+from Testing.batch_cases import (
     cli_command,
     cli_environment,
     intensity_catalogue,
@@ -21,16 +29,8 @@ from batch_cases import (
     small_input,
     write_small_case,
 )
-from PIL import Image
-from plumbing import IntensityNet, write_catalogue
-from realdata import REPO
-
-from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.app import cli
-from BrainTumorFusionLib.app.batch import part, run_batch
-from BrainTumorFusionLib.engine.catalogue import Catalogue
-from BrainTumorFusionLib.engine.memory import needed_bytes
-from BrainTumorFusionLib.engine.pipeline import Pipeline
+from Testing.plumbing import IntensityNet, write_catalogue
+from Testing.realdata import REPO
 
 SPIKE_Z = 15.0  # z-scores of real brain tissue stay far below; a block of int16 maximum goes far above
 

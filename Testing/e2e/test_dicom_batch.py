@@ -10,11 +10,11 @@ import subprocess
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from batch_cases import run_cli
-from dicom_cases import case_images, write_dicom_case, write_series
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.files.dicom_io import segment_numbers
+from Testing.batch_cases import run_cli
+from Testing.dicom_cases import case_images, write_dicom_case, write_series
+from Testing.realdata import brats_case_dir
 
 CASE = "Brats18_CBICA_ABM_1"
 

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from realdata import REPO, brats_case_dir
 
 from BrainTumorFusionLib.app.cli import main
 from BrainTumorFusionLib.engine.catalogue import Catalogue
+from Testing.realdata import REPO, brats_case_dir
 
 CASE = "Brats18_CBICA_ABM_1"
 

@@ -6,11 +6,18 @@ import csv
 import json
 
 import pytest
-from batch_cases import intensity_catalogue, random_hafb_catalogue, run_cli, settings_for, small_input, write_small_case
 
 from BrainTumorFusionLib.app.records import RunSettings
 from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.options import SegmentationOptions
+from Testing.batch_cases import (
+    intensity_catalogue,
+    random_hafb_catalogue,
+    run_cli,
+    settings_for,
+    small_input,
+    write_small_case,
+)
 
 
 def test_segment_records_mirroring_and_refuses_mixing_it_with_results_made_without(tmp_path):

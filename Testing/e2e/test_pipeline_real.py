@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from plumbing import intensity_model
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.engine.postprocessing import region_volumes
 from BrainTumorFusionLib.engine.preprocessing import prepare
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.files.file_io import CaseFiles, case_files_in, read_case, write_labels
+from Testing.plumbing import intensity_model
+from Testing.realdata import brats_case_dir
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ without registration every moved input is warned about. Also: what a failed regi
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from moved_cases import MOVED_ROLES, read_images, region_dice, write_moved_case
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.errors import InputError
@@ -19,6 +17,8 @@ from BrainTumorFusionLib.preparation import registration
 from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of
 from BrainTumorFusionLib.preparation.inputs import labels_on_input_grids
 from BrainTumorFusionLib.preparation.registration import align
+from Testing.moved_cases import MOVED_ROLES, read_images, region_dice, write_moved_case
+from Testing.realdata import brats_case_dir
 
 CASES = ("Brats18_CBICA_ABM_1", "BraTS2021_00006")
 # Issue 11: within 0.02 (Testing/benchmarks/registration_dice.py: registered 0.008 below the same grids unmoved on ABM_1,

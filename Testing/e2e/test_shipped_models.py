@@ -7,7 +7,6 @@ table records for four modalities and clears the acceptance bar."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.choices import AUTO, DEFAULT_MODEL
 from BrainTumorFusionLib.cpu import probe
@@ -16,6 +15,7 @@ from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
 from BrainTumorFusionLib.engine.postprocessing import brats_labels
 from BrainTumorFusionLib.files.file_io import case_files_in, read_case
+from Testing.realdata import brats_case_dir
 
 # The default model's acceptance bar (issue: at least 0.75 mean whole-tumor Dice on validation).
 MINIMUM_WT_DICE = 0.75

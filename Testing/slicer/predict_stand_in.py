@@ -14,11 +14,9 @@ from pathlib import Path
 
 
 def main():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for plumbing
-    from plumbing import intensity_model
-
     from BrainTumorFusionLib.app import cli
     from BrainTumorFusionLib.engine.pipeline import Pipeline
+    from Testing.plumbing import intensity_model
 
     hold = Path(sys.argv[1])
 

@@ -6,25 +6,23 @@ check names both as missing."""
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-from realdata import MODULE_DIR
+from Testing.realdata import MODULE_DIR
 
 SCRIPT = textwrap.dedent("""
     import importlib.util, sys, types
 
     sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed: imports fail, find_spec says None
     import pytest
-    import slicer  # before Testing/slicer is on the path (Testing/conftest.py says why)
-    sys.path.insert(0, sys.argv[1])
-    import gui_stubs
+    import slicer
+    from Testing.slicer import gui_stubs
 
     scene = slicer.vtkMRMLScene()
     app = slicer.vtkSlicerApplicationLogic()
     app.SetMRMLScene(scene)
     slicer.mrmlScene = scene
     gui_stubs.install(pytest.MonkeyPatch(), app)
-    spec = importlib.util.spec_from_file_location("BrainTumorFusion", sys.argv[2])
+    spec = importlib.util.spec_from_file_location("BrainTumorFusion", sys.argv[1])
     module = importlib.util.module_from_spec(spec)
     sys.modules["BrainTumorFusion"] = module
     spec.loader.exec_module(module)
@@ -37,7 +35,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_module_logic_and_dependency_check_load_without_torch():
-    testing = Path(__file__).resolve().parent
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(testing), str(MODULE_DIR / "BrainTumorFusion.py")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(MODULE_DIR / "BrainTumorFusion.py")],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "MISSING ['torch', 'monai']" in done.stdout

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from plumbing import ConstantGrader, intensity_model, write_catalogue
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.app.logic import SceneLogic
@@ -16,6 +15,7 @@ from BrainTumorFusionLib.app.scene import MODEL_ATTRIBUTE, MODEL_CHOICE_ATTRIBUT
 from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
 from BrainTumorFusionLib.errors import InputError, ModelError
 from BrainTumorFusionLib.modalities import MODALITIES
+from Testing.plumbing import ConstantGrader, intensity_model, write_catalogue
 
 CASE = "Brats18_CBICA_ABM_1"
 

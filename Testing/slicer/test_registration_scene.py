@@ -9,8 +9,6 @@ import SimpleITK as sitk
 import slicer
 import slicer.util
 import vtk
-from moved_cases import moved, random_rigid
-from plumbing import intensity_model
 
 from BrainTumorFusionLib.app.logic import SceneLogic
 from BrainTumorFusionLib.app.scene import add_registration_transforms, case_from_nodes, volume_from_node
@@ -19,6 +17,8 @@ from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.preparation.geometry import resample_onto
 from BrainTumorFusionLib.preparation.registration import ras_transform_to_parent
+from Testing.moved_cases import moved, random_rigid
+from Testing.plumbing import intensity_model
 
 CASE = "Brats18_CBICA_ABM_1"
 

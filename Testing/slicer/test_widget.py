@@ -13,11 +13,8 @@ import types
 import unittest
 from pathlib import Path
 
-import gui_stubs
 import numpy as np
 import pytest
-from plumbing import intensity_model
-from realdata import MODULE_DIR
 
 from BrainTumorFusionLib.app.cli import build_parser
 from BrainTumorFusionLib.app.process_runner import BackgroundProcess
@@ -25,6 +22,9 @@ from BrainTumorFusionLib.app.scene import MODEL_ATTRIBUTE, WARNINGS_ATTRIBUTE
 from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.options import SegmentationOptions
+from Testing.plumbing import intensity_model
+from Testing.realdata import MODULE_DIR
+from Testing.slicer import gui_stubs
 
 STAND_IN = Path(__file__).with_name("predict_stand_in.py")
 MATRIX = np.array([[-1.2, 0, 0, 40.0], [0, -1.0, 0, 20.0], [0, 0, 1.5, -30.0], [0, 0, 0, 1]])

@@ -8,13 +8,13 @@ import logging
 import numpy as np
 import pytest
 import torch
-from training_support import BRATS_DIR, CASES, REPO, make_input, one_thread, workspace  # noqa: F401
 
 from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.files.file_io import case_files_in, read_case
 from BrainTumorFusionLib.modalities import MODALITIES
+from Testing.training.training_support import BRATS_DIR, CASES, REPO, make_input, one_thread, workspace  # noqa: F401
 from Training import checkpoint as ckpt
 from Training.__main__ import main
 from Training.data import cache_path, discover

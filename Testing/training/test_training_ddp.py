@@ -4,10 +4,10 @@ the same weights."""
 import pytest
 import torch
 import torch.multiprocessing as mp
-from training_support import TINY_HAFB, ddp_worker, free_port, tiny_config
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.files.file_io import TEMPORARY_PREFIX
+from Testing.training.training_support import TINY_HAFB, ddp_worker, free_port, tiny_config
 from Training import checkpoint as ckpt
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from plumbing import IntensityNet, write_catalogue
-from training_support import CASES, brats_case_dir, one_thread, tiny_config, workspace  # noqa: F401
 
 from BrainTumorFusionLib.engine.catalogue import Catalogue, ModelEntry, file_sha256, load_network
 from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
 from BrainTumorFusionLib.engine.postprocessing import regions_to_labels, uncrop
 from BrainTumorFusionLib.files.file_io import case_files_in, read_case
+from Testing.plumbing import IntensityNet, write_catalogue
+from Testing.training.training_support import CASES, brats_case_dir, one_thread, tiny_config, workspace  # noqa: F401
 from Training import checkpoint as ckpt
 from Training.__main__ import main
 from Training.config import TrainConfig

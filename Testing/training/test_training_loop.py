@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from training_support import CASES, TINY_HAFB, one_thread, tiny_config, workspace  # noqa: F401
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.engine.auto_choice import WORST_WT_FLOOR
+from Testing.training.training_support import CASES, TINY_HAFB, one_thread, tiny_config, workspace  # noqa: F401
 from Training import checkpoint as ckpt
 from Training.config import RunConfig
 from Training.data import cache_path

@@ -4,11 +4,11 @@ self-distillation, TransFuse's deep supervision, each network's recipe."""
 import pytest
 import torch
 import torch.nn.functional as F
-from training_support import TINY_HAFB, one_thread  # noqa: F401
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.networks.outputs import HAFBAux, MISSUAux, TransFuseAux
+from Testing.training.training_support import TINY_HAFB, one_thread  # noqa: F401
 from Training.config import TrainConfig
 from Training.losses import (
     SegmentationLoss,

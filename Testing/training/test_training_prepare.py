@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from training_support import CASES, brats_case_dir, make_input, workspace
 
 from BrainTumorFusionLib.engine.preprocessing import prepare
 from BrainTumorFusionLib.files.file_io import case_files_in, read_case
 from BrainTumorFusionLib.preparation.geometry import image_from_array
+from Testing.training.training_support import CASES, brats_case_dir, make_input, workspace
 from Training.data import cache_case, cache_path, discover, group_from_id, labels_file, load_cached, regions_from_labels
 
 CASE = CASES[0]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from monai.losses import ContrastiveLoss
-from training_support import CASES, one_thread, workspace  # noqa: F401
 
 from BrainTumorFusionLib.engine.catalogue import file_sha256
+from Testing.training.training_support import CASES, one_thread, workspace  # noqa: F401
 from Training.checkpoint import load_matching_weights
 from Training.data import cache_path, load_cached
 from Training.export import initialisation

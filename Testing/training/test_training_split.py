@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from training_support import BRATS_DIR
 
 from BrainTumorFusionLib.errors import InputError
+from Testing.training.training_support import BRATS_DIR
 from Training.data import (
     group_from_id,
     load_or_make_split,

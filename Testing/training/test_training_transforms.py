@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from training_support import CASES, one_thread, workspace  # noqa: F401
 
+from Testing.training.training_support import CASES, one_thread, workspace  # noqa: F401
 from Training.data import cache_path
 from Training.transforms import PatchDataset, StepSampler, cube_box, cube_voxels, drop_modalities, mask_cubes
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from realdata import BRATS_DIR, REPO, brats_case_dir  # noqa: F401
 
+from Testing.realdata import BRATS_DIR, REPO, brats_case_dir  # noqa: F401
 from Training.config import TrainConfig
 
 # Three real cases from three source groups (CBICA, 2013, TCIA10 - the last an LGG).

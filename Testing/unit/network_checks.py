@@ -5,7 +5,8 @@ import functools
 import numpy as np
 import pytest
 import torch
-from realdata import real_crop
+
+from Testing.realdata import real_crop
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from plumbing import ConstantGrader, IntensityNet, intensity_model, write_catalogue
-from realdata import real_crop
 
 from BrainTumorFusionLib.case import Case
 from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE, Catalogue, cache_folder, load_network
 from BrainTumorFusionLib.engine.pipeline import Pipeline
 from BrainTumorFusionLib.errors import ModelError
+from Testing.plumbing import ConstantGrader, IntensityNet, intensity_model, write_catalogue
+from Testing.realdata import real_crop
 
 
 def test_shipped_catalogue_entries_are_complete_and_hashes_match():

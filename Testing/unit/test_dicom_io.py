@@ -8,7 +8,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_cases import DESCRIPTIONS, Study, case_images, write_dicom_case, write_series
 
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.errors import InputError
@@ -18,6 +17,7 @@ from BrainTumorFusionLib.files.file_io import read_case
 from BrainTumorFusionLib.files.integrity import dicom_seg_problem
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of
+from Testing.dicom_cases import DESCRIPTIONS, Study, case_images, write_dicom_case, write_series
 
 CASE = "Brats18_CBICA_ABM_1"
 CROP = (40, 36, 12)  # I, J, K voxels: small, and not square, so rows and columns cannot be swapped unnoticed

@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from plumbing import ConstantGrader, IntensityNet, write_catalogue
-from realdata import real_crop
 
 from BrainTumorFusionLib.case import Case
 from BrainTumorFusionLib.choices import member_names
@@ -14,6 +12,8 @@ from BrainTumorFusionLib.engine.pipeline import Ensemble, Model, Pipeline
 from BrainTumorFusionLib.engine.postprocessing import regions_to_labels, uncrop
 from BrainTumorFusionLib.engine.preprocessing import prepare
 from BrainTumorFusionLib.errors import Cancelled, InputError, ModelError
+from Testing.plumbing import ConstantGrader, IntensityNet, write_catalogue
+from Testing.realdata import real_crop
 
 CPU = choose_device("cpu")
 PAD = 6  # zero background around the real crop, so the brain crop is a strict part of the case grid

@@ -3,7 +3,6 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.errors import InputError, OutputError
 from BrainTumorFusionLib.files.cases import find_cases
@@ -15,6 +14,7 @@ from BrainTumorFusionLib.files.file_io import (
     role_of_file,
     write_labels,
 )
+from Testing.realdata import brats_case_dir
 
 
 def write_image(path, array=None, vector=False):

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of, image_from_array, resample_onto
 from BrainTumorFusionLib.preparation.inputs import assemble_case
+from Testing.realdata import brats_case_dir
 
 
 def oblique_matrix(handedness=1, spacing=(0.9, 1.1, 2.5), origin=(10.0, -20.0, 5.0)):

@@ -5,7 +5,6 @@ import numpy as np
 import SimpleITK as sitk
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from plumbing import intensity_model
 
 from BrainTumorFusionLib.case import Case
 from BrainTumorFusionLib.engine.pipeline import Pipeline
@@ -20,6 +19,7 @@ from BrainTumorFusionLib.preparation.geometry import (
     same_grid,
     spacing_of,
 )
+from Testing.plumbing import intensity_model
 
 # Few small examples: the whole file runs in seconds on one thread.
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from realdata import REPO
+
+from Testing.realdata import REPO
 
 SPEC = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
 gpu_check = importlib.util.module_from_spec(SPEC)

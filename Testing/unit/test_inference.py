@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from plumbing import ConstantGrader, IntensityNet
 
 from BrainTumorFusionLib import cpu as cpu_module
 from BrainTumorFusionLib import networks
@@ -9,6 +8,7 @@ from BrainTumorFusionLib.cpu import CpuInfo, parse_cpuinfo
 from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.engine.inference import _window_size, choose_device, classify, predict_regions, window_count
 from BrainTumorFusionLib.errors import Cancelled, InputError
+from Testing.plumbing import ConstantGrader, IntensityNet
 
 
 class CountingNet(torch.nn.Module):
@@ -203,9 +203,8 @@ def test_a_whole_window_model_runs_one_window_over_the_whole_crop():
 
 
 def test_the_catalogue_window_field_reaches_the_model(tmp_path):
-    from plumbing import write_catalogue
-
     from BrainTumorFusionLib.engine.pipeline import Model
+    from Testing.plumbing import write_catalogue
     for window, expected in (("whole", True), ("patch", False), (None, False)):
         fields = {"window": window} if window else {}
         path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), **fields)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from network_checks import one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 from BrainTumorFusionLib import networks
 from BrainTumorFusionLib.networks import registry
@@ -13,6 +12,7 @@ from BrainTumorFusionLib.networks.blocks import (
     position_grid_for,
     tuple3,
 )
+from Testing.unit.network_checks import one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 # A small configuration per registry network; a network added to the registry must be listed here.
 SMALL = {

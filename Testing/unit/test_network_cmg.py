@@ -2,18 +2,18 @@
 
 import pytest
 import torch
-from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.networks.cmg import DualAttention
+from BrainTumorFusionLib.networks.outputs import CMGAux
+from Testing.unit.network_checks import (  # noqa: F401 (one_thread: autouse fixture)
     eval_deterministic,
     exports,
     forward_backward,
     one_thread,
     real_input,
 )
-
-from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.modalities import MODALITIES
-from BrainTumorFusionLib.networks.cmg import DualAttention
-from BrainTumorFusionLib.networks.outputs import CMGAux
 
 COMPACT = dict(widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))
 T1CE, FLAIR = MODALITIES.index("t1ce"), MODALITIES.index("flair")

@@ -4,16 +4,16 @@ import itertools
 
 import pytest
 import torch
-from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.networks.outputs import HAFBAux
+from Testing.unit.network_checks import (  # noqa: F401 (one_thread: autouse fixture)
     eval_deterministic,
     exports,
     forward_backward,
     one_thread,
     real_input,
 )
-
-from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.networks.outputs import HAFBAux
 
 COMPACT = dict(widths=(4, 8, 8, 16, 16))
 SUBSETS = [s for n in range(1, 5) for s in itertools.combinations(range(4), n)]

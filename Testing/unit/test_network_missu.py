@@ -1,18 +1,18 @@
 """MISSU (networks/missu.py): shapes, gradients, MSF only in training, determinism, export, paper size."""
 
 import torch
-from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+from torch.utils.flop_counter import FlopCounterMode
+
+from BrainTumorFusionLib import networks
+from BrainTumorFusionLib.networks.missu import MultiScaleFusion
+from BrainTumorFusionLib.networks.outputs import MISSUAux
+from Testing.unit.network_checks import (  # noqa: F401 (one_thread: autouse fixture)
     eval_deterministic,
     exports,
     forward_backward,
     one_thread,
     real_input,
 )
-from torch.utils.flop_counter import FlopCounterMode
-
-from BrainTumorFusionLib import networks
-from BrainTumorFusionLib.networks.missu import MultiScaleFusion
-from BrainTumorFusionLib.networks.outputs import MISSUAux
 
 COMPACT = dict(widths=(4, 8, 8, 16), hidden_size=32, num_heads=4, mlp_dim=32, num_layers=1, img_size=32)
 ODD = (33, 37, 41)  # padded to (40, 40, 48) inside the network: token grid (5, 5, 6) != built (4, 4, 4)

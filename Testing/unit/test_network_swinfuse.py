@@ -4,14 +4,6 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
-    absent_channel_is_ignored,
-    eval_deterministic,
-    exports,
-    forward_backward,
-    one_thread,
-    real_input,
-)
 
 from BrainTumorFusionLib.networks import build
 from BrainTumorFusionLib.networks.outputs import SwinFUSEAux
@@ -20,6 +12,14 @@ from BrainTumorFusionLib.networks.swinfuse import (
     SwinFUSEPretrainOutput,
     _from_windows,
     _to_windows,
+)
+from Testing.unit.network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+    absent_channel_is_ignored,
+    eval_deterministic,
+    exports,
+    forward_backward,
+    one_thread,
+    real_input,
 )
 
 # A CPU-sized variant from the same code: feature size 12 (paper 48), one Swin block per stage (paper 2),

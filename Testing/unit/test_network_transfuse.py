@@ -2,7 +2,10 @@
 
 import pytest
 import torch
-from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
+
+from BrainTumorFusionLib.networks import build
+from BrainTumorFusionLib.networks.outputs import TransFuseAux
+from Testing.unit.network_checks import (  # noqa: F401 (one_thread: autouse fixture)
     absent_channel_is_ignored,
     eval_deterministic,
     exports,
@@ -10,9 +13,6 @@ from network_checks import (  # noqa: F401 (one_thread: autouse fixture)
     one_thread,
     real_input,
 )
-
-from BrainTumorFusionLib.networks import build
-from BrainTumorFusionLib.networks.outputs import TransFuseAux
 
 # A CPU-sized variant from the same code: narrow CNN, 2-block ViT; 16^3 patches as in the paper.
 COMPACT = dict(

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.errors import InputError, OutputError
 from BrainTumorFusionLib.files.cases import find_cases
 from BrainTumorFusionLib.files.file_io import remove_stale_temporaries, write_atomically, write_labels
+from Testing.realdata import brats_case_dir
 
 CASE = "Brats18_2013_11_1"
 IJK_TO_RAS = np.array([[-1.0, 0, 0, 10], [0, -0.9, 0.1, 239], [0, 0.05, 1.2, -5], [0, 0, 0, 1]])  # oblique

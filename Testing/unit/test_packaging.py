@@ -7,10 +7,10 @@ import re
 import xml.etree.ElementTree as ElementTree
 
 from PIL import Image
-from realdata import MODULE_DIR, REPO
 
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.options import GUI_FIELDS
+from Testing.realdata import MODULE_DIR, REPO
 
 MODULE_FILE = MODULE_DIR / "BrainTumorFusion.py"
 CMAKE = (MODULE_DIR / "CMakeLists.txt").read_text()

@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from plumbing import ConstantGrader, intensity_model
-from realdata import brats_case_dir
 
 from BrainTumorFusionLib.choices import DEFAULT_MODEL
 from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
@@ -12,6 +10,8 @@ from BrainTumorFusionLib.files.file_io import case_files_in, read_case
 from BrainTumorFusionLib.modalities import MODALITIES
 from BrainTumorFusionLib.preparation.inputs import assemble_case
 from BrainTumorFusionLib.preparation.plausibility import result_warnings
+from Testing.plumbing import ConstantGrader, intensity_model
+from Testing.realdata import brats_case_dir
 
 CASE = "Brats18_CBICA_ABM_1"
 
