@@ -91,6 +91,11 @@ class Recipe:
     def checkpoint_extras(self) -> dict:
         return {}
 
+    def configure_optimizer(self, parameters: list) -> torch.optim.Optimizer:
+        """The optimizer of a stage over `parameters` (AdamW at the run's lr and weight decay; override for
+        another). The loop builds one per stage and restores its state on resume."""
+        return torch.optim.AdamW(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
 
 class MethodAsForward(torch.nn.Module):
     """A network method (e.g. `pretrain_forward`) as the forward pass, so that DistributedDataParallel, which
@@ -349,7 +354,7 @@ class Loop:
                     self.run_stage(index, stage, start, stop, amp_dtype, bar, len(stages) > 1)
                 start = stop
             if self.state is None and total == 0:
-                optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr)
+                optimizer = recipe.configure_optimizer(list(network.parameters()))
                 self.save(ckpt.LAST, 0, optimizer, lr_scheduler(optimizer, config, 1))
         finally:
             bar.close()
@@ -365,7 +370,7 @@ class Loop:
     def run_stage(self, index: int, stage: Stage, start: int, stop: int, amp_dtype, bar, named: bool):
         config, context, recipe, network = self.config, self.context, self.recipe, self.network
         parameters = list(stage.parameters if stage.parameters is not None else network.parameters())
-        optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = recipe.configure_optimizer(parameters)
         scheduler = lr_scheduler(optimizer, config, stage.steps)
         if self.state is not None and self.state.get("stage", 0) == index and self.step > start:
             optimizer.load_state_dict(self.state["optimizer"])

@@ -105,10 +105,16 @@ class SegmentationRecipe(Recipe):
         self.masked_view = network.masked_view if self.aux_weight > 0 else None
         self.takes_present = network.handles_missing_modalities
         self.modality_dropout = uses_modality_dropout(config)
-        self.criterion = SegmentationLoss(config.dice_weight, config.bce_weight, network.aux_term, self.aux_weight,
-                                          network.deep_supervision)
+        self.criterion = self.build_loss()
         find_unused = config.find_unused_parameters
         self.find_unused = network.find_unused_parameters if find_unused is None else find_unused
+
+    def build_loss(self) -> torch.nn.Module:
+        """The training loss (override for another): Dice + BCE on the three regions over the deep-supervision
+        heads, plus the network's auxiliary term at its weight."""
+        network = recipe_of(self.config.network)
+        return SegmentationLoss(self.config.dice_weight, self.config.bce_weight, network.aux_term, self.aux_weight,
+                                network.deep_supervision)
 
     def prepare(self, context, run_dir: Path) -> None:
         """Split (recorded in run_dir/split.json) and cache paths; rank 0 discovers and prepares, the others wait."""

@@ -13,7 +13,7 @@ from Testing.training.training_support import CASES, TINY_HAFB, one_thread, tiny
 from Training import checkpoint as ckpt
 from Training.config import RunConfig
 from Training.data import cache_path
-from Training.loop import lr_scheduler, optimizer_step, restore_scheduler
+from Training.loop import lr_scheduler, optimizer_step, restore_scheduler, run
 from Training.segmentation import SegmentationRecipe, checkpoint_score, train
 from Training.transforms import PatchDataset, cube_voxels
 
@@ -206,3 +206,21 @@ def test_best_checkpoint_prefers_a_lower_mean_without_a_collapse_to_a_higher_one
     # Between two steady (or two collapsed) checkpoints the mean decides.
     assert checkpoint_score({**steady, "dice_mean": 0.71}) > checkpoint_score(steady)
     assert checkpoint_score({**collapsed, "dice_mean": 0.81}) > checkpoint_score(collapsed)
+
+
+def test_a_recipe_changes_its_optimizer_and_loss_by_overriding_one_hook_each(tmp_path):
+    """nnU-Net's way: a variant of the segmentation recipe is a subclass with the hooks it changes."""
+    losses = []
+
+    class SGDRecipe(SegmentationRecipe):
+        def configure_optimizer(self, parameters):
+            return torch.optim.SGD(parameters, lr=self.config.lr, momentum=0.9)
+
+        def build_loss(self):
+            losses.append(super().build_loss())
+            return losses[-1]
+
+    result = run(SGDRecipe, tiny_config(tmp_path / "sgd", steps=2), progress=False)
+    assert result["step"] == 2 and result["recipe"].criterion is losses[0]
+    state = torch.load(result["last"], map_location="cpu", weights_only=True)
+    assert all("momentum_buffer" in parameter for parameter in state["optimizer"]["state"].values())  # SGD's, not AdamW's
