@@ -1,7 +1,6 @@
 """Command line: python -m Training prepare|train|pretrain|evaluate|export (see Training/README.md)."""
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -12,7 +11,7 @@ from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE
 
 from . import grading_cli
 from .choose_auto import choose_auto
-from .config import TrainConfig, config_from_args, spacing_argument
+from .config import TrainConfig, add_config_arguments, add_run_flags, config_from_args, spacing_argument
 from .data import discover, prepare_cache
 from .evaluate import evaluate
 from .export import export
@@ -37,77 +36,13 @@ def build_parser():
 
     train = commands.add_parser("train", help="train a network (single process, or every rank under torchrun)",
                                 argument_default=S)
-    train.add_argument("--network", help="hafb, missu, transfuse, swinfuse or segresnet (default hafb)")
-    train.add_argument("--network-config", type=json.loads,
-                       help="JSON of constructor arguments (default: the compact preset of Training.network_recipes)")
-    train.add_argument("--paper-size", action="store_true", help="the library's paper-sized network (config {})")
-    train.add_argument("--data-dir", help="folder with one sub-folder per case (BraTS naming, `_seg` labels); "
-                       "leave it out to train from a prepared --cache-dir with --split-file")
-    train.add_argument("--cache-dir", help="prepared-case cache (made on first use)")
-    train.add_argument("--run-dir", help="checkpoints, split.json, config.json, metrics.jsonl, tensorboard/")
-    train.add_argument("--groups-table", help="CSV with case_id, source_group (default <data-dir>/cases.csv)")
-    train.add_argument("--split-file", help="use this split JSON instead of making one")
-    train.add_argument("--val-fraction", type=float)
-    train.add_argument("--folds", type=int, help="cross-validation: split the cases into this many folds, stratified "
-                       "by source group, and validate on fold --fold (instead of --val-fraction)")
-    train.add_argument("--fold", type=int, help="with --folds: the validation fold, 0-based (default 0)")
-    train.add_argument("--spacing", nargs="+", help="mm: one value, I J K, or 'native' (default 2)")
-    train.add_argument("--patch-size", nargs=3, type=int, help="D H W voxels (default 64 64 64)")
-    train.add_argument("--batch-size", type=int, help="per process (default 2)")
-    train.add_argument("--steps", type=int, help="optimizer steps in total (default 2000)")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--schedule", choices=("poly", "cosine", "constant"))
-    train.add_argument("--warmup-steps", type=int)
-    train.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1)")
-    train.add_argument("--modality-dropout", action=argparse.BooleanOptionalAction,
-                       help="randomly drop 0..--max-dropped modalities (default: on for hafb)")
-    train.add_argument("--max-dropped", type=int)
-    train.add_argument("--dropout-rate", type=float, help="share of samples that lose modalities (default 0.5)")
-    train.add_argument("--dropout-weights", nargs=4, type=float,
-                       help="relative chance of each of T1 T1ce T2 FLAIR to be dropped (default 1 0.5 1 1)")
-    train.add_argument("--intensity-augmentation", choices=("basic", "scanner"),
-                       help="basic: per-channel scale and shift; scanner (default): + bias field, gamma, blur, noise")
-    train.add_argument("--core-crops", type=float, help="share of crops centred on WT, TC or ET (default 0.25)")
-    train.add_argument("--core-case-repeats", type=int,
-                       help="times per pass a case with a large necrotic / non-enhancing core is shown (default 2)")
-    train.add_argument("--ssl-weight", type=float, help="weight of the auxiliary term (default: hafb masked-cube consistency 0.1, missu self-distillation 0.3)")
-    train.add_argument("--ssl-cube-mm", type=float)
-    train.add_argument("--init-from", help="start from this checkpoint's weights (e.g. a pretraining run's last.pt)")
-    train.add_argument("--checkpoint-every", type=int)
-    train.add_argument("--validate-every", type=int, help="steps; 0 = never")
-    train.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"))
-    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--deterministic", action="store_true")
-    train.add_argument("--workers", type=int, help="DataLoader workers per process (default 2)")
-    train.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    train.add_argument("--log-every", type=int)
-    train.add_argument("--resume", action="store_true", help="continue the run of --run-dir from its last checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(train, TrainConfig)
+    add_run_flags(train)
 
     pretrain = commands.add_parser("pretrain", help="SwinFUSE self-supervised pretraining (single-modality views)",
                                    argument_default=S)
-    pretrain.add_argument("--network", help="swinfuse (default)")
-    pretrain.add_argument("--network-config", type=json.loads, help="JSON of constructor arguments (default: compact)")
-    pretrain.add_argument("--data-dir", required=True)
-    pretrain.add_argument("--cache-dir", required=True)
-    pretrain.add_argument("--run-dir")
-    pretrain.add_argument("--split-file", required=True, help="split JSON; its training cases are the data")
-    pretrain.add_argument("--spacing", nargs="+", help="mm: one value, I J K, or 'native' (default 2)")
-    pretrain.add_argument("--patch-size", nargs=3, type=int)
-    pretrain.add_argument("--batch-size", type=int, help="crops per step, two views each (default 2)")
-    pretrain.add_argument("--steps", type=int)
-    pretrain.add_argument("--lr", type=float)
-    pretrain.add_argument("--warmup-steps", type=int)
-    pretrain.add_argument("--density-weight", type=float,
-                          help="weight of the KDE/JSD term, subtracted as in the paper (default 1; negative = match)")
-    pretrain.add_argument("--checkpoint-every", type=int)
-    pretrain.add_argument("--seed", type=int)
-    pretrain.add_argument("--threads", type=int)
-    pretrain.add_argument("--resume", action="store_true")
-    pretrain.add_argument("--quiet", action="store_true")
+    add_config_arguments(pretrain, PretrainConfig)
+    add_run_flags(pretrain)
 
     evaluate = commands.add_parser("evaluate", help="segment a split with the library pipeline; Dice/HD95 CSV")
     evaluated = evaluate.add_mutually_exclusive_group(required=True)
@@ -187,7 +122,11 @@ def main(argv=None):
             best = result["best"] and f"; best {result['best']} (mean Dice {result['best_metric']['metric']:.4f})"
             print(f"step {result['step']}; last checkpoint {result['last']}{best or ''}")
     elif args.command == "pretrain":
-        result = pretrain(config_from_args(PretrainConfig, args), resume=getattr(args, "resume", False), progress=not getattr(args, "quiet", False))
+        config = config_from_args(PretrainConfig, args)
+        if not (config.data_dir and config.cache_dir and config.split_file):
+            raise SystemExit("pretrain needs --data-dir, --cache-dir and --split-file (its training cases are the "
+                             "data), or --resume with a run whose config.json has them.")
+        result = pretrain(config, resume=getattr(args, "resume", False), progress=not getattr(args, "quiet", False))
         print(f"step {result['step']}; last checkpoint {result['last']}")
     elif args.command == "evaluate":
         drop = tuple(m for m in args.drop_modalities.split(",") if m)

@@ -45,7 +45,7 @@ from BrainTumorFusionLib.engine.pipeline import GRADES
 from BrainTumorFusionLib.errors import InputError
 
 from . import distributed
-from .config import RunConfig
+from .config import RunConfig, option
 from .data import GROUPS_FILE, cache_path, discover, load_cached, prepare_cache, write_json
 from .loop import MethodAsForward, Recipe, Stage, run
 
@@ -58,19 +58,19 @@ GRADE_COLUMN = "grade"
 class GradingConfig(RunConfig):
     """A grading run, recorded in run/config.json and in every checkpoint."""
 
-    network: str = "cmg"
-    run_dir: str = "runs/cmg"
-    labels_table: Optional[str] = None  # CSV with case_id and grade; default <data_dir>/cases.csv
-    split_file: Optional[str] = None  # an existing split to use; default <run_dir>/split.json (made if absent)
-    val_fraction: float = 0.2
-    stage1_steps: int = 700
-    stage2_steps: int = 800
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # per stage: cosine | poly | constant
-    intensity_scale: float = 0.1
-    intensity_shift: float = 0.1
-    checkpoint_every: int = 50
-    validate_every: int = 100  # steps; validation also runs at the end of each stage; 0 = never
+    network: str = option("cmg")
+    run_dir: str = option("runs/cmg")
+    labels_table: Optional[str] = option(None, 'CSV with case_id and grade; default <data_dir>/cases.csv')
+    split_file: Optional[str] = option(None, 'an existing split to use; default <run_dir>/split.json (made if absent)')
+    val_fraction: float = option(0.2, "share of each grade's cases that validate (at least one, never all)")
+    stage1_steps: int = option(700, 'steps of stage 1, the T1ce branch alone')
+    stage2_steps: int = option(800, 'steps of stage 2, the whole network')
+    weight_decay: float = option(1e-4)
+    schedule: str = option("cosine", 'per stage: cosine | poly | constant')
+    intensity_scale: float = option(0.1, 'augmentation: per-channel intensity scale (+-)')
+    intensity_shift: float = option(0.1, 'augmentation: per-channel intensity shift (+-)')
+    checkpoint_every: int = option(50)
+    validate_every: int = option(100, 'steps; validation also runs at the end of each stage; 0 = never')
 
     @property
     def total_steps(self):

@@ -1,12 +1,11 @@
 """Command line of the grading recipe: python -m Training train-grader | evaluate-grader | export-grader."""
 
 import argparse
-import json
 from pathlib import Path
 
 from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE
 
-from .config import config_from_args
+from .config import add_config_arguments, add_run_flags, config_from_args
 from .grading import GradingConfig, train_grader
 from .grading_evaluate import evaluate_grader, export_grader
 
@@ -18,34 +17,8 @@ def add_commands(commands):
     """Add the grading sub-commands to Training's sub-parsers."""
     train = commands.add_parser("train-grader", argument_default=S,
                                 help="train the cmg glioma grader (stage 1 T1ce branch, stage 2 guided multi-modal)")
-    train.add_argument("--data-dir", help="folder with one sub-folder per case (BraTS naming)")
-    train.add_argument("--cache-dir", help="prepared-case cache, shared with `train` (made on first use)")
-    train.add_argument("--run-dir", help="checkpoints, split.json, config.json, metrics.jsonl (default runs/cmg)")
-    train.add_argument("--labels-table", help="CSV with case_id and grade (HGG/LGG) (default <data-dir>/cases.csv)")
-    train.add_argument("--split-file",
-                       help="use this split JSON (e.g. Training/splits/brats-shared-grading-seed0.json)")
-    train.add_argument("--val-fraction", type=float, help="per grade (default 0.2)")
-    train.add_argument("--network-config", type=json.loads,
-                       help="JSON of CrossModalityGuidedGrader arguments (default: the compact preset of Training.network_recipes)")
-    train.add_argument("--paper-size", action="store_true", help="the library's paper-sized network (config {})")
-    train.add_argument("--spacing", nargs="+", help="mm: one value, I J K, or 'native' (default 2)")
-    train.add_argument("--patch-size", nargs=3, type=int, help="network input D H W: the resized brain crop "
-                                                               "(default 64 64 64)")
-    train.add_argument("--stage1-steps", type=int, help="steps of stage 1, T1ce branch alone (default 700)")
-    train.add_argument("--stage2-steps", type=int, help="steps of stage 2, whole network (default 800)")
-    train.add_argument("--batch-size", type=int, help="default 2")
-    train.add_argument("--lr", type=float, help="AdamW learning rate of both stages (default 3e-4)")
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--schedule", choices=("cosine", "poly", "constant"), help="per stage (default cosine)")
-    train.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off (default 1)")
-    train.add_argument("--checkpoint-every", type=int, help="steps (default 50; also at the end of each stage)")
-    train.add_argument("--validate-every", type=int, help="steps (default 100; also at the end of each stage); 0 = never")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    train.add_argument("--log-every", type=int)
-    train.add_argument("--resume", action="store_true", help="continue the run of --run-dir from its last checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(train, GradingConfig)
+    add_run_flags(train)
 
     evaluate = commands.add_parser("evaluate-grader", help="grade a split with the library pipeline; CSV + metrics")
     evaluate.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run folder")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from monai.losses import ContrastiveLoss
 
 from . import distributed
-from .config import RunConfig
+from .config import RunConfig, option
 from .data import cache_path, discover, load_cached, prepare_cache
 from .loop import MethodAsForward, Recipe, Stage, run
 from .network_recipes import RECIPES, recipe_of
@@ -37,22 +37,22 @@ from .ssl_losses import kde_jsd, voxel_features
 
 @dataclass
 class PretrainConfig(RunConfig):
-    network: str = "swinfuse"
-    run_dir: str = "runs/swinfuse-pretrain"
-    split_file: str = ""  # the training cases of this split are the pretraining data
-    steps: int = 300
-    lr: float = 5e-4
-    schedule: str = "cosine"
-    warmup_steps: int = 20
-    mask_cubes: int = 4  # zeroed cubes per view
-    mask_cube_mm: float = 24.0
-    temperature: float = 0.5  # NT-Xent
-    inpaint_weight: float = 1.0
-    rotation_weight: float = 1.0
-    contrast_weight: float = 1.0
-    density_weight: float = 1.0  # subtracted, as in the paper; negative = density matching
-    checkpoint_every: int = 50
-    validate_every: int = 0  # pretraining has no validation
+    network: str = option("swinfuse")
+    run_dir: str = option("runs/swinfuse-pretrain")
+    split_file: str = option("", 'the training cases of this split are the pretraining data')
+    steps: int = option(300, 'optimizer steps in total')
+    lr: float = option(5e-4)
+    schedule: str = option("cosine")
+    warmup_steps: int = option(20)
+    mask_cubes: int = option(4, 'zeroed cubes per view')
+    mask_cube_mm: float = option(24.0, 'side of each zeroed cube (mm)')
+    temperature: float = option(0.5, 'NT-Xent')
+    inpaint_weight: float = option(1.0, 'weight of the L1 inpainting term')
+    rotation_weight: float = option(1.0, 'weight of the rotation cross-entropy')
+    contrast_weight: float = option(1.0, 'weight of the NT-Xent term')
+    density_weight: float = option(1.0, 'subtracted, as in the paper; negative = density matching')
+    checkpoint_every: int = option(50)
+    validate_every: int = option(0, 'pretraining has no validation')
 
 
 # ---------------------------------------------------------------------------------------------- views
