@@ -27,7 +27,7 @@ from BrainTumorFusionLib.modalities import MODALITIES
 from .checkpoint import checkpoint_file
 from .data import REGIONS, write_json
 from .evaluate import load_trained, read_means
-from .network_recipes import aux_weight, recipe_of, uses_modality_dropout
+from .segmentation import SegmentationRecipe
 
 log = logging.getLogger(__name__)
 
@@ -97,51 +97,48 @@ def export(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, metrics_cs
         metrics_csv = run_dir / "evaluation_validation.csv"
     # before the weights are written: a fine-tune exported under its source's name overwrites the source file
     initialised_from = initialisation(config, catalogue)
-    weights, dtype = write_weights(network, catalogue, name, dtype, size_limit_mb)
+    metrics = metrics_entry(metrics_csv) if metrics_csv is not None else None
+    if metrics is None:
+        log.warning("No evaluation CSV (run `python -m Training evaluate` first): the entry has no metrics.")
+    return write_entry(SegmentationRecipe(config), state, network, name, catalogue, run_dir, title=title, dtype=dtype,
+                       size_limit_mb=size_limit_mb, data_description=data_description, metrics=metrics,
+                       window=window, training=initialised_from)
 
+
+def write_entry(recipe, state, network, name, catalogue, run_dir, title=None, dtype="auto", size_limit_mb=SIZE_LIMIT_MB,
+                data_description=None, metrics=None, notes=None, training=None, **fields):
+    """THE catalogue-entry writer: <name>.pt and its entry, loaded back through the library; returns the entry.
+    Every entry has the fields below; the recipe's catalogue_entry hook adds its kind's (its `split` and `training`
+    details are merged into these), then `fields` (e.g. window), `training` (e.g. initialised_from), metrics and
+    notes."""
+    config = recipe.config
+    weights, dtype = write_weights(network, catalogue, name, dtype, size_limit_mb)
     split = state["split"]
-    world = int(state.get("world_size", 1))
-    groups = sorted(set(split.get("groups", {}).get(c, "?") for c in split["train"]))
-    recipe, weight = recipe_of(config.network), aux_weight(config)
+    specific = recipe.catalogue_entry(state)
     entry = {
         "name": name,
-        "title": title or f"{config.network} ({Path(config.run_dir).name})",
-        "task": "segmentation",
+        "title": title or specific.pop("title"),
+        "task": recipe.kind,
         "network": config.network,
         "config": config.network_config,
         "modalities": list(MODALITIES),
-        "handles_missing_modalities": bool(uses_modality_dropout(config)),
         "spacing_mm": list(config.spacing) if config.spacing else None,
         "patch_size": list(config.patch_size),
-        "window": window,
-        "split": {"file": f"{run_dir.name}/split.json", "seed": split.get("seed"),
-                  "stratified_by": split.get("stratified_by"), "train": split["train"],
-                  "validation": split["validation"]},
-        "training": {
-            "hardware": state.get("hardware", ""),
-            "hours": round(float(state.get("elapsed_seconds", 0.0)) / 3600.0, 3),
-            "device_hours": round(float(state.get("elapsed_seconds", 0.0)) * world / 3600.0, 3),
-            "steps": int(state["step"]),
-            "data": data_description or (f"{len(split['train'])} training cases (BraTS; source groups "
-                                         f"{', '.join(groups)})"),
-            "batch_size": config.batch_size * world,
-            "optimizer": f"AdamW lr {config.lr} wd {config.weight_decay}, {config.schedule} schedule",
-            "loss": f"{config.dice_weight} Dice + {config.bce_weight} BCE"
-                    + (f" + {weight} x {recipe.aux_description}" if weight else ""),
-            **recipe.notes,
-            "modality_dropout": bool(uses_modality_dropout(config)),
-            "seed": config.seed,
-            "weights_dtype": dtype,
-            "best_validation": state.get("best"),
-            **initialised_from,
-        },
+        **{key: value for key, value in specific.items() if key not in ("title", "split", "training")},
+        **fields,
+        "split": {"file": f"{Path(run_dir).name}/split.json", "seed": split.get("seed"),
+                  "train": split["train"], "validation": split["validation"], **specific.get("split", {})},
+        "training": {"hardware": state.get("hardware", ""),
+                     "hours": round(float(state.get("elapsed_seconds", 0.0)) / 3600.0, 3),
+                     **specific.get("training", {}),
+                     **({"data": data_description} if data_description else {}),
+                     "seed": config.seed, "weights_dtype": dtype, **(training or {})},
         "weights": {"file": weights.name, "sha256": file_sha256(weights)},
     }
-    if metrics_csv is not None:
-        entry["metrics"] = metrics_entry(metrics_csv)
-    else:
-        log.warning("No evaluation CSV (run `python -m Training evaluate` first): the entry has no metrics.")
-
+    if metrics is not None:
+        entry["metrics"] = metrics
+    if notes:
+        entry["notes"] = notes
     add_to_catalogue(entry, catalogue)
     return entry
 

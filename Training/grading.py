@@ -324,6 +324,29 @@ class GradingRecipe(Recipe):
                  {g: round(w, 4) for g, w in zip(GRADES, self.class_weights)}, len(self.split["train"]),
                  len(self.split["validation"]))
 
+    def catalogue_entry(self, state):
+        config, split = self.config, state["split"]
+        train_counts = {g: sum(split["grades"][c] == g for c in split["train"]) for g in GRADES}
+        return {
+            "title": f"{config.network} glioma grader ({Path(config.run_dir).name})",
+            "classes": list(GRADES),
+            "handles_missing_modalities": False,
+            "split": {"given_as": config.split_file, "stratified_by": "grade",
+                      "grades": {c: split["grades"][c] for c in split["train"] + split["validation"]}},
+            "training": {
+                "steps": {"stage1": config.stage1_steps, "stage2": config.stage2_steps, "done": int(state["step"])},
+                "data": f"{len(split['train'])} training cases (BraTS; "
+                        + ", ".join(f"{n} {g}" for g, n in train_counts.items()) + ")",
+                "input": "brain crop (library preprocessing) resized to patch_size (inference.resize_for_classifier)",
+                "batch_size": config.batch_size,
+                "optimizer": f"AdamW lr {config.lr} wd {config.weight_decay}, {config.schedule} schedule per stage",
+                "loss": "stage 1: class-weighted CE on the T1ce primary head (primary stream only); stage 2 from the "
+                        "stage-1 weights: alpha CE(primary) + (1 - alpha) CE(fused), alpha = 1 - (t/T)^2",
+                "class_weights": state.get("class_weights"),
+                "augmentation": f"flips, intensity scale {config.intensity_scale} / shift {config.intensity_shift}",
+            },
+        }
+
     def stages(self, network):
         return [Stage("stage1", self.config.stage1_steps, parameters=network.primary_parameters(),
                       find_unused_parameters=True, keep=True),

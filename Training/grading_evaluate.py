@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE, file_sha256
+from BrainTumorFusionLib.engine.catalogue import SHIPPED_CATALOGUE
 from BrainTumorFusionLib.engine.pipeline import GRADES, Model, Pipeline
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.files.cases import find_cases
@@ -26,8 +26,8 @@ from BrainTumorFusionLib.modalities import MODALITIES
 from . import checkpoint as ckpt
 from .checkpoint import checkpoint_file
 from .data import GROUPS_FILE, write_csv, write_json
-from .export import SIZE_LIMIT_MB, add_to_catalogue, write_weights
-from .grading import GradingConfig, grading_metrics, read_grades
+from .export import SIZE_LIMIT_MB, write_entry
+from .grading import GradingConfig, GradingRecipe, grading_metrics, read_grades
 from .network_recipes import build_network
 
 log = logging.getLogger(__name__)
@@ -131,48 +131,9 @@ def export_grader(checkpoint, name, catalogue=SHIPPED_CATALOGUE, title=None, met
     run_dir = path.parent.parent
     if metrics_json is None and (run_dir / "grading_validation.json").is_file():
         metrics_json = run_dir / "grading_validation.json"
-    weights, dtype = write_weights(network, catalogue, name, dtype, size_limit_mb)
-    split = state["split"]
-    train_counts = {g: sum(split["grades"][c] == g for c in split["train"]) for g in GRADES}
-    entry = {
-        "name": name,
-        "title": title or f"{config.network} glioma grader ({Path(config.run_dir).name})",
-        "task": "grading",
-        "network": config.network,
-        "config": config.network_config,
-        "classes": list(GRADES),
-        "modalities": list(MODALITIES),
-        "handles_missing_modalities": False,
-        "spacing_mm": list(config.spacing) if config.spacing else None,
-        "patch_size": list(config.patch_size),
-        "split": {"file": f"{run_dir.name}/split.json", "given_as": config.split_file, "seed": split.get("seed"),
-                  "stratified_by": "grade",
-                  "train": split["train"], "validation": split["validation"],
-                  "grades": {c: split["grades"][c] for c in split["train"] + split["validation"]}},
-        "training": {
-            "hardware": state.get("hardware", ""),
-            "hours": round(float(state.get("elapsed_seconds", 0.0)) / 3600.0, 3),
-            "steps": {"stage1": config.stage1_steps, "stage2": config.stage2_steps, "done": int(state["step"])},
-            "data": data_description or (f"{len(split['train'])} training cases (BraTS; "
-                                         + ", ".join(f"{n} {g}" for g, n in train_counts.items()) + ")"),
-            "input": "brain crop (library preprocessing) resized to patch_size (inference.resize_for_classifier)",
-            "batch_size": config.batch_size,
-            "optimizer": f"AdamW lr {config.lr} wd {config.weight_decay}, {config.schedule} schedule per stage",
-            "loss": "stage 1: class-weighted CE on the T1ce primary head (primary stream only); stage 2 from the "
-                    "stage-1 weights: alpha CE(primary) + (1 - alpha) CE(fused), alpha = 1 - (t/T)^2",
-            "class_weights": state.get("class_weights"),
-            "augmentation": f"flips, intensity scale {config.intensity_scale} / shift {config.intensity_shift}",
-            "seed": config.seed,
-            "weights_dtype": dtype,
-        },
-        "weights": {"file": weights.name, "sha256": file_sha256(weights)},
-    }
-    if metrics_json is not None:
-        entry["metrics"] = metrics_entry(metrics_json)
-    else:
+    metrics = metrics_entry(metrics_json) if metrics_json is not None else None
+    if metrics is None:
         log.warning("No grading evaluation (run `python -m Training evaluate-grader` first): the entry has no metrics.")
-    notes = notes or default_notes(split)
-    if notes:
-        entry["notes"] = notes
-    add_to_catalogue(entry, catalogue)
-    return entry
+    return write_entry(GradingRecipe(config), state, network, name, catalogue, run_dir, title=title, dtype=dtype,
+                       size_limit_mb=size_limit_mb, data_description=data_description, metrics=metrics,
+                       notes=notes or default_notes(state["split"]))

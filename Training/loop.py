@@ -91,6 +91,11 @@ class Recipe:
     def checkpoint_extras(self) -> dict:
         return {}
 
+    def catalogue_entry(self, state: dict) -> dict:
+        """What this kind of model's catalogue entry says beyond the fields every entry has (export.write_entry):
+        its title, task-specific fields, and its own `split` and `training` details, from the checkpoint `state`."""
+        raise NotImplementedError(f"{type(self).__name__} runs are not exported into a model catalogue.")
+
     def configure_optimizer(self, parameters: list) -> torch.optim.Optimizer:
         """The optimizer of a stage over `parameters` (AdamW at the run's lr and weight decay; override for
         another). The loop builds one per stage and restores its state on resume."""

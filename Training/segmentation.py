@@ -116,6 +116,29 @@ class SegmentationRecipe(Recipe):
         return SegmentationLoss(self.config.dice_weight, self.config.bce_weight, network.aux_term, self.aux_weight,
                                 network.deep_supervision)
 
+    def catalogue_entry(self, state: dict) -> dict:
+        config, split = self.config, state["split"]
+        world = int(state.get("world_size", 1))
+        groups = sorted(set(split.get("groups", {}).get(c, "?") for c in split["train"]))
+        recipe, weight = recipe_of(config.network), aux_weight(config)
+        return {
+            "title": f"{config.network} ({Path(config.run_dir).name})",
+            "handles_missing_modalities": bool(uses_modality_dropout(config)),
+            "split": {"stratified_by": split.get("stratified_by")},
+            "training": {
+                "device_hours": round(float(state.get("elapsed_seconds", 0.0)) * world / 3600.0, 3),
+                "steps": int(state["step"]),
+                "data": f"{len(split['train'])} training cases (BraTS; source groups {', '.join(groups)})",
+                "batch_size": config.batch_size * world,
+                "optimizer": f"AdamW lr {config.lr} wd {config.weight_decay}, {config.schedule} schedule",
+                "loss": f"{config.dice_weight} Dice + {config.bce_weight} BCE"
+                        + (f" + {weight} x {recipe.aux_description}" if weight else ""),
+                **recipe.notes,
+                "modality_dropout": bool(uses_modality_dropout(config)),
+                "best_validation": state.get("best"),
+            },
+        }
+
     def prepare(self, context, run_dir: Path) -> None:
         """Split (recorded in run_dir/split.json) and cache paths; rank 0 discovers and prepares, the others wait."""
         config, split_path = self.config, run_dir / "split.json"
