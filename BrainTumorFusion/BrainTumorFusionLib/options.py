@@ -30,7 +30,7 @@ from .modalities import MODALITIES
 KEYWORD_ALIASES = {"catalogue_files": "catalogues"}
 
 
-def _option(default: Any, help: str, choices: Optional[tuple] = None, gui: bool = True, label: str = "",
+def option(default: Any, help: str, choices: Optional[tuple] = None, gui: bool = True, label: str = "",
             **argparse_extra: Any):
     """A field with its help text, choice list, whether the GUI shows it, the words messages use for it (label) and
     extra argparse settings."""
@@ -40,29 +40,29 @@ def _option(default: Any, help: str, choices: Optional[tuple] = None, gui: bool 
 
 @dataclass(frozen=True)
 class SegmentationOptions:
-    model: str = _option(DEFAULT_MODEL, f"'{AUTO}' (default): per case the most accurate measured choice for the "
+    model: str = option(DEFAULT_MODEL, f"'{AUTO}' (default): per case the most accurate measured choice for the "
                          f"modalities present within {AUTO_CPU_SECONDS_LIMIT:g} s per case on a CPU (the models command "
                          f"lists the table); a segmentation model of the catalogue; or '{ENSEMBLE}' to average several")
-    members: tuple[str, ...] = _option((), f"with --model {ENSEMBLE}: comma-separated segmentation models to average "
+    members: tuple[str, ...] = option((), f"with --model {ENSEMBLE}: comma-separated segmentation models to average "
                                        "(default: every segmentation model of the catalogue; see the models command)",
                                        metavar="A,B,...")
-    device: str = _option("auto", "auto (default: CUDA when there is a GPU), cpu or cuda", DEVICES)
-    precision: str = _option("auto", "auto (default): float16 on CUDA, bfloat16 on CPUs with native bfloat16 for "
+    device: str = option("auto", "auto (default: CUDA when there is a GPU), cpu or cuda", DEVICES)
+    precision: str = option("auto", "auto (default): float16 on CUDA, bfloat16 on CPUs with native bfloat16 for "
                              "models whose catalogue entry allows it, else float32", PRECISIONS)
-    tta: str = _option("off", "test-time augmentation: off (default) or mirror, the mean over the image and its "
+    tta: str = option("off", "test-time augmentation: off (default) or mirror, the mean over the image and its "
                        "mirror images (several times the network time)", TTA_MODES,
                        label="test-time augmentation")
-    grade: bool = _option(False, "also grade the glioma (HGG vs LGG)")
-    grading_model: str = _option(DEFAULT_GRADER, "the grading model of the catalogue", gui=False)
-    register: str = _option("auto", "rigid co-registration of the other inputs onto the reference: auto (default) "
+    grade: bool = option(False, "also grade the glioma (HGG vs LGG)")
+    grading_model: str = option(DEFAULT_GRADER, "the grading model of the catalogue", gui=False)
+    register: str = option("auto", "rigid co-registration of the other inputs onto the reference: auto (default) "
                             "when an input lies on another grid or looks misaligned, on, or off", REGISTER_MODES,
                             label="registration")
-    reference: str = _option(DEFAULT_REFERENCE, f"the input whose grid the result lies on (default "
+    reference: str = option(DEFAULT_REFERENCE, f"the input whose grid the result lies on (default "
                              f"{DEFAULT_REFERENCE}; the first present one when it is absent)", MODALITIES)
-    skull_strip: str = _option("auto", "brain extraction: auto (default) when an input still has its skull, on, or "
+    skull_strip: str = option("auto", "brain extraction: auto (default) when an input still has its skull, on, or "
                                "off", SKULL_STRIP_MODES,
                                label="skull stripping")
-    catalogues: tuple[str, ...] = _option((), "extra model catalogue file (your own trained models); repeatable",
+    catalogues: tuple[str, ...] = option((), "extra model catalogue file (your own trained models); repeatable",
                                           gui=False, flag="--catalogue", metavar="JSON")
 
     def __post_init__(self):

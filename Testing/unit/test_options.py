@@ -2,6 +2,7 @@
 settings are refused with the choices. The tests walk the dataclass's fields, so a new option is covered by them as
 soon as it is declared."""
 
+import argparse
 import dataclasses
 
 import pytest
@@ -11,7 +12,7 @@ from BrainTumorFusionLib.app.records import RunSettings
 from BrainTumorFusionLib.choices import ENSEMBLE
 from BrainTumorFusionLib.engine.catalogue import Catalogue
 from BrainTumorFusionLib.errors import InputError
-from BrainTumorFusionLib.options import GUI_CHOICES, GUI_DEFAULTS, GUI_FIELDS, SegmentationOptions
+from BrainTumorFusionLib.options import GUI_CHOICES, GUI_DEFAULTS, GUI_FIELDS, SegmentationOptions, option
 
 
 def unusual(option):
@@ -77,3 +78,21 @@ def test_python_keywords_replace_options_and_unknown_ones_are_named():
     assert options.members == ("hafb", "missu") and options.catalogues == ("x.json",)  # older spelling kept
     with pytest.raises(InputError, match="Unknown option.*precison.*the options are model, members"):
         SegmentationOptions().with_keywords(precison="fp32")
+
+
+def test_a_new_option_is_one_field_and_its_use():
+    """How an option is added: one field (default, help, choices); the command line, argv, keywords and validation
+    follow from it. (Its use is the other edit; a GUI widget binds to it by name in the .ui file, and an option that
+    changes results joins records.RunSettings.)"""
+    @dataclasses.dataclass(frozen=True)
+    class WithSmoothing(SegmentationOptions):
+        smoothing: str = option("off", "smooth the labels: off (default) or on", ("off", "on"))
+
+    parser = argparse.ArgumentParser()
+    WithSmoothing.add_arguments(parser)
+    parsed = WithSmoothing.from_args(parser.parse_args(["--smoothing", "on", "--tta", "mirror"]))
+    assert (parsed.smoothing, parsed.tta) == ("on", "mirror")
+    assert WithSmoothing.from_args(parser.parse_args(parsed.to_argv())) == parsed
+    assert WithSmoothing().with_keywords(smoothing="on").smoothing == "on"
+    with pytest.raises(InputError, match="Unknown smoothing setting 'maybe': choose one of off, on"):
+        WithSmoothing(smoothing="maybe")
