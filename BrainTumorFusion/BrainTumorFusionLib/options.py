@@ -1,7 +1,7 @@
-"""The options of a segmentation run, defined once: their defaults, help and validation (choice lists: choices.py), and each form a
-front end needs - the command line (add_arguments, from_args, to_argv), the GUI's parameter node (GUI_FIELDS,
-from_gui), Python keywords (with_keywords) and the per-case record (records.RunSettings). A new option is one field
-here plus its use.
+"""The options of a segmentation run, defined once: their defaults, help and validation (the choice lists are in
+choices.py), and each form a front end needs - the command line (add_arguments, from_args, to_argv), the GUI's
+parameter node (GUI_FIELDS, from_gui), Python keywords (with_keywords) and the per-case record (records.RunSettings).
+A new option is one field here plus its use (and, when it changes results, its line in RunSettings).
 
 Torch-free: the GUI process imports it before torch is installed."""
 
@@ -31,7 +31,7 @@ KEYWORD_ALIASES = {"catalogue_files": "catalogues"}
 
 
 def option(default: Any, help: str, choices: Optional[tuple] = None, gui: bool = True, label: str = "",
-            **argparse_extra: Any):
+           **argparse_extra: Any):
     """A field with its help text, choice list, whether the GUI shows it, the words messages use for it (label) and
     extra argparse settings."""
     return field(default=default, metadata={"help": help, "choices": choices, "gui": gui, "label": label,
@@ -41,8 +41,9 @@ def option(default: Any, help: str, choices: Optional[tuple] = None, gui: bool =
 @dataclass(frozen=True)
 class SegmentationOptions:
     model: str = option(DEFAULT_MODEL, f"'{AUTO}' (default): per case the most accurate measured choice for the "
-                         f"modalities present within {AUTO_CPU_SECONDS_LIMIT:g} s per case on a CPU (the models command "
-                         f"lists the table); a segmentation model of the catalogue; or '{ENSEMBLE}' to average several")
+                        f"modalities present within {AUTO_CPU_SECONDS_LIMIT:g} s per case on a CPU (the models "
+                        f"command lists the table); a segmentation model of the catalogue; or '{ENSEMBLE}' to average "
+                        "several")
     members: tuple[str, ...] = option((), f"with --model {ENSEMBLE}: comma-separated segmentation models to average "
                                        "(default: every segmentation model of the catalogue; see the models command)",
                                        metavar="A,B,...")

@@ -61,6 +61,6 @@ def test_records_made_before_the_option_count_as_made_without_mirroring(tmp_path
     plain = settings_for(catalogue)
     older = {key: value for key, value in plain.as_json().items() if key != "tta"}
     assert plain.tta == "off" and plain.matches(older) and plain.matches(plain.as_json())
-    mirrored = RunSettings.from_catalogue(Catalogue.load([catalogue]),
-                                          SegmentationOptions(model="intensity", grading_model="constant", tta="mirror"))
+    options = SegmentationOptions(model="intensity", grading_model="constant", tta="mirror")
+    mirrored = RunSettings.from_catalogue(Catalogue.load([catalogue]), options)
     assert not mirrored.matches(older) and mirrored.differences(older) == ["test-time augmentation off, now mirror"]

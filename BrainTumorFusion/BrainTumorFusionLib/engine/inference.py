@@ -28,7 +28,8 @@ from ..progress import Progress
 log = logging.getLogger(__name__)
 OVERLAP = 0.5
 # Axes of a (4, D, H, W) image flipped in each mirroring pass: the image, then one flip per spatial axis. Every
-# combination of the three (8 passes, nnU-Net's) took twice the time for a lower mean Dice with hafb (docs/decisions.md).
+# combination of the three (8 passes, nnU-Net's) took twice the time for a lower mean Dice with hafb
+# (docs/decisions.md).
 MIRROR_FLIPS = ((), (1,), (2,), (3,))
 
 

@@ -146,8 +146,8 @@ ITERATIONS = 100
 # the optimum. And an input on thicker slices (FLAIR on 5 mm) is the fixed image there: the metric samples its own
 # voxels and interpolates the reference at 1 mm, where interpolating between 5 mm slices blurred the input and
 # pulled the optimum 1-6 mm off (registering aligned inputs from their true pose, 4 cases). Both measured with
-# Testing/benchmarks/bench_registration.py; see docs/benchmarks.md. (A last step on full-resolution 5 or 10 % samples of the
-# input was tried before: no better.)
+# Testing/benchmarks/bench_registration.py; see docs/benchmarks.md. (A last step on full-resolution 5 or 10 %
+# samples of the input was tried before: no better.)
 MIN_STEP = 0.01
 FINE_STEP = 0.001
 FINE_ITERATIONS = 300

