@@ -188,3 +188,57 @@ def test_a_weights_link_out_of_the_folder_is_not_read_nor_named_for_deletion(tmp
     with pytest.raises(ModelError, match="lead outside .*copy it there instead of linking") as error:
         load_network(Catalogue.load([path]).entry("intensity"))
     assert "elete" not in str(error.value)
+
+
+def missu_catalogue(tmp_path, config):
+    from BrainTumorFusionLib import networks
+
+    return write_catalogue(tmp_path, "missu", networks.build("missu").state_dict(), name="my_missu", config=config)
+
+
+def test_a_config_that_does_not_fit_its_network_is_named_with_its_catalogue(tmp_path):
+    """Probe finding 3: `"widths": [4, 8]` for missu ended in a raw ValueError traceback."""
+    path = missu_catalogue(tmp_path, {"widths": [4, 8]})
+    entry = Catalogue.load([path]).entry("my_missu")
+    with pytest.raises(ModelError, match=rf"Model catalogue {path}, entry 1 \('my_missu'\): network 'missu' cannot "
+                                         r"be built with its config \{\"widths\": \[4, 8\]\}.*Correct the entry's config"):
+        load_network(entry)
+
+
+def test_the_models_command_reports_a_broken_entry(tmp_path, capsys):
+    from BrainTumorFusionLib.app.cli import main
+
+    path = missu_catalogue(tmp_path, {"widths": [4, 8]})
+    assert main(["models", "--catalogue", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "BROKEN: Model catalogue" in out and "my_missu" in err
+    assert "hafb" in out and "BROKEN" not in out.split("hafb", 1)[1].split("\n", 1)[0]  # shipped entries are fine
+
+
+@pytest.mark.parametrize("name", ["auto", "Ensemble", "hafb,missu"])
+def test_reserved_names_are_refused_with_their_catalogue(tmp_path, name):
+    path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict(), name=name)
+    with pytest.raises(ModelError, match=rf"Model catalogue {path}, entry 1.*field 'name' is .*reserved"):
+        Catalogue.load([path])
+
+
+def test_a_name_defined_twice_in_one_catalogue_is_refused(tmp_path):
+    path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict())
+    data = json.loads(path.read_text())
+    data["models"].append(dict(data["models"][0]))
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=rf"Model catalogue {path} defines 'intensity' more than once \(entries 1, 2\)"):
+        Catalogue.load([path])
+
+
+def test_a_weights_file_with_pickled_objects_is_refused_without_the_advice_to_unpickle_it(tmp_path):
+    path = write_catalogue(tmp_path, "intensity", IntensityNet().state_dict())
+    torch.save({"offsets": torch.zeros(4), "extra": np.dtype("float32")}, tmp_path / "intensity.pt")
+    data = json.loads(path.read_text())
+    from BrainTumorFusionLib.engine.catalogue import file_sha256
+    data["models"][0]["weights"]["sha256"] = file_sha256(tmp_path / "intensity.pt")
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=r"holds Python objects besides tensors \(numpy.dtype\), which are refused "
+                                         "without running them") as raised:
+        load_network(Catalogue.load([path]).entry("intensity"))
+    assert "weights_only=False" not in str(raised.value) and "reinstall" not in str(raised.value)

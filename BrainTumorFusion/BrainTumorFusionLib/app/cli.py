@@ -123,32 +123,41 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_models(args: argparse.Namespace) -> int:
     from ..choices import AUTO, ENSEMBLE
     from ..engine.auto_choice import describe, usable_choices
-    from ..engine.catalogue import Catalogue
+    from ..engine.catalogue import Catalogue, build_network
     from ..errors import ModelError
 
     catalogue = Catalogue.load(args.catalogue)
     if not catalogue.entries:
         print("No trained model is installed yet.")
+    broken = []
     for name in catalogue.names():
         entry = catalogue.entries[name]
         print(f"{name:12s} {entry.task:13s} network={entry.network} modalities={','.join(entry.modalities)} "
               f"{entry.details.get('metrics', '')}")
         if entry.details.get("notes"):
             print(f"{'':12s} note: {entry.details['notes']}")
+        try:
+            build_network(entry)  # the entry's config fits its network (weights are checked when it runs)
+        except ModelError as error:
+            print(f"{'':12s} BROKEN: {error}")
+            broken.append(name)
+    if broken:
+        print(f"ERROR: {len(broken)} broken catalogue entr{'y' if len(broken) == 1 else 'ies'}: "
+              f"{', '.join(broken)} (see above).", file=sys.stderr)
     if ENSEMBLE in catalogue.segmentation_choices():
         print(f"{ENSEMBLE:12s} {'segmentation':13s} mean of --members (default: "
               f"{','.join(catalogue.default_ensemble())})")
     try:
         choices = usable_choices(catalogue)
     except ModelError:
-        return 0
+        return 1 if broken else 0
     print(f"{AUTO:12s} {'segmentation':13s} per case the most accurate of these measured choices that runs on the "
           f"modalities present, within {catalogue.auto.cpu_seconds_limit:g} s per case on a CPU "
           f"({catalogue.auto.hardware}):")
     for choice in sorted(choices, key=lambda choice: -choice.mean_dice):
         print(f"{'':12s}   {describe(choice):55s} Dice " + " ".join(f"{k} {v:.3f}" for k, v in choice.dice.items())
               + f"  {choice.cpu_seconds:.1f} s")
-    return 0
+    return 1 if broken else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

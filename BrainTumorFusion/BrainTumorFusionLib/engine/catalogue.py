@@ -10,6 +10,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
@@ -117,6 +119,7 @@ class ModelEntry:
     whole_window: bool = False  # "window": "whole": one window over the whole brain crop (fully convolutional)
     folder: Path = SHIPPED_WEIGHTS
     details: dict[str, Any] = field(default_factory=dict)  # DETAILS: shown, and `precision` read by the pipeline
+    source: str = ""  # the catalogue file and position that define it, for messages
 
     @classmethod
     def from_json(cls, data: Any, folder: Union[str, os.PathLike], where: str = "Catalogue entry") -> "ModelEntry":
@@ -132,7 +135,8 @@ class ModelEntry:
             return _field(data, path, expected, valid, where, default)
 
         text = "a non-empty string"
-        name = get("name", text, _text)
+        name = get("name", "a non-empty string without commas, other than 'auto' and 'ensemble' (reserved)",
+                   lambda v: _text(v) and "," not in v and v.strip().lower() not in (AUTO, ENSEMBLE))
         get("weights", 'an object {"file": ..., "sha256": ...}', lambda v: isinstance(v, dict))
         spacing = get("spacing_mm", "null or 3 positive numbers [I, J, K] in mm",
                       lambda v: v is None or _three(v, (int, float)), None)
@@ -151,7 +155,7 @@ class ModelEntry:
                    spacing_mm=tuple(spacing) if spacing else None,
                    patch_size=tuple(get("patch_size", "3 positive integers [D, H, W]", lambda v: _three(v, (int,)),
                                         list(cls.patch_size))),
-                   folder=Path(folder),
+                   folder=Path(folder), source=where,
                    details={k: get(k, *_DETAIL_TYPES[k]) if k in _DETAIL_TYPES else data[k]
                             for k in DETAILS if k in data})
 
@@ -273,8 +277,15 @@ class Catalogue:
             if not isinstance(models, list):
                 raise ModelError(f"Model catalogue {path} must be an object {{\"models\": [...]}} that lists the "
                                  f"entries; it is {_shown(data)}. Wrap the entries in {{\"models\": [...]}}.")
-            entries += [ModelEntry.from_json(item, weights_folder, f"Model catalogue {path}, entry {number}")
-                        for number, item in enumerate(models, 1)]
+            loaded = [ModelEntry.from_json(item, weights_folder, f"Model catalogue {path}, entry {number}")
+                      for number, item in enumerate(models, 1)]
+            names = [entry.name for entry in loaded]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:  # a later file may replace an earlier file's entry; one file names each model once
+                raise ModelError(f"Model catalogue {path} defines {', '.join(repr(n) for n in twice)} more than once "
+                                 f"(entries {', '.join(str(i) for i, n in enumerate(names, 1) if n in twice)}): "
+                                 "rename or remove the extra entries.")
+            entries += loaded
             if "auto" in data:  # a later file's table replaces an earlier one, as its entries do
                 auto = AutoTable.from_json(data["auto"], f"Model catalogue {path}, field 'auto'")
         return cls(entries, auto)
@@ -327,11 +338,22 @@ class Catalogue:
         return [self.entries[name] for name in names]
 
 
+def build_network(entry: ModelEntry) -> "torch.nn.Module":
+    """The entry's network, untrained: a `config` that does not fit the network is a ModelError naming the entry
+    and the catalogue that defines it."""
+    from .. import networks
+
+    try:
+        return networks.build(entry.network, **entry.config)
+    except (KeyError, TypeError, ValueError, AssertionError, IndexError, RuntimeError) as error:
+        raise ModelError(f"{entry.source or 'Model ' + repr(entry.name)}: network '{entry.network}' cannot be built "
+                         f"with its config {json.dumps(entry.config)} ({error}). Correct the entry's config (the "
+                         "network's arguments) or re-export the model.") from None
+
+
 def load_network(entry: ModelEntry, device: Union[str, "torch.device"] = "cpu") -> "torch.nn.Module":
     """Build the entry's network and load its weights after checking their SHA-256; eval mode."""
     import torch
-
-    from .. import networks
 
     path = entry.weights_path()
     actual = file_sha256(path)
@@ -340,12 +362,19 @@ def load_network(entry: ModelEntry, device: Union[str, "torch.device"] = "cpu") 
             f"Weights file {path} does not match the catalogue (SHA-256 {actual[:12]}... instead of "
             f"{entry.sha256[:12]}...). It is corrupt or was replaced: delete it and reinstall the extension "
             "or re-export the model.")
-    try:
-        network = networks.build(entry.network, **entry.config)
-    except (KeyError, TypeError) as error:
-        raise ModelError(f"Model '{entry.name}': cannot build network '{entry.network}' ({error}).") from None
+    network = build_network(entry)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused is None:
+            raise ModelError(f"Weights file {path} cannot be read (it is damaged or not a torch file). Delete it and "
+                             "reinstall, or re-export the model.") from None
+        # weights_only refused an object: nothing in the file was run; torch's advice to unpickle it is not passed on
+        raise ModelError(
+            f"Weights file {path} holds Python objects besides tensors ({refused.group(1)}), which are refused "
+            "without running them. Use a plain state_dict file (`python -m Training export` writes one) from a source "
+            "you trust.") from None
     except Exception as error:  # torch raises many types for unreadable files
         raise ModelError(f"Weights file {path} cannot be read ({error}). Delete it and reinstall.") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
