@@ -1,7 +1,7 @@
 """Case and Result: what flows between the adapters (scene, files) and the Slicer-free core."""
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -48,7 +48,8 @@ class Case:
 
 @dataclass
 class Result:
-    """What a run gives back: a BraTS label map on the case grid, region volumes and grade probabilities."""
+    """What a run gives back: a BraTS label map on the case grid, region volumes, RANO measurements and grade
+    probabilities."""
 
     case_name: str
     labels: np.ndarray  # uint8 (K, J, I), values 0/1/2/4
@@ -61,3 +62,4 @@ class Result:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage: register, skull_strip, segment
+    measurements: Any = None  # measurements.rano.Measurements of the labels (typed loosely: basics import nothing above)

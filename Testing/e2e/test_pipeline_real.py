@@ -5,10 +5,10 @@ import pytest
 import SimpleITK as sitk
 
 from BrainTumorFusionLib.engine.pipeline import Pipeline
-from BrainTumorFusionLib.engine.postprocessing import region_volumes
 from BrainTumorFusionLib.engine.preprocessing import prepare
 from BrainTumorFusionLib.errors import InputError
 from BrainTumorFusionLib.files.file_io import CaseFiles, case_files_in, read_case, write_labels
+from BrainTumorFusionLib.measurements.regions import region_volumes
 from Testing.plumbing import intensity_model
 from Testing.realdata import brats_case_dir
 

@@ -11,7 +11,8 @@ import vtk
 from BrainTumorFusionLib.app.scene import write_result_to_scene, write_segmentation, write_tables
 from BrainTumorFusionLib.case import Result
 from BrainTumorFusionLib.files.seg_nrrd import save_seg_nrrd
-from BrainTumorFusionLib.files.segments import SEGMENTS, VOLUME_COLUMNS
+from BrainTumorFusionLib.files.segments import SEGMENTS
+from BrainTumorFusionLib.measurements.regions import REGIONS
 
 SHAPE = (6, 8, 10)
 MATRIX = np.array([[-1.2, 0, 0, 40.0], [0, -0.8, 0, 22.0], [0, 0, 2.0, -15.0], [0, 0, 0, 1]])
@@ -99,8 +100,8 @@ def test_volumes_table_rows_and_values(kit, vtk_messages, placed):
     assert volumes_table.GetName() == "Patient7 tumor volumes" and grade_table is None
     table = volumes_table.GetTable()
     assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == ["Region", "Volume (mL)"]
-    assert table.GetNumberOfRows() == len(VOLUME_COLUMNS)
-    for row, region in enumerate(VOLUME_COLUMNS):
+    assert table.GetNumberOfRows() == len(REGIONS)
+    for row, region in enumerate(REGIONS):
         assert volumes_table.GetCellText(row, 0) == region
         assert table.GetValue(row, 1).ToDouble() == pytest.approx(VOLUMES[region])
     assert isinstance(table.GetColumn(1), vtk.vtkDoubleArray)

@@ -129,7 +129,7 @@ def library_imports():
 
 
 # The library's floors, lowest first: each sub-package imports only from its own floor and those below.
-FLOORS = ("", "preparation", "engine", "files", "app")  # "": the shared basics at the top of the folder, networks
+FLOORS = ("", "preparation", "measurements", "engine", "files", "app")  # "": the shared basics at the top of the folder, networks
 
 
 def test_sub_packages_import_only_downwards():

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from BrainTumorFusionLib.case import Case
-from BrainTumorFusionLib.engine.postprocessing import brats_labels, region_volumes, regions_to_labels, uncrop
+from BrainTumorFusionLib.engine.postprocessing import brats_labels, regions_to_labels, uncrop
 from BrainTumorFusionLib.engine.preprocessing import brain_bounding_box, crop_matrix, normalize, prepare, resampled_grid
+from BrainTumorFusionLib.measurements.regions import region_volumes
 from BrainTumorFusionLib.preparation.geometry import spacing_of
 
 

@@ -179,7 +179,7 @@ class _Run:
                 from ..files.preview import write_preview  # Pillow is needed only for previews
 
                 writers.append(lambda path: write_preview(case, result.labels, path))
-            _write_all(writers, [self.output_dir / name for name in names])
+            write_all(writers, [self.output_dir / name for name in names])
             record = done_record(self.settings, result, names, reference=case.reference_role,
                                  registration=[alignment.as_json() for alignment in case.alignments.values()])
             if case_files.dicom:  # which series gave each role
@@ -224,7 +224,7 @@ class _Run:
         return record
 
 
-def _write_all(writers: list[Callable[[Path], None]], paths: list[Path]) -> None:
+def write_all(writers: list[Callable[[Path], None]], paths: list[Path]) -> None:
     """Each writer writes its file (atomically); if one fails or the run is interrupted, those already written
     are removed too, so a case never has part of its files from this run."""
     written = []

@@ -1,5 +1,5 @@
 """Command line: `segment` (batch over a folder), `predict` (one case, used by the GUI's background
-process), `models` (list the catalogue)."""
+process), `compare` (follow-up exams against their baselines), `models` (list the catalogue)."""
 
 import argparse
 import json
@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--each-input-grid", action="store_true",
                          help="also write labels_<role>.nrrd: the labels on each other input's own grid (through the "
                          "inverse of its registration)")
+
+    compare = commands.add_parser("compare", help="compare follow-up exams with their baselines: both segmented, "
+                                  "the follow-up registered onto the baseline, RANO measurements and their changes")
+    compare.add_argument("--baseline", type=Path, help="the baseline exam's case folder (with --follow-up)")
+    compare.add_argument("--follow-up", type=Path, help="the follow-up exam's case folder (with --baseline)")
+    compare.add_argument("--pairs", type=Path, metavar="CSV",
+                         help="many pairs: a CSV with columns baseline, follow_up and optionally id (folders relative "
+                         "to the CSV's own)")
+    compare.add_argument("--output-dir", required=True, type=Path)
+    SegmentationOptions.add_arguments(compare)
 
     models = commands.add_parser("models", help="list the models of the catalogue")
     models.add_argument("--catalogue", action="append", default=[], metavar="JSON")
@@ -114,10 +124,27 @@ def run_predict(args: argparse.Namespace) -> int:
                "model_choice": result.model_choice, "device": result.device, "tta": pipeline.tta,
                "seconds": result.seconds,
                "warnings": result.warnings, "stages": result.stages, "reference": case.reference_role,
+               "measurements": result.measurements.as_json(),
                "registration": [alignment.as_json() for alignment in case.alignments.values()]}
     write_atomically(lambda target: Path(target).write_text(json.dumps(summary, indent=1)),
                      args.output_dir / "result.json")
     return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .compare import COMPARISONS_NAME, pair_of, read_pairs, run_pairs
+
+    options = SegmentationOptions.from_args(args)
+    pairs = read_pairs(args.pairs) if args.pairs else [pair_of(args.baseline, args.follow_up)]
+    rows = run_pairs(pairs, args.output_dir, lambda: make_pipeline(options), options.preparation())
+    failed = [row["pair_id"] for row in rows if row["status"] != "done"]
+    print(f"{len(rows) - len(failed)} of {len(rows)} pairs compared; table in {args.output_dir / COMPARISONS_NAME}")
+    for row in rows:
+        if row["status"] == "done":
+            print(f"{row['pair_id']}: {row['category']}")
+    if failed:
+        print(f"Failed: {', '.join(failed)} (reasons in {COMPARISONS_NAME})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -171,8 +198,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "segment" and not 0 <= args.part_id < args.num_parts:
         parser.error(f"--part-id must be from 0 to {args.num_parts - 1} with --num-parts {args.num_parts} (got "
                      f"{args.part_id}).")
+    if args.command == "compare" and bool(args.pairs) == bool(args.baseline and args.follow_up):
+        parser.error("give either --baseline and --follow-up (one pair) or --pairs CSV (many pairs).")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    handlers = {"segment": run_segment, "predict": run_predict, "models": run_models}
+    handlers = {"segment": run_segment, "predict": run_predict, "compare": run_compare, "models": run_models}
     # `predict` is the GUI's background process: whatever happens, its last line says how it ended.
     background = args.command == "predict"
     failure = None

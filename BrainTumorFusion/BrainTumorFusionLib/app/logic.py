@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,22 +19,29 @@ import SimpleITK as sitk
 from ..case import Result
 from ..choices import DEFAULT_GRADER, ENSEMBLE
 from ..engine.catalogue import Catalogue
+from ..errors import InputError
 from ..files.file_io import PathLike
+from ..measurements.rano import measure
 from ..modalities import MODALITIES, assign_roles, case_name_of, present_of
 from ..options import SegmentationOptions
 from ..preparation.geometry import ijk_to_ras_of, image_from_array
 from . import scene as scene_adapter
 from .process_runner import BackgroundProcess, library_command, parse_progress, parse_result
+from .scene_measurements import labels_from_segmentation, write_comparison, write_measurements
 
 if TYPE_CHECKING:
     import slicer
 
     from ..engine.pipeline import Model, Pipeline
+    from ..measurements.rano import Measurements
+    from ..measurements.response import Comparison
     from ..progress import Progress
 
     MaybeVolume = Optional[slicer.vtkMRMLScalarVolumeNode]
+    Exam = Union[slicer.vtkMRMLSegmentationNode, dict[str, slicer.vtkMRMLScalarVolumeNode]]
 
 log = logging.getLogger(__name__)
+MEASUREMENTS_ATTRIBUTE = "BrainTumorFusion.MeasurementsTable"  # on a segmentation: its RANO table's node ID
 
 # Makes the background process from its command line; anything with poll() -> (lines, exit code or None)
 # and cancel(), as BackgroundProcess.
@@ -150,11 +157,70 @@ class SceneLogic:
         result = pipeline.run(case, share(report, 0.5 if case.stages else 0.0, 1.0), should_cancel)
         for warning in result.warnings:  # the console shows these; the node keeps them (WARNINGS_ATTRIBUTE)
             log.warning(warning)
-        segmentation = scene_adapter.write_result_to_scene(result, nodes[case.reference_role], self.scene)[0]
+        segmentation = self.write_result(result, nodes[case.reference_role])[0]
         transforms = {role: ras_transform_to_parent(alignment.transform)
                       for role, alignment in case.alignments.items() if alignment.registered}
         scene_adapter.add_registration_transforms(self.scene, nodes, transforms, case.reference_role)
         return segmentation
+
+    def write_result(self, result: Result, reference_node: "slicer.vtkMRMLScalarVolumeNode"
+                     ) -> tuple["slicer.vtkMRMLSegmentationNode", "slicer.vtkMRMLTableNode",
+                                Optional["slicer.vtkMRMLTableNode"]]:
+        """The result's segmentation and tables, and its RANO measurements (table and target lesions' lines,
+        whose edits the table follows); on failure nothing stays added."""
+        written = scene_adapter.write_result_to_scene(result, reference_node, self.scene)
+        try:
+            measurements = result.measurements or measure(result.labels, result.ijk_to_ras)
+            link = write_measurements(measurements, self.scene, result.case_name, reference_node)
+        except BaseException:
+            scene_adapter.remove_nodes(self.scene, written)
+            raise
+        written[0].SetAttribute(MEASUREMENTS_ATTRIBUTE, link.table.GetID())
+        return written
+
+    def measure(self, segmentation: "slicer.vtkMRMLSegmentationNode", add_to_scene: bool = True
+                ) -> "Measurements":
+        """RANO measurements of a segmentation node of this extension (e.g. after editing it in Segment Editor):
+        each enhancing lesion's volume and diameters, measurability, target lesions, SPD, region volumes. With
+        add_to_scene, a table "<name> RANO measurements" and the target lesions' diameters as lines are added."""
+        labels, ijk_to_ras = labels_from_segmentation(segmentation)
+        measurements = measure(labels, ijk_to_ras)
+        if add_to_scene:
+            write_measurements(measurements, self.scene, segmentation.GetName(), segmentation)
+        return measurements
+
+    def compare(self, prior: "Exam", follow_up: "Exam", options: Optional[SegmentationOptions] = None,
+                progress: Optional["Progress"] = None, should_cancel: Optional[Callable[[], bool]] = None,
+                **keywords: Any) -> "Comparison":
+        """Compare a follow-up exam with its prior (baseline). Each exam is a segmentation node of this extension
+        (its reference volume, e.g. T1ce, is the exam's image) or a dict of volume nodes by role ({"t1": node,
+        ...}), which is segmented first (options and keywords as `segment`). The follow-up is registered rigidly onto
+        the prior; adds a table "<follow-up> response" (changes, new and vanished lesions, the imaging-only response
+        categories) and returns the measurements.response.Comparison."""
+        from ..engine.follow_up import compare_measured
+        from ..preparation.geometry import image_from_array
+        from ..progress import share
+
+        report = progress or (lambda fraction, message: None)
+        exams = []
+        for index, exam in enumerate((prior, follow_up)):
+            part = share(report, 0.4 * index, 0.4 * (index + 1))
+            if isinstance(exam, dict):
+                exam = self.segment(**exam, options=options, progress=part, should_cancel=should_cancel, **keywords)
+            reference = exam.GetNodeReference(exam.GetReferenceImageGeometryReferenceRole())
+            if reference is None:
+                raise InputError(f"'{exam.GetName()}' has no reference volume to register with; give the exam's "
+                                 "volumes instead, or a segmentation made by Brain Tumor Fusion.")
+            labels, ijk_to_ras = labels_from_segmentation(exam)
+            image = image_from_array(*scene_adapter.volume_from_node(reference))
+            exams.append((exam, measure(labels, ijk_to_ras), image))
+        (_, before, before_image), (segmentation, after, after_image) = exams
+        comparison, _, warnings = compare_measured(before, before_image, after, after_image,
+                                                   share(report, 0.8, 1.0), should_cancel)
+        for warning in warnings:
+            log.warning(warning)
+        write_comparison(comparison, self.scene, segmentation.GetName(), segmentation)
+        return comparison
 
     def grade(self, t1: "MaybeVolume" = None, t1ce: "MaybeVolume" = None, t2: "MaybeVolume" = None,
               flair: "MaybeVolume" = None, model: str = DEFAULT_GRADER, device: str = "auto",
@@ -232,7 +298,7 @@ class SceneLogic:
                             grade_probabilities=summary["grade_probabilities"], model=summary["model"],
                             model_choice=summary["model_choice"], device=summary["device"],
                             seconds=summary["seconds"], warnings=summary["warnings"])
-            written = scene_adapter.write_result_to_scene(result, run.reference_node, self.scene)
+            written = self.write_result(result, run.reference_node)
             transforms = {entry["role"]: np.array(entry["ras_transform_to_parent"])
                           for entry in summary.get("registration", []) if entry["registered"]}
             scene_adapter.add_registration_transforms(self.scene, run.nodes, transforms,

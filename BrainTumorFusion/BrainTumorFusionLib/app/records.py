@@ -23,7 +23,7 @@ from ..engine.catalogue import Catalogue
 from ..engine.pipeline import GRADES
 from ..errors import OutputError
 from ..files.file_io import PathLike, write_atomically
-from ..files.segments import VOLUME_COLUMNS
+from ..measurements.regions import REGIONS
 from ..options import SegmentationOptions
 
 RECORD_KIND = "BrainTumorFusion case record"
@@ -31,7 +31,8 @@ SUMMARY_NAME = "summary.csv"
 LOCK_NAME = ".summary.csv.lock"
 LOCK_TIMEOUT_S = 120  # rebuilding takes milliseconds; a lock held this long belongs to a hung file system
 STAGES = ("register", "skull_strip", "segment")  # seconds of each stage of a case (Result.stages)
-SUMMARY_COLUMNS = (("case_id", "status") + tuple(f"{name}_ml" for name in VOLUME_COLUMNS) + GRADES
+MEASUREMENT_COLUMNS = ("lesions", "measurable_lesions", "spd_mm2")  # from the record's measurements
+SUMMARY_COLUMNS = (("case_id", "status") + tuple(f"{name}_ml" for name in REGIONS) + MEASUREMENT_COLUMNS + GRADES
                    + ("seconds", "device", "tta", "model", "model_choice")
                    + tuple(f"{stage}_s" for stage in STAGES) + ("message",))
 
@@ -136,7 +137,8 @@ def done_record(settings: RunSettings, result: Result, outputs: list[str], **det
     return _record(result.case_name, settings, "done", "", outputs=outputs, volumes_ml=result.volumes_ml,
                    grade_probabilities=result.grade_probabilities, model_used=result.model,
                    model_choice=result.model_choice, device=result.device,
-                   seconds=result.seconds, stages=result.stages, warnings=result.warnings, **details)
+                   seconds=result.seconds, stages=result.stages, warnings=result.warnings,
+                   measurements=result.measurements.as_json() if result.measurements else None, **details)
 
 
 def failed_record(case_id: str, settings: RunSettings, reason: str, **details: Any) -> Record:
@@ -161,6 +163,9 @@ def summary_row(record: Record) -> Row:
            "model_choice": record.get("model_choice", ""),
            "message": record["reason"] or " ".join(record.get("warnings", []))}
     row.update({f"{name}_ml": value for name, value in (record.get("volumes_ml") or {}).items()})
+    measurements = record.get("measurements") or {}
+    row.update({column: measurements.get(key, "") for column, key in (
+        ("lesions", "lesion_count"), ("measurable_lesions", "measurable_count"), ("spd_mm2", "spd_mm2"))})
     row.update(record.get("grade_probabilities") or {})
     row.update({f"{stage}_s": seconds for stage, seconds in (record.get("stages") or {}).items()})
     return {column: row.get(column, "") for column in SUMMARY_COLUMNS}

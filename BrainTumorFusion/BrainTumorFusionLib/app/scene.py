@@ -14,7 +14,8 @@ import vtk
 from ..case import Case, Result
 from ..errors import InputError, OutputError
 from ..files.seg_nrrd import check_labels
-from ..files.segments import SEGMENTS, VOLUME_COLUMNS
+from ..files.segments import SEGMENTS
+from ..measurements.regions import REGIONS
 from ..modalities import DISPLAY_NAMES, MODALITIES, case_name_of
 
 # Node attribute that records which model made a result, e.g. "hafb" or "ensemble (hafb + segresnet)".
@@ -31,11 +32,11 @@ def _describe(node, role=None):
     return f"'{node.GetName()}'{where}"
 
 
-def _matrix(vtk_matrix):
+def vtk_matrix_to_array(vtk_matrix):
     return slicer.util.arrayFromVTKMatrix(vtk_matrix).astype(float)
 
 
-def _transform_to_world(node, what):
+def transform_to_world(node, what):
     """4x4 matrix of the node's parent transform to world (identity if none); non-linear is rejected."""
     parent = node.GetParentTransformNode()
     if parent is None:
@@ -46,7 +47,7 @@ def _transform_to_world(node, what):
             "(Data module: right-click the volume > Harden transform) or remove it, then try again.")
     to_world = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(to_world)
-    return _matrix(to_world)
+    return vtk_matrix_to_array(to_world)
 
 
 def volume_from_node(node: Optional[slicer.vtkMRMLNode], role: Optional[str] = None
@@ -76,7 +77,7 @@ def volume_from_node(node: Optional[slicer.vtkMRMLNode], role: Optional[str] = N
                          "Select a single-channel 3D scalar volume.")
     ijk_to_ras = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(ijk_to_ras)
-    return array, _transform_to_world(node, _describe(node, role)) @ _matrix(ijk_to_ras)
+    return array, transform_to_world(node, _describe(node, role)) @ vtk_matrix_to_array(ijk_to_ras)
 
 
 def case_from_nodes(t1: Optional[VolumeNode] = None, t1ce: Optional[VolumeNode] = None,
@@ -137,7 +138,7 @@ def add_registration_transforms(scene: slicer.vtkMRMLScene, nodes: dict[str, Opt
             node = nodes[role]
             parent = node.GetParentTransformNode()
             moved.append((node, parent))
-            to_world = _transform_to_world(node, _describe(node, role))
+            to_world = transform_to_world(node, _describe(node, role))
             name = f"BrainTumorFusion {DISPLAY_NAMES[role]} to {DISPLAY_NAMES[reference_role]}"
             transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", scene.GenerateUniqueName(name))
             added.append(transform)
@@ -146,12 +147,12 @@ def add_registration_transforms(scene: slicer.vtkMRMLScene, nodes: dict[str, Opt
             transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(local))
             if parent is not None:
                 transform.SetAndObserveTransformNodeID(parent.GetID())
-            _place_in_hierarchy(scene, transform, nodes.get(reference_role))
+            place_in_hierarchy(scene, transform, nodes.get(reference_role))
             node.SetAndObserveTransformNodeID(transform.GetID())
     except BaseException:
         for node, parent in moved:  # the volumes go back under the transforms they had
             node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
-        _remove_nodes(scene, added)
+        remove_nodes(scene, added)
         raise
     return added
 
@@ -165,7 +166,7 @@ def add_volume_node(scene: slicer.vtkMRMLScene, array: np.ndarray, ijk_to_ras: n
     return node
 
 
-def _remove_nodes(scene, nodes):
+def remove_nodes(scene, nodes):
     """Remove nodes with their subject hierarchy items, display and storage nodes (removing a node from the
     scene does not remove those)."""
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
@@ -209,11 +210,11 @@ def _local_matrix(reference_node, ijk_to_ras):
     """World IJK-to-RAS expressed in the reference's transform frame, and that transform node (or None)."""
     if reference_node is None or reference_node.GetParentTransformNode() is None:
         return np.asarray(ijk_to_ras, dtype=float), None
-    to_world = _transform_to_world(reference_node, _describe(reference_node))
+    to_world = transform_to_world(reference_node, _describe(reference_node))
     return np.linalg.inv(to_world) @ np.asarray(ijk_to_ras, dtype=float), reference_node.GetParentTransformNode()
 
 
-def _place_in_hierarchy(scene, node, parent_like):
+def place_in_hierarchy(scene, node, parent_like):
     """Put `node` under the subject hierarchy parent (study) of `parent_like` (scene root if none)."""
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     parent = sh.GetSceneItemID()
@@ -241,16 +242,16 @@ def write_segmentation(result: Result, reference_node: Optional[VolumeNode],
             labelmap.SetAndObserveTransformNodeID(transform.GetID())
             seg_node.SetAndObserveTransformNodeID(transform.GetID())
         _fill_segmentation(seg_node, labelmap)
-        _place_in_hierarchy(scene, seg_node, reference_node)
+        place_in_hierarchy(scene, seg_node, reference_node)
     except BaseException:
-        _remove_nodes(scene, [seg_node])
+        remove_nodes(scene, [seg_node])
         raise
     finally:
-        _remove_nodes(scene, [labelmap])
+        remove_nodes(scene, [labelmap])
     return seg_node
 
 
-def _add_table(scene, name, columns, parent_like):
+def add_table(scene, name, columns, parent_like):
     """Table node from (column name, vtk array class, values) triples, placed beside `parent_like`."""
     table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
     table_node.SetUseColumnTitleAsColumnHeader(True)
@@ -262,30 +263,30 @@ def _add_table(scene, name, columns, parent_like):
             array.InsertNextValue(value)
         table.AddColumn(array)
     table_node.Modified()
-    _place_in_hierarchy(scene, table_node, parent_like)
+    place_in_hierarchy(scene, table_node, parent_like)
     return table_node
 
 
 def write_tables(result: Result, scene: slicer.vtkMRMLScene, parent_like: Optional[slicer.vtkMRMLNode] = None
                  ) -> tuple[slicer.vtkMRMLTableNode, Optional[slicer.vtkMRMLTableNode]]:
     """Add "<case> tumor volumes" (Region, Volume (mL)) and, with grade probabilities, "<case> grade"."""
-    volumes = [float(result.volumes_ml[region]) for region in VOLUME_COLUMNS]
+    volumes = [float(result.volumes_ml[region]) for region in REGIONS]
     added = []
     try:
-        added.append(_add_table(scene, f"{result.case_name} tumor volumes",
-                                [("Region", vtk.vtkStringArray, VOLUME_COLUMNS),
+        added.append(add_table(scene, f"{result.case_name} tumor volumes",
+                                [("Region", vtk.vtkStringArray, REGIONS),
                                  ("Volume (mL)", vtk.vtkDoubleArray, volumes)], parent_like))
         table_node = added[0]
         table_node.SetColumnUnitLabel("Volume (mL)", "mL")
         grade_node = None
         if result.grade_probabilities is not None:
             grades = list(result.grade_probabilities)
-            grade_node = _add_table(scene, f"{result.case_name} grade",
+            grade_node = add_table(scene, f"{result.case_name} grade",
                                     [("Grade", vtk.vtkStringArray, grades),
                                      ("Probability", vtk.vtkDoubleArray,
                                       [float(result.grade_probabilities[g]) for g in grades])], parent_like)
     except BaseException:
-        _remove_nodes(scene, added)
+        remove_nodes(scene, added)
         raise
     return table_node, grade_node
 
@@ -307,7 +308,7 @@ def write_result_to_scene(result: Result, reference_node: Optional[VolumeNode], 
             seg_node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(result.warnings))
     except BaseException:
         added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-        _remove_nodes(scene, [node for node in reversed(added) if node.GetID() not in before])
+        remove_nodes(scene, [node for node in reversed(added) if node.GetID() not in before])
         raise
     return seg_node, volumes_table, grade_table
 

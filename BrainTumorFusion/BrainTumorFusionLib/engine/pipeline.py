@@ -14,6 +14,7 @@ import torch
 from ..case import Case, Result
 from ..choices import AUTO, DEFAULT_GRADER, DEFAULT_MODEL, ENSEMBLE, Members, member_names
 from ..errors import Cancelled, InputError, ModelError
+from ..measurements.rano import measure
 from ..modalities import MODALITIES, display, how_to_give
 from ..options import SegmentationOptions
 from ..preparation.plausibility import grading_refusal, result_warnings
@@ -31,7 +32,7 @@ from .inference import (
     precision_name,
     predict_regions,
 )
-from .postprocessing import Cleanup, clean_labels, region_volumes, regions_to_labels, uncrop
+from .postprocessing import Cleanup, clean_labels, regions_to_labels, uncrop
 from .preprocessing import Crop, Prepared, prepare
 
 GRADES = ("HGG", "LGG")
@@ -256,7 +257,8 @@ class Pipeline:
         report(0.9, "Postprocessing")
         labels = clean_labels(regions_to_labels(probabilities), case.voxel_volume_ml, segmenter.cleanup)
         labels = uncrop(labels, crop, case.image.shape[1:])
-        volumes = region_volumes(labels, case.voxel_volume_ml)
+        measurements = measure(labels, case.ijk_to_ras)
+        volumes = measurements.volumes_ml
         caveat = getattr(segmenter, "notes", "")  # a model's known weakness, e.g. a collapse on a validation case
         warnings = (list(case.warnings) + choice_warnings + ([f"Model '{segmenter.name}': {caveat}"] if caveat else [])
                     + result_warnings(volumes))
@@ -271,7 +273,8 @@ class Pipeline:
         return Result(case_name=case.name, labels=labels, ijk_to_ras=case.ijk_to_ras, volumes_ml=volumes,
                       grade_probabilities=grades, model=segmenter.name, model_choice=choice,
                       device=f"{self.device} {self.precision_used(segmenter)}", seconds=seconds, warnings=warnings,
-                      stages={**case.stages, "segment": seconds})  # the case's preparation stages come first
+                      stages={**case.stages, "segment": seconds},  # the case's preparation stages come first
+                      measurements=measurements)
 
     def segmenter_for(self, case: Case) -> tuple[Union[Model, Ensemble], str, list[str]]:
         """(The segmenter that runs on this case, why it was chosen and warnings about that: "" and [] unless the

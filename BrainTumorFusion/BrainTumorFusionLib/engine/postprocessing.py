@@ -1,4 +1,4 @@
-"""Region probabilities -> BraTS labels on the case grid, the BraTS clean-up of small islands, region volumes."""
+"""Region probabilities -> BraTS labels on the case grid, the BraTS clean-up of small islands."""
 
 from dataclasses import dataclass
 from typing import Sequence
@@ -70,15 +70,6 @@ def uncrop(labels: np.ndarray, crop: Crop, full_shape: Sequence[int]) -> np.ndar
     out = np.zeros(full_shape, dtype=labels.dtype)
     out[crop] = labels
     return out
-
-
-def region_volumes(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
-    """Volumes in mL of NCR, ED, ET and the composite regions TC = NCR + ET, WT = all tumor."""
-    counts = {label: int(np.count_nonzero(labels == label)) for label in (LABEL_NECROTIC, LABEL_EDEMA,
-                                                                          LABEL_ENHANCING)}
-    ncr, ed, et = counts[LABEL_NECROTIC], counts[LABEL_EDEMA], counts[LABEL_ENHANCING]
-    voxels = {"NCR": ncr, "ED": ed, "ET": et, "TC": ncr + et, "WT": ncr + ed + et}
-    return {name: round(count * voxel_volume_ml, 3) for name, count in voxels.items()}
 
 
 def brats_labels(labels: np.ndarray) -> np.ndarray:

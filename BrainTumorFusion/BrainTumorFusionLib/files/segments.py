@@ -41,6 +41,3 @@ def code_parts(code: str) -> tuple[str, str, str]:
     scheme, value, meaning = code.split("^")
     return scheme, value, meaning
 
-
-# Region volume columns of every volumes table and summary.csv, in this order.
-VOLUME_COLUMNS = ("NCR", "ED", "ET", "TC", "WT")
