@@ -10,7 +10,7 @@ import shutil
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -44,14 +44,20 @@ class BrainTumorFusion(ScriptedLoadableModule):
             "co-registered MRI volumes (T1, T1ce, T2, FLAIR), and optionally grades the glioma (HGG/LGG).<br>"
             "<b>GUI</b>: pick the four volumes (filled from their names), a model and a device, press Apply. "
             "Model 'ensemble' averages the models listed in Members (empty: the default ones shown there).<br>"
-            "The result is a segmentation node '&lt;case&gt; tumor' and a table of volumes (mL).<br>"
+            "The result is a segmentation node '&lt;case&gt; tumor', a table of volumes (mL) and a table of RANO "
+            "measurements (each enhancing lesion's diameters, measurable or not, the SPD of up to three target "
+            "lesions), whose target diameters are drawn as lines: move a line's end and the table follows. "
+            "'Compare with prior' (a segmentation of an earlier exam) adds a table of changes and the imaging-only "
+            "response category.<br>"
             "<b>Python console</b>: <code>logic = slicer.util.getModuleLogic('BrainTumorFusion')</code>; "
             "<code>seg = logic.segment(t1=n1, t1ce=n2, t2=n3, flair=n4, model='auto', device='auto', "
             "precision='auto')</code> "
             "(or <code>model='ensemble', members='hafb,segresnet'</code>); "
-            "<code>logic.grade(t1=n1, t1ce=n2, t2=n3, flair=n4)</code>.<br>"
+            "<code>logic.grade(t1=n1, t1ce=n2, t2=n3, flair=n4)</code>; <code>logic.measure(seg)</code>; "
+            "<code>logic.compare(prior_seg, seg)</code> (either exam may be a dict of four volumes instead).<br>"
             "<b>Batch</b>: <code>Slicer --no-main-window --python-script "
-            "&lt;module&gt;/BrainTumorFusionLib/__main__.py segment --input-dir DIR --output-dir OUT</code>.<br>"
+            "&lt;module&gt;/BrainTumorFusionLib/__main__.py segment --input-dir DIR --output-dir OUT</code>; "
+            "<code>... compare --baseline DIR --follow-up DIR --output-dir OUT</code>.<br>"
             "For research use only, not for clinical diagnosis. Code: Apache-2.0. The shipped weights were trained "
             "on BraTS 2018/2021 data, which are for research use (see the extension's README).")
         reason = unsupported_reason(slicerVersion())
@@ -66,9 +72,11 @@ class BrainTumorFusion(ScriptedLoadableModule):
             "arXiv:1811.02629.")
 
 
-# The four input volumes and the run's options (options.GUI_FIELDS, each bound to a widget in the .ui file).
+# The four input volumes, a prior exam's segmentation to compare with, and the run's options (options.GUI_FIELDS,
+# each bound to a widget in the .ui file).
 BrainTumorFusionParameterNode = parameterNodeWrapper(type("BrainTumorFusionParameterNode", (), {
-    "__annotations__": {**{role: vtkMRMLScalarVolumeNode for role in MODALITIES}, **GUI_FIELDS}, **GUI_DEFAULTS}))
+    "__annotations__": {**{role: vtkMRMLScalarVolumeNode for role in MODALITIES}, "prior": vtkMRMLSegmentationNode,
+                        **GUI_FIELDS}, **GUI_DEFAULTS}))
 
 
 class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -240,8 +248,22 @@ class BrainTumorFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.logTextEdit.appendPlainText(_("Warning: {warning}").format(warning=warning))
             if warnings:
                 status += " " + _("with {count} warning(s): see the log.").format(count=len(warnings))
+            table = grade or volumes
+            measurements = self.logic.measurement_links[segmentation.GetID()].measurements
+            self.ui.logTextEdit.appendPlainText(_("RANO: {count} enhancing lesion(s), {measurable} measurable, SPD "
+                                                  "{spd:g} mm2 (table \"{name} RANO measurements\")").format(
+                count=len(measurements.lesions), measurable=measurements.measurable_count, spd=measurements.spd_mm2,
+                name=run.case_name))
+            prior = self._parameterNode.prior
+            if prior is not None:
+                self.ui.statusLabel.text = _("Comparing with {prior}...").format(prior=prior.GetName())
+                comparison = self.logic.compare(prior, segmentation)
+                for reason in comparison.reasons:
+                    self.ui.logTextEdit.appendPlainText(_("Response: {reason}").format(reason=reason))
+                status += " - " + comparison.label()
+                table = slicer.mrmlScene.GetFirstNodeByName(f"{segmentation.GetName()} response")
             self.ui.statusLabel.text = status
-            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID((grade or volumes).GetID())
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
 
     def cancelRun(self):
         if self.run:
@@ -269,7 +291,8 @@ def pythonSlicerExecutable():
 
 
 class BrainTumorFusionLogic(ScriptedLoadableModuleLogic, SceneLogic):
-    """Console API: segment(...) returns the segmentation node; grade(...) the probabilities.
+    """Console API: segment(...) returns the segmentation node; measure(segmentation) its RANO measurements;
+    compare(prior, follow_up) the response; grade(...) the probabilities.
 
     By default it works on slicer.mrmlScene and runs the GUI's background process with PythonSlicer."""
 

@@ -1,7 +1,8 @@
 """The batch command on a shared case written as four DICOM MR series, beside the same case as NIfTI files and a
 DICOM case with two T1 series: the DICOM case segments to the NIfTI case's labels with the shipped default model,
 its DICOM Segmentation decodes back to those labels on the reference (T1ce) series' instances and positions, and it passes
-highdicom's reader and, where installed, dicom3tools' dciodvfy; the ambiguous case fails alone."""
+highdicom's reader and, where installed, dicom3tools' dciodvfy, as does its DICOM SR of the RANO measurements; the
+ambiguous case fails alone."""
 
 import json
 import shutil
@@ -89,7 +90,15 @@ def test_dicom_case_segments_like_its_nifti_files_and_its_seg_decodes_back(tmp_p
         corner = volume.affine @ np.array([index, 0, 0, 1.0])
         np.testing.assert_array_equal(plane, numbers[slice_at[tuple(np.round(corner[:3], 3))]])
 
-    output_text, errors = dciodvfy_errors(output / "dicom_seg.dcm")
-    if output_text is not None:
-        print(f"dciodvfy dicom_seg.dcm:\n{output_text}")
-        assert errors == [], output_text
+    # The RANO measurements as a DICOM SR referencing that SEG: as many lesions as the record lists.
+    report = highdicom.sr.srread(output / "dicom_sr.dcm")
+    assert report.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == seg.StudyInstanceUID
+    lesions = records["dicom"]["measurements"]["lesions"]
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert sum(str(g.tracking_identifier).startswith("enhancing lesion") for g in groups) == len(lesions) > 0
+
+    for name in ("dicom_seg.dcm", "dicom_sr.dcm"):
+        output_text, errors = dciodvfy_errors(output / name)
+        if output_text is not None:
+            print(f"dciodvfy {name}:\n{output_text}")
+            assert errors == [], output_text

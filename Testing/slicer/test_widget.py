@@ -253,3 +253,25 @@ def test_the_module_self_test_passes(kit, module, monkeypatch):
     result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(module.BrainTumorFusionTest("runTest"))
     assert result.wasSuccessful(), result.errors + result.failures
     assert kit.scene.GetFirstNodeByName("Synthetic tumor volumes") is not None
+
+
+def test_a_prior_segmentation_is_compared_after_the_run(kit, widget, processes, hold):
+    """With "Compare with prior", the new exam is compared with the prior's segmentation once it is loaded: the
+    response table becomes the active table and the status line carries the category with its caveat."""
+    add_case(kit)
+    widget.setup()
+    hold.unlink()
+    widget.ui.applyButton.click()
+    until(lambda: widget.run is None)
+    prior = kit.scene.GetFirstNodeByName("Case7 tumor")
+    prior.SetName("Case7 prior tumor")
+    widget._parameterNode.prior = prior
+    widget.ui.applyButton.click()
+    until(lambda: widget.run is None)
+    response = kit.scene.GetFirstNodeByName("Case7 tumor response")
+    assert response is not None
+    assert kit.app.GetSelectionNode().GetActiveTableID() == response.GetID()
+    assert "stable disease (imaging only: clinical criteria (steroids, clinical status) not assessed)" in \
+        widget.ui.statusLabel.text  # the same exam twice
+    log = widget.ui.logTextEdit.toPlainText()
+    assert "RANO: " in log and "Response: " in log

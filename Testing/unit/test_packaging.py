@@ -78,7 +78,7 @@ def test_widget_uses_only_names_that_exist_in_the_ui_file():
     assert used and used <= names, f"missing in .ui: {used - names}"
     # Every parameter of the parameter node is bound to a widget through SlicerParameterName.
     bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
-    assert bound == set(MODALITIES) | set(GUI_FIELDS)
+    assert bound == set(MODALITIES) | {"prior"} | set(GUI_FIELDS)
 
 
 def test_module_file_is_a_thin_shell_and_the_only_qt_importer():
@@ -91,8 +91,8 @@ def test_module_file_is_a_thin_shell_and_the_only_qt_importer():
         assert not imported & {"qt", "ctk", "PythonQt"}, path
 
 
-def test_only_the_scene_adapter_and_logic_import_slicer_at_module_level():
-    allowed = {"scene.py", "logic.py"}  # logic imports slicer only through scene
+def test_only_the_scene_adapters_and_logic_import_slicer_at_module_level():
+    allowed = {"scene.py", "scene_measurements.py", "logic.py"}  # logic imports slicer only through the adapters
     for path in (MODULE_DIR / "BrainTumorFusionLib").rglob("*.py"):
         top_level = {alias.name.split(".")[0] for node in ast.parse(path.read_text()).body
                      if isinstance(node, ast.Import) for alias in node.names}

@@ -2,7 +2,7 @@
 array sharing one output folder, summary.csv, optional previews.
 
 Per case it writes `<id>.seg.nrrd`, `<id>_seg.nii.gz`, for a case of DICOM series `<id>_seg.dcm` (a DICOM
-Segmentation, dicom_io.py), with --preview `<id>_preview.png`, and last its record `<id>.json` (records.py): a case
+Segmentation, dicom_io.py) and `<id>_sr.dcm` (its RANO measurements as a DICOM SR, dicom_sr.py), with --preview `<id>_preview.png`, and last its record `<id>.json` (records.py): a case
 is done only once its record says so.
 """
 
@@ -49,7 +49,8 @@ AvailableMemory = Callable[[], Optional[int]]
 
 def output_names(case_id: str, preview: bool = False, dicom: bool = False) -> list[str]:
     """The files a done case has in the output folder (its record aside); `dicom`: the case came as DICOM series."""
-    return ([f"{case_id}.seg.nrrd", f"{case_id}_seg.nii.gz"] + ([f"{case_id}_seg.dcm"] if dicom else [])
+    return ([f"{case_id}.seg.nrrd", f"{case_id}_seg.nii.gz"]
+            + ([f"{case_id}_seg.dcm", f"{case_id}_sr.dcm"] if dicom else [])
             + ([f"{case_id}_preview.png"] if preview else []))
 
 
@@ -173,8 +174,12 @@ class _Run:
                        lambda path: write_labels(result.labels, reference, path)]
             if case_files.dicom:
                 from ..files.dicom_io import write_segmentation
+                from ..files.dicom_sr import write_measurement_report
 
-                writers.append(lambda path: write_segmentation(result, case_files, path))
+                seg_path = self.output_dir / f"{case_id}_seg.dcm"
+                writers += [lambda path: write_segmentation(result, case_files, path),
+                            lambda path: write_measurement_report(result.measurements, seg_path, case_files, path,
+                                                                  result.model)]
             if self.preview:
                 from ..files.preview import write_preview  # Pillow is needed only for previews
 

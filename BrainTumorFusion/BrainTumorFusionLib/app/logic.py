@@ -108,6 +108,8 @@ class SceneLogic:
         self.scene = scene
         self.python_executable = python_executable
         self.process_factory = process_factory
+        # segmentation node ID -> its measurements table and lines (LinkedMeasurements: the latest measurements)
+        self.measurement_links = {}
 
     def volume_nodes(self) -> list["slicer.vtkMRMLScalarVolumeNode"]:
         """Single-channel scalar volumes: label maps and vector volumes cannot take a modality role."""
@@ -176,6 +178,7 @@ class SceneLogic:
             scene_adapter.remove_nodes(self.scene, written)
             raise
         written[0].SetAttribute(MEASUREMENTS_ATTRIBUTE, link.table.GetID())
+        self.measurement_links[written[0].GetID()] = link
         return written
 
     def measure(self, segmentation: "slicer.vtkMRMLSegmentationNode", add_to_scene: bool = True

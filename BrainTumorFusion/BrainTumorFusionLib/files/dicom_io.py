@@ -301,7 +301,8 @@ def segment_numbers(labels: np.ndarray) -> np.ndarray:
     return numbers
 
 
-def _code(code: str):
+def coded(code: str):
+    """A pydicom Code of a codingScheme^codeValue^codeMeaning string (segments.py)."""
     from pydicom.sr.coding import Code
 
     scheme, value, meaning = code_parts(code)
@@ -317,9 +318,9 @@ def make_segmentation(labels: np.ndarray, sources: list[pydicom.Dataset], model:
                                                    family=codes.cid7162.ArtificialIntelligence, version=__version__)
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=number, segment_label=spec.name, segmented_property_category=_code(CATEGORY_CODE),
-            segmented_property_type=_code(spec.type_code), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm, anatomic_regions=[_code(ANATOMY_CODE)],
+            segment_number=number, segment_label=spec.name, segmented_property_category=coded(CATEGORY_CODE),
+            segmented_property_type=coded(spec.type_code), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm, anatomic_regions=[coded(ANATOMY_CODE)],
             display_color=hd.color.CIELabColor.from_rgb(*(255 * c for c in spec.color)))
         for number, spec in enumerate(SEGMENTS, start=1)]
     return hd.seg.Segmentation(

@@ -160,8 +160,9 @@ class _Plane:
         to_index = np.linalg.inv(self.to_plane)
         reach = np.abs((self.outline() - start) @ across)  # how far the lesion extends either side
         half = float(reach.max()) + step
-        positions = np.arange(0.0, length + step / 2, step)
-        offsets = np.arange(-half, half + step / 2, step)
+        # symmetric samples: the same points whichever end is `start` and whichever way `across` points
+        positions = np.linspace(0.0, length, int(np.ceil(length / step)) + 1)
+        offsets = np.linspace(-half, half, 2 * int(np.ceil(half / step)) + 1)
         points = start + positions[:, None, None] * along + offsets[None, :, None] * across  # (lines, samples, 2)
         indices = points @ to_index.T
         values = ndimage.map_coordinates(self.mask.astype(np.float32), indices.reshape(-1, 2).T, order=1,
