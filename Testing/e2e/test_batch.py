@@ -76,6 +76,11 @@ def test_batch_writes_outputs_on_input_grid_and_resumes(tmp_path, catalogue):
     summary = read_summary(output)
     assert [r["case_id"] for r in summary] == sorted(CASES)
     assert all(float(r["WT_ml"]) > 0 and r["device"] == "cpu fp32" for r in summary)  # device and precision
+    for row in summary:  # the RANO columns repeat the record's measurements section
+        measurements = json.loads((output / f"{row['case_id']}.json").read_text())["measurements"]
+        assert row["lesions"] == str(measurements["lesion_count"]) == str(len(measurements["lesions"]))
+        assert float(row["spd_mm2"]) == measurements["spd_mm2"]
+        assert row["measurable_lesions"] == str(measurements["measurable_count"])
     assert sorted(p.name for p in output.iterdir()) == sorted(
         ["summary.csv", ".summary.csv.lock"] + [f"{c}{end}" for c in CASES for end in (".seg.nrrd", "_seg.nii.gz",
                                                                                          ".json")])
