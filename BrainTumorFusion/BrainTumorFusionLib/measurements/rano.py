@@ -41,6 +41,7 @@ class Lesion:
     measurable: bool
     target: bool = False
     thin_rim: bool = False  # only a thin enhancing rim around a cavity or necrotic centre
+    thickest_wall_mm: float = 0.0  # on the measured slice (lesions.Component)
     note: str = ""
 
     @property
@@ -53,7 +54,8 @@ class Lesion:
                 "product_mm2": self.product_mm2, "slice_index": self.slice_index,
                 "longest_line_ras": [list(point) for point in self.longest_line],
                 "perpendicular_line_ras": [list(point) for point in self.perpendicular_line],
-                "centroid_ras": list(self.centroid_ras), "thin_rim": self.thin_rim, "note": self.note}
+                "centroid_ras": list(self.centroid_ras), "thin_rim": self.thin_rim,
+                "thickest_wall_mm": self.thickest_wall_mm, "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,6 @@ class Measurements:
                 "spd_mm2": self.spd_mm2, "volumes_ml": self.volumes_ml,
                 "lesions": [lesion.as_json() for lesion in self.lesions]}
 
-    def summary(self) -> dict[str, Any]:
-        """The columns of a summary.csv row."""
-        return {"lesions": len(self.lesions), "measurable_lesions": self.measurable_count, "spd_mm2": self.spd_mm2}
-
     def with_diameters(self, number: int, longest_mm: float, perpendicular_mm: float) -> "Measurements":
         """These measurements with one lesion's diameters replaced (a reader's correction); targets, the SPD and
         measurability follow."""
@@ -122,25 +120,25 @@ def measure(labels: np.ndarray, ijk_to_ras: np.ndarray) -> Measurements:
 
 def _lesion(number: int, component: Component, smallest: float) -> Lesion:
     diameters = component.diameters
-    measurable = min(diameters.longest_mm, diameters.perpendicular_mm) >= smallest
     thin_rim = component.cavity_fraction >= CAVITY_FRACTION and component.thickest_wall_mm < MEASURABLE_MM
-    note = ""
-    if not measurable:
-        note = f"not measurable: a diameter under {smallest:g} mm"
-    elif thin_rim:
-        note = (f"thin enhancing rim (thickest wall {component.thickest_wall_mm:g} mm) around a cavity or necrotic "
-                "centre: RANO measures a cystic or surgical cavity only by a nodular part of 10 mm; check")
-    return Lesion(number=number, volume_ml=component.volume_ml, longest_mm=diameters.longest_mm,
-                  perpendicular_mm=diameters.perpendicular_mm, slice_index=diameters.slice_index,
-                  longest_line=diameters.longest_line, perpendicular_line=diameters.perpendicular_line,
-                  centroid_ras=component.centroid_ras, measurable=measurable, thin_rim=thin_rim, note=note)
+    lesion = Lesion(number=number, volume_ml=component.volume_ml, longest_mm=diameters.longest_mm,
+                    perpendicular_mm=diameters.perpendicular_mm, slice_index=diameters.slice_index,
+                    longest_line=diameters.longest_line, perpendicular_line=diameters.perpendicular_line,
+                    centroid_ras=component.centroid_ras, measurable=False, thin_rim=thin_rim,
+                    thickest_wall_mm=component.thickest_wall_mm)
+    return _replace(lesion, diameters.longest_mm, diameters.perpendicular_mm, smallest)
 
 
 def _replace(lesion: Lesion, longest_mm: float, perpendicular_mm: float, smallest: float) -> Lesion:
+    """The lesion with these diameters, its measurability and note following them."""
     longest_mm, perpendicular_mm = round(float(longest_mm), 2), round(float(perpendicular_mm), 2)
     measurable = min(longest_mm, perpendicular_mm) >= smallest
-    note = lesion.note if measurable == lesion.measurable else (
-        "" if measurable else f"not measurable: a diameter under {smallest:g} mm")
+    note = ""
+    if not measurable:
+        note = f"not measurable: a diameter under {smallest:g} mm"
+    elif lesion.thin_rim:
+        note = (f"thin enhancing rim (thickest wall {lesion.thickest_wall_mm:g} mm) around a cavity or necrotic "
+                "centre: RANO measures a cystic or surgical cavity only by a nodular part of 10 mm; check")
     return replace(lesion, longest_mm=longest_mm, perpendicular_mm=perpendicular_mm, measurable=measurable,
                    note=note)
 
