@@ -29,7 +29,7 @@ def _rows(measurements: Measurements) -> list[tuple]:
              "yes" if lesion.measurable else "no", "yes" if lesion.target else "no", lesion.note)
             for lesion in measurements.lesions]
     rows.append((SPD_ROW, measurements.volumes_ml["ET"], 0.0, 0.0, measurements.spd_mm2, "", "",
-                 f"{len(measurements.targets)} target lesion(s); enhancing volume in the volume column"))
+                 f"{len(measurements.targets)} target lesion(s); all enhancing tumor's volume"))
     return rows
 
 
