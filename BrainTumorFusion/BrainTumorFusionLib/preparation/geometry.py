@@ -1,7 +1,7 @@
 """Voxel grids: conversion between (array, IJK-to-RAS) and SimpleITK images, grid comparison, resampling,
 and the checks on the volumes of a case. Geometry goes through SimpleITK; axes are never flipped by hand."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,6 +16,15 @@ GRID_TOLERANCE = 1e-3
 # Two roles whose brain voxels correlate more than this hold the same image (a copy, maybe rescaled). Between two
 # different sequences of one case the highest on the 27 shared BraTS cases is 0.878 (T1 and T1ce of TCIA10_628).
 SAME_IMAGE_CORRELATION = 0.995
+# A label map (a segmentation: BraTS 0/1/2/4 or 0-3, a 0/1 mask) holds a handful of small non-negative integers; an
+# MR image holds hundreds of values: 212 at the fewest among the 4 x 27 volumes of the shared BraTS cases (T1ce of
+# Brats18_2013_11_1, whose largest value, 211, is also the smallest largest value). A volume of 2 to LABEL_VALUES
+# distinct integers in 0-LABEL_MAX is refused as a label map (a constant volume is not one).
+LABEL_VALUES = 8
+LABEL_MAX = 255
+# Voxels looked at first (every n-th): an MR image shows a value above LABEL_MAX or more than LABEL_VALUES values
+# among them (170 in that T1ce), and only a volume that does not is read in full.
+LABEL_SAMPLE = 100_000
 
 
 def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
@@ -80,6 +89,27 @@ def check_volume(role: str, array: np.ndarray) -> None:
         raise InputError(
             f"The {label} volume is all zero. Check that the right image is given as {label} (file or selected "
             "volume) and that it loaded correctly.")
+    values = label_values(array)
+    if values is not None:
+        raise InputError(
+            f"The {label} volume looks like a label map (a segmentation or mask: its voxels are only the values "
+            f"{', '.join(str(value) for value in values)}), not an MR image. Give the {label} image itself (file or "
+            "selected volume), not a segmentation such as <id>_seg.nii.gz or a brain mask.")
+
+
+def label_values(array: np.ndarray) -> Optional[list[int]]:
+    """The distinct values of a volume that looks like a label map (LABEL_VALUES), else None. Cheap on an image: a
+    strided sample shows it is none; only a volume whose sample looks like labels is read in full."""
+    flat = array.reshape(-1)
+    for voxels in (flat[:: max(flat.size // LABEL_SAMPLE, 1)], flat):
+        if voxels.dtype.kind not in "biu" and not np.array_equal(voxels, np.floor(voxels)):
+            return None  # a fraction
+        if voxels.min() < 0 or voxels.max() > LABEL_MAX:
+            return None
+        values = np.unique(voxels)
+        if values.size > LABEL_VALUES:
+            return None
+    return [int(value) for value in values] if values.size > 1 else None
 
 
 def check_distinct(image: np.ndarray, present_roles: list[str]) -> None:
