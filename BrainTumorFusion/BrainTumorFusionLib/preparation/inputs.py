@@ -21,6 +21,7 @@ from ..errors import Cancelled, InputError
 from ..modalities import DISPLAY_NAMES, MODALITIES, how_to_give
 from ..progress import Progress
 from .geometry import check_distinct, check_volume, image_from_array, same_grid, spacing_of
+from .orientation import check_orientation
 from .plausibility import MIN_NEIGHBOUR_CORRELATION, SAMPLE, case_warnings, correlation, grid_warnings
 from .registration import HEAD_ALIGNED, Alignment, _Similarity, align, resample_registered
 
@@ -226,6 +227,7 @@ def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], n
             image[channel] = prepared.volumes[role]
     check_distinct(image, present_roles)
     present = tuple(role in present_roles for role in MODALITIES)
+    check_orientation(image, present, reference_matrix)  # after registration, which cannot undo a flip
     case = Case(name=name, image=image, ijk_to_ras=np.array(reference_matrix, dtype=float), present=present,
                 warnings=warnings, reference_role=prepared.reference_role, alignments=prepared.alignments,
                 input_grids={role: (volumes[role][0].shape, np.array(volumes[role][1], dtype=float))
