@@ -4,7 +4,9 @@ temporaries, too little memory; and the preview picture. Inputs are small crops 
 import csv
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,13 +146,14 @@ def test_parts_split_the_sorted_cases_deterministically():
     assert usage.value.code == 2
 
 
-def segment_in_child(argv, log):
-    """A fresh interpreter running the command line with the stand-in networks registered (plumbing). Not a fork
-    of this process: a fork inherits thread pools (torch's OpenMP, ITK's) whose threads do not exist in the child,
-    and two forked children hung on such a lock after earlier tests had used them."""
+def segment_in_child(argv, log, prelude=""):
+    """A fresh interpreter running the command line with the stand-in networks registered (plumbing), after the
+    Python lines of `prelude`. Not a fork of this process: a fork inherits thread pools (torch's OpenMP, ITK's)
+    whose threads do not exist in the child, and two forked children hung on such a lock after earlier tests had
+    used them."""
     # plumbing is loaded from its file: Testing/ on the path would make Testing/slicer part of the slicer package
     code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('plumbing', sys.argv[1]); "
-            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+            f"spec.loader.exec_module(importlib.util.module_from_spec(spec))\n{prelude}\n"
             "from BrainTumorFusionLib.app import cli; sys.exit(cli.main(sys.argv[2:]))")
     with open(log, "w") as stream:
         return subprocess.Popen([sys.executable, "-c", code, str(REPO / "Testing" / "plumbing.py"), *argv],
@@ -169,6 +172,72 @@ def test_two_processes_sharing_one_output_folder_keep_every_row(tmp_path):
     summary = read_summary(output)
     assert sorted(summary) == ["a0", "a1", "a2", "b0", "b1", "b2"]
     assert {row["status"] for row in summary.values()} == {"done"}
+
+
+# Each case a child computes adds a line to COUNT; its first case waits (up to a minute) until the other child is
+# inside a case too, so the two runs overlap whatever their start-up times.
+COUNTING_PRELUDE = """
+import os, time
+from pathlib import Path
+from BrainTumorFusionLib.engine.pipeline import Pipeline
+folder, run = Path(os.environ["COUNT"]).parent, Pipeline.run
+def counting_run(self, case, *args, **kwargs):
+    with open(os.environ["COUNT"], "a") as stream:
+        stream.write(case.name + "\\n")
+    (folder / f"inside-{os.getpid()}").touch()
+    deadline = time.monotonic() + 60
+    while len(list(folder.glob("inside-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return run(self, case, *args, **kwargs)
+Pipeline.run = counting_run
+"""
+
+
+def test_the_same_command_run_twice_at_once_computes_each_case_once(tmp_path, monkeypatch):
+    catalogue = intensity_catalogue(tmp_path / "models")
+    inputs = small_input(tmp_path, [f"c{i}" for i in range(4)])
+    output = tmp_path / "out"
+    (tmp_path / "count").mkdir()
+    monkeypatch.setenv("COUNT", str(tmp_path / "count" / "computed"))
+    argv = ["segment", "--input-dir", str(inputs), "--output-dir", str(output), "--model", "intensity",
+            "--catalogue", str(catalogue), "--device", "cpu"]
+    runs = [segment_in_child(argv, tmp_path / f"{name}.log", COUNTING_PRELUDE) for name in "ab"]
+    codes = [run.wait(timeout=300) for run in runs]
+    logs = [(tmp_path / f"{name}.log").read_text() for name in "ab"]
+    assert codes == [0, 0], [log[-2000:] for log in logs]
+    computed = (tmp_path / "count" / "computed").read_text().split()
+    assert sorted(computed) == ["c0", "c1", "c2", "c3"], logs  # each case once, by one run or the other
+    assert re.search(r"\d of 4 cases done, \d claimed by another run", "".join(logs))  # the run that came second
+    assert {case: row["status"] for case, row in read_summary(output).items()} == dict.fromkeys(
+        ["c0", "c1", "c2", "c3"], "done")
+    assert not list(output.glob(".*.claim"))
+
+
+def test_a_live_claim_leaves_its_case_to_its_run_and_a_stale_one_is_taken_over(tmp_path):
+    inputs = small_input(tmp_path, ("live", "dead", "old"))
+    catalogue = intensity_catalogue(tmp_path / "models")
+    output = tmp_path / "out"
+    output.mkdir()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        host = socket.gethostname()
+        for case_id, pid, claim_host in (("live", sleeper.pid, host), ("dead", int(ended.stdout), host),
+                                         ("old", 1, "another-host")):
+            (output / f".{case_id}.claim").write_text(json.dumps({"pid": pid, "host": claim_host,
+                                                                   "started": time.time()}))
+        seven_hours_ago = time.time() - 7 * 3600  # another host's claim holds until it is 6 hours old
+        os.utime(output / ".old.claim", (seven_hours_ago, seven_hours_ago))
+        rows = run_batch(inputs, output, settings_for(catalogue), lambda: Pipeline(
+            model="intensity", device="cpu", catalogue=Catalogue.load([catalogue])), show_progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    status = {row["case_id"]: (row["status"], row["message"]) for row in rows}
+    assert status["dead"][0] == status["old"][0] == "done" and status["live"][0] == "claimed"
+    assert status["live"][1].startswith(f"claimed by another run (pid {sleeper.pid} on {host} since ")
+    assert sorted(read_summary(output)) == ["dead", "old"]  # the live claim's run writes its own record
+    assert sorted(p.name for p in output.glob(".*.claim")) == [".live.claim"]
 
 
 def test_parts_of_one_input_each_run_their_share(tmp_path):
@@ -238,7 +307,8 @@ def test_stale_temporaries_are_removed_when_a_batch_starts(tmp_path):
     output = tmp_path / "out"
     output.mkdir()
     old = time.time() - 3600
-    for name in (".btf-0123456789ab.partial.nii.gz", ".partial-0123456789ab.seg.nrrd"):  # left by killed runs
+    for name in (".btf-0123456789ab.partial.nii.gz", ".partial-0123456789ab.seg.nrrd",  # left by killed runs
+                 ".partial-12345-case_a_seg.nii.gz"):  # the first versions' name: pid and final name
         (output / name).write_bytes(b"half a file")
         os.utime(output / name, (old, old))
     (output / ".btf-abcdefabcdef.partial.json").write_text("{")  # another part is writing it now

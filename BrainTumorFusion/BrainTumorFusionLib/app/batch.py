@@ -3,7 +3,9 @@ array sharing one output folder, summary.csv, optional previews.
 
 Per case it writes `<id>.seg.nrrd`, `<id>_seg.nii.gz`, for a case of DICOM series `<id>_seg.dcm` (a DICOM
 Segmentation, dicom_io.py) and `<id>_sr.dcm` (its RANO measurements as a DICOM SR, dicom_sr.py), with --preview `<id>_preview.png`, and last its record `<id>.json` (records.py): a case
-is done only once its record says so.
+is done only once its record says so. While a run computes a case it holds the case's claim (claims.py), so a
+second run over the same cases leaves it alone; before a case is computed, what an earlier run wrote for it is
+removed.
 """
 
 import os
@@ -28,6 +30,7 @@ from ..files.file_io import (
 )
 from ..files.seg_nrrd import save_seg_nrrd
 from ..modalities import present_of
+from .claims import claim_case, claimed_row, release_claim
 from .records import (
     Record,
     Row,
@@ -36,6 +39,7 @@ from .records import (
     failed_record,
     read_record,
     rebuild_summary,
+    record_path,
     summary_row,
     write_record,
 )
@@ -71,35 +75,36 @@ def run_batch(input_dir: PathLike, output_dir: PathLike, settings: RunSettings,
     case and compared with earlier records. `available_memory()` gives the bytes free for a case (None: unknown).
 
     A case that fails (its input, its output path, too little memory, an error inside the network) is recorded as
-    failed and the run goes on. Cancelling, or Ctrl-C, stops at once and leaves only complete files behind.
+    failed and the run goes on. A case another run is computing at the same time is left to it: its row has the
+    status "claimed" (claims.claimed_row). Cancelling, or Ctrl-C, stops at once and leaves only complete files
+    behind.
     """
     from tqdm import tqdm
 
     started = time.time()
-    problems: dict[str, InputError] = {}
-    cases = {case.case_id: case for case in find_cases(input_dir, problems, dicom=True)}
-    case_ids = part(list(cases) + list(problems), num_parts, part_id)
     output_dir = Path(output_dir)
+    problems: dict[str, InputError] = {}
+    without_images: list[Path] = []
+    cases = {case.case_id: case for case in find_cases(input_dir, problems, dicom=True, exclude=output_dir,
+                                                       skipped=without_images)}
+    case_ids = part(list(cases) + list(problems), num_parts, part_id)
     check_writable_folder(output_dir)
     remove_stale_temporaries(output_dir, started - STALE_AFTER_S)
     run = _Run(output_dir, settings, pipeline, should_cancel, preview, available_memory,
-               frozenset(case_id for case_id, case in cases.items() if case.dicom))
+               frozenset(case_id for case_id, case in cases.items() if case.dicom), overwrite, started)
     if not overwrite:
         run.refuse_other_settings(case_ids)
-    records = []
+    for folder in without_images:
+        tqdm.write(f"{folder}: no images (<id>_t1/_t1ce/_t2/_flair NIfTI/NRRD or DICOM series); skipped",
+                   file=sys.stderr)
+    rows = []
     with tqdm(case_ids, unit="case", disable=not show_progress, dynamic_ncols=True) as bar:
         for case_id in bar:
-            record = read_record(output_dir, case_id)
-            if case_id in problems:
-                record = run.finish(failed_record(case_id, settings, str(problems[case_id])), bar)
-            elif not overwrite and run.finished(record):
-                bar.set_postfix_str(f"{case_id}: already done, skipped")
-            else:
-                record = run.finish(run.segment(cases[case_id], bar), bar)
-            records.append(record)
+            problem = str(problems[case_id]) if case_id in problems else run.name_problem(cases[case_id])
+            rows.append(run.case(case_id, cases.get(case_id), problem, bar))
             if should_cancel and should_cancel():
                 raise Cancelled("Cancelled by the user; finished cases are kept and skipped on the next run.")
-    return [summary_row(record) for record in records]
+    return rows
 
 
 class _Run:
@@ -107,9 +112,10 @@ class _Run:
 
     def __init__(self, output_dir: Path, settings: RunSettings, pipeline: Union[Pipeline, Callable[[], Pipeline]],
                  should_cancel: Optional[Callable[[], bool]], preview: bool, available_memory: AvailableMemory,
-                 dicom_cases: frozenset[str] = frozenset()):
+                 dicom_cases: frozenset[str], overwrite: bool, started: float):
         self.output_dir, self.settings, self.should_cancel = output_dir, settings, should_cancel
         self.preview, self.available_memory, self.dicom_cases = preview, available_memory, dicom_cases
+        self.overwrite, self.started = overwrite, started
         self._pipeline = None if callable(pipeline) else pipeline
         self._make_pipeline = pipeline
 
@@ -122,9 +128,61 @@ class _Run:
         return all((self.output_dir / name).is_file()
                    for name in output_names(case_id, self.preview, case_id in self.dicom_cases))
 
-    def finished(self, record: Optional[Record]) -> bool:
-        return bool(record and record["status"] == "done" and self.settings.matches(record.get("settings"))
-                    and self.has_outputs(record["case_id"]))
+    def done(self, case_id: str) -> Optional[Record]:
+        """The case's record if the case needs no computing: done with these settings and its files there; with
+        --overwrite only if written since this run started (by another run of the same command)."""
+        record = read_record(self.output_dir, case_id)
+        if not (record and record["status"] == "done" and self.settings.matches(record.get("settings"))
+                and self.has_outputs(case_id)):
+            return None
+        if self.overwrite and _modified(record_path(self.output_dir, case_id)) < self.started:
+            return None
+        return record
+
+    def case(self, case_id: str, case_files: Optional[CaseFiles], problem: Optional[str], bar) -> Row:
+        """One case's summary row: failed with `problem`, skipped as done, left to the run that claimed it, or
+        computed under this run's claim."""
+        if problem is not None:
+            record = self.finish(self.failed(case_id, problem), bar)
+        elif (record := self.done(case_id)) is not None:
+            bar.set_postfix_str(f"{case_id}: already done, skipped")
+        else:
+            holder = claim_case(self.output_dir, case_id)
+            if holder is not None:
+                bar.set_postfix_str(f"{case_id}: claimed by another run, skipped")
+                return claimed_row(case_id, holder)
+            try:  # the other run may have finished the case between the check above and the claim
+                record = self.done(case_id) or self.finish(self.segment(case_files, bar), bar)
+            finally:
+                release_claim(self.output_dir, case_id)
+        return summary_row(record)
+
+    def name_problem(self, case_files: CaseFiles) -> Optional[str]:
+        """Why the case's output names cannot be written, or None."""
+        case_id = case_files.case_id
+        longest = max(len(os.fsencode(name)) for name in output_names(case_id, self.preview, case_files.dicom))
+        if longest <= NAME_MAX:
+            return None
+        allowed = NAME_MAX - (longest - len(os.fsencode(case_id)))
+        return (f"The case name is too long for its output file names ({longest} bytes; file systems allow "
+                f"{NAME_MAX}). Rename the case folder to at most {allowed} bytes.")
+
+    def remove_outputs(self, case_id: str) -> None:
+        """Remove what an earlier run wrote for the case (its record's outputs, any output_names, the record), so
+        that a recomputed case keeps no file of that run, e.g. a preview beside new labels."""
+        record = read_record(self.output_dir, case_id) or {}
+        names = set(output_names(case_id, preview=True, dicom=True))
+        names.update(name for name in record.get("outputs") or []  # plain names only: a record is no path list
+                     if isinstance(name, str) and name == Path(name).name and name != "..")
+        for path in [self.output_dir / name for name in sorted(names)] + [record_path(self.output_dir, case_id)]:
+            try:
+                if path.is_file():  # a folder in a file's place is left to the write, which names it
+                    path.unlink()
+            except FileNotFoundError:  # removed meanwhile
+                pass
+            except OSError as error:
+                raise OutputError(f"Cannot remove {path}, an earlier result of this case ({error.strerror}). "
+                                  "Remove it or make the output folder writable, then run again.") from None
 
     def refuse_other_settings(self, case_ids: list[str]) -> None:
         """Refuse the whole run, before any model loads or any case is recomputed, when the output folder holds
@@ -149,13 +207,9 @@ class _Run:
         case_id = case_files.case_id
         pipeline = self.pipeline()  # outside the try: a model that cannot load stops the run, not one case
         names = output_names(case_id, self.preview, case_files.dicom)
-        longest = max(len(os.fsencode(name)) for name in names)
-        if longest > NAME_MAX:
-            allowed = NAME_MAX - (longest - len(os.fsencode(case_id)))
-            return self.failed(case_id, f"The case name is too long for its output file names ({longest} bytes; file "
-                               f"systems allow {NAME_MAX}). Rename the case folder to at most {allowed} bytes.")
         need = free = None
         try:
+            self.remove_outputs(case_id)  # after the model loaded: a run that cannot start keeps earlier results
             need, free = self.memory(case_files, pipeline)
             if need is not None and free is not None and need > free:
                 return self.failed(case_id, (
@@ -241,6 +295,14 @@ def write_all(writers: list[Callable[[Path], None]], paths: list[Path]) -> None:
         for path in written:
             path.unlink(missing_ok=True)
         raise
+
+
+def _modified(path: Path) -> float:
+    """When path was last written (time.time() scale); 0 when it is gone."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _size(count: int) -> str:

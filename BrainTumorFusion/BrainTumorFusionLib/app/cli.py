@@ -73,12 +73,15 @@ def make_pipeline(options: SegmentationOptions, catalogue: Optional["Catalogue"]
 
 def run_segment(args: argparse.Namespace) -> int:
     from ..engine.catalogue import Catalogue
+    from ..engine.inference import autocast_dtype, choose_device
     from .batch import run_batch
     from .records import SUMMARY_NAME, RunSettings
 
     options = SegmentationOptions.from_args(args)
     catalogue = Catalogue.load(options.catalogues)
-    settings = RunSettings.from_catalogue(catalogue, options)
+    settings = RunSettings.from_catalogue(catalogue, options)  # model names and members
+    # Device and precision too, before the batch creates the output folder (the weights load at the first case)
+    autocast_dtype(options.precision, choose_device(options.device))
     # A cluster cancels or times out a job with SIGTERM: stop as on Ctrl-C, removing the temporary being written.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -87,9 +90,17 @@ def run_segment(args: argparse.Namespace) -> int:
                          preview=args.preview)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    failed = [row["case_id"] for row in rows if row["status"] != "done"]
     share = f" in part {args.part_id} of parts 0-{args.num_parts - 1}" if args.num_parts > 1 else ""
-    print(f"{len(rows) - len(failed)} of {len(rows)} cases done{share}; summary in {args.output_dir / SUMMARY_NAME}")
+    if not rows:  # only a part can have none: find_cases refuses an input without cases
+        print(f"No case{share}: the input has fewer cases than --num-parts; this part had nothing to do.")
+        return 0
+    done, failed, claimed = ([row["case_id"] for row in rows if row["status"] == status]
+                             for status in ("done", "failed", "claimed"))
+    others = f", {len(claimed)} claimed by another run" if claimed else ""
+    print(f"{len(done)} of {len(rows)} cases done{share}{others}; summary in {args.output_dir / SUMMARY_NAME}")
+    if claimed:
+        print(f"Claimed by another run: {', '.join(claimed)}. If no other run is going on, delete their .<id>.claim "
+              f"files in {args.output_dir} and run again.", file=sys.stderr)
     if failed:
         print(f"Failed: {', '.join(failed)} (reasons in summary.csv and <id>.json)", file=sys.stderr)
     return 1 if failed else 0
@@ -201,6 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "compare" and bool(args.pairs) == bool(args.baseline and args.follow_up):
         parser.error("give either --baseline and --follow-up (one pair) or --pairs CSV (many pairs).")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines narrate every DICOM SEG it builds
     handlers = {"segment": run_segment, "predict": run_predict, "compare": run_compare, "models": run_models}
     # `predict` is the GUI's background process: whatever happens, its last line says how it ended.
     background = args.command == "predict"

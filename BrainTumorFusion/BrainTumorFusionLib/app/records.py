@@ -3,13 +3,14 @@
 A record says how a case ended (done or failed, and why) and with which settings, so a rerun skips a case only
 when its results came from the same settings, and several processes sharing one output folder (the parts of a
 cluster array) each add their cases without losing the others': summary.csv is rebuilt from every record in the
-folder under a file lock.
+folder under a file lock (folder_lock; claims.py takes it too).
 """
 
 import csv
 import io
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -18,10 +19,10 @@ from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..case import Result
-from ..choices import AUTO, ENSEMBLE
+from ..choices import AUTO, ENSEMBLE, member_names
 from ..engine.catalogue import Catalogue
 from ..engine.pipeline import GRADES
-from ..errors import OutputError
+from ..errors import ModelError, OutputError
 from ..files.file_io import PathLike, write_atomically
 from ..measurements.regions import REGIONS
 from ..options import SegmentationOptions
@@ -61,7 +62,10 @@ class RunSettings:
         """Settings of a run, from catalogue entries only (no weights are loaded); unknown names raise
         ModelError."""
         model, members = options.model, options.members
-        if model == AUTO and not members:  # every network auto may choose: new weights make results differ
+        if members and model != ENSEMBLE:  # as the pipeline would say, but before the batch creates its output folder
+            raise ModelError(f"Members ({', '.join(member_names(members))}) only apply to the model '{ENSEMBLE}'; "
+                             f"choose model '{ENSEMBLE}' or leave the members out.")
+        if model == AUTO:  # every network auto may choose: new weights make results differ
             from ..engine.auto_choice import usable_choices
 
             names = dict.fromkeys(name for choice in usable_choices(catalogue) for name in choice.member_names)
@@ -175,16 +179,23 @@ def rebuild_summary(output_dir: PathLike) -> None:
     """summary.csv from every record in output_dir, one row per case sorted by case id. The lock makes parts
     that finish a case at the same moment write one after the other, each from all records."""
     output_dir = Path(output_dir)
+    with folder_lock(output_dir):
+        records = [record for record in map(_load, sorted(output_dir.glob("*.json"))) if record]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(sorted((summary_row(record) for record in records), key=lambda row: row["case_id"]))
+        write_atomically(lambda target: Path(target).write_text(text.getvalue(), encoding="utf-8"),
+                         output_dir / SUMMARY_NAME)
+
+
+@contextmanager
+def folder_lock(output_dir: Path):
+    """The output folder's lock, taken by every process sharing it (summary.csv, taking over claims)."""
     try:
         with FileLock(output_dir / LOCK_NAME, timeout=LOCK_TIMEOUT_S):
-            records = [record for record in map(_load, sorted(output_dir.glob("*.json"))) if record]
-            text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(sorted((summary_row(record) for record in records), key=lambda row: row["case_id"]))
-            write_atomically(lambda target: Path(target).write_text(text.getvalue(), encoding="utf-8"),
-                             output_dir / SUMMARY_NAME)
+            yield
     except Timeout:
-        raise OutputError(f"{output_dir / SUMMARY_NAME} stayed locked for {LOCK_TIMEOUT_S} s by another process "
-                          f"({output_dir / LOCK_NAME}). Check that the other parts of the run are alive and the "
-                          "file system supports locks, then run again.") from None
+        raise OutputError(f"{output_dir / LOCK_NAME} stayed locked for {LOCK_TIMEOUT_S} s by another process. "
+                          "Check that the other runs sharing this output folder are alive and the file system "
+                          "supports locks, then run again.") from None

@@ -202,9 +202,10 @@ def write_labels(labels: np.ndarray, reference_image: sitk.Image, path: PathLike
 
 
 # Temporary names are short (a long case name cannot push them past the 255-byte limit of file names) and mark
-# this tool's files, so stale ones can be recognised; `.partial-<hex>` is the name earlier versions used.
+# this tool's files, so stale ones can be recognised. Earlier versions named them `.partial-<hex><ext>` and, the
+# first ones, `.partial-<pid>-<final name>`: a folder they left temporaries in is cleaned too.
 TEMPORARY_PREFIX = ".btf-"
-_TEMPORARY_NAME = re.compile(r"\.(btf-[0-9a-f]{12}\.partial|partial-[0-9a-f]{12})(\.|$)")
+_TEMPORARY_NAME = re.compile(r"\.(btf-[0-9a-f]{12}\.partial(\.|$)|partial-[0-9a-f]{12}(\.|$)|partial-[0-9]+-.)")
 
 
 def write_atomically(write: Callable[[Path], object], path: PathLike,
