@@ -17,7 +17,7 @@ from BrainTumorFusionLib.preparation import registration
 from BrainTumorFusionLib.preparation.geometry import ijk_to_ras_of
 from BrainTumorFusionLib.preparation.inputs import labels_on_input_grids
 from BrainTumorFusionLib.preparation.registration import align
-from Testing.moved_cases import MOVED_ROLES, read_images, region_dice, write_moved_case
+from Testing.moved_cases import MOVED_ROLES, random_rigid, read_images, region_dice, write_moved_case
 from Testing.realdata import brats_case_dir
 
 CASES = ("Brats18_CBICA_ABM_1", "BraTS2021_00006")
@@ -97,8 +97,40 @@ def test_without_registration_each_moved_input_is_warned_about(moved, pipeline):
     case, _ = read_case(case_files_in(moved_folder), register="off")
     assert not case.alignments and "register" not in case.stages
     for label in ("T1", "T2", "FLAIR"):
-        assert any(warning.startswith(f"{label} is probably misaligned with T1ce") and "registration on" in warning
+        assert any(warning.startswith(f"{label}'s head outline does not match T1ce's") and "--register auto" in warning
                    for warning in case.warnings), (label, case.warnings)
+
+
+def write_case(folder, images):
+    folder.mkdir()
+    for role, image in images.items():
+        sitk.WriteImage(image, str(folder / f"{folder.name}_{role}.nii.gz"))
+    return case_files_in(folder)
+
+
+def test_another_patients_t2_on_the_same_grid_is_warned_about_by_default(tmp_path):
+    """Issue 33 finding 4: its head lies inside this T1ce's (overlap coefficient 0.997), so `auto` does not register
+    it, but its outline does not match (head Dice 0.88): warned with the default settings."""
+    images = read_images(brats_case_dir("Brats18_CBICA_AQR_1"))
+    images["t2"] = read_images(brats_case_dir("Brats18_CBICA_ASY_1"))["t2"]
+    case, _ = read_case(write_case(tmp_path / "Brats18_CBICA_AQR_1", images))
+    assert not case.alignments  # not registered: its head lies inside
+    assert any(warning.startswith("T2's head outline does not match T1ce's (head overlap 0.8")
+               and "another patient's" in warning for warning in case.warnings), case.warnings
+
+
+def test_inputs_moved_on_the_reference_grid_are_named_with_registration_off(tmp_path):
+    """Issue 33 finding 5: T1 and T2 turned and shifted but resampled back onto the T1ce grid."""
+    images = read_images(brats_case_dir("Brats18_CBICA_ABM_1"))
+    rng = np.random.default_rng(2)
+    for role in ("t1", "t2"):
+        images[role] = sitk.Resample(images[role], images["t1ce"], random_rigid(rng, images[role], 12.0, 12.0),
+                                     sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    case, _ = read_case(write_case(tmp_path / "Brats18_CBICA_ABM_1", images), register="off")
+    for label in ("T1", "T2"):
+        assert any(warning.startswith(f"{label}'s head outline does not match T1ce's") and "--register auto" in
+                   warning for warning in case.warnings), (label, case.warnings)
+    assert not any(warning.startswith("FLAIR's") for warning in case.warnings)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +182,7 @@ def test_predict_records_stages_and_writes_each_input_grid(moved, tmp_path):
                  "--register", "off", "--each-input-grid"]) == 0
     summary = json.loads((tmp_path / "result.json").read_text())
     assert summary["reference"] == "t1ce" and summary["registration"] == [] and list(summary["stages"]) == ["segment"]
-    assert any("FLAIR is probably misaligned with T1ce" in warning for warning in summary["warnings"])
+    assert any("FLAIR's head outline does not match T1ce's" in warning for warning in summary["warnings"])
     for role in ("t1", "t2", "flair"):
         written = sitk.ReadImage(str(tmp_path / f"labels_{role}.nrrd"))
         source = sitk.ReadImage(str(moved_folder / f"{case_id}_{role}.nii.gz"))
