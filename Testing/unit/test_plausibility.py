@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from BrainTumorFusionLib.choices import DEFAULT_MODEL
 from BrainTumorFusionLib.engine.pipeline import Model, Pipeline
 from BrainTumorFusionLib.files.file_io import case_files_in, read_case
 from BrainTumorFusionLib.modalities import MODALITIES
+from BrainTumorFusionLib.preparation import skull_stripping
 from BrainTumorFusionLib.preparation.inputs import assemble_case
 from BrainTumorFusionLib.preparation.plausibility import result_warnings
 from Testing.plumbing import ConstantGrader, intensity_model
@@ -60,10 +62,60 @@ def test_missing_t1ce_quotes_the_measured_drop(real):
     assert "ET Dice 0.083 instead of 0.480" in warning
 
 
-def test_a_non_zero_background_looks_like_no_skull_stripping(real):
-    warnings = warnings_of(real, lambda array: np.where(array == 0, 7.0, array).astype(np.float32))
-    assert any("The non-zero part of the images is 8928 mL, more than a brain" in warning and "skull" in warning
-               for warning in warnings)
+def with_background(array):
+    return np.where(array == 0, 7.0, array).astype(np.float32)
+
+
+def larger_than_a_brain(warnings):
+    [warning] = [warning for warning in warnings if "more than a brain" in warning]
+    assert "HD-BET" not in warning and "SynthStrip" not in warning  # the tool strips the skull itself
+    return warning
+
+
+def test_a_non_zero_background_without_skull_stripping_points_to_the_tools_own_option(real):
+    warning = larger_than_a_brain(warnings_of(real, with_background))  # skull stripping off, as by default
+    assert warning.startswith("The non-zero part of the images is 8928 mL, more than a brain (BraTS: 1150-1730 mL): "
+                              "they are probably not skull-stripped or have a non-zero background")
+    assert "run with skull stripping (Skull stripping: auto in the module, --skull-strip auto on the command line)" \
+        in warning
+
+
+def test_after_the_runs_own_skull_stripping_it_says_to_check_the_input_not_to_strip_again(real, monkeypatch):
+    """A stripping that left the whole head (here: a mask of the whole grid) used to be told "strip the skull
+    first (e.g. HD-BET or SynthStrip)"."""
+    monkeypatch.setattr(skull_stripping, "brain_mask", lambda image, *args, **keywords: sitk.Cast(
+        image * 0 + 1, sitk.sitkUInt8))
+    volumes = {role: (with_background(real.image[channel]), real.ijk_to_ras) for channel, role in enumerate(MODALITIES)}
+    case = assemble_case(volumes, "stripped", skull_strip="on")
+    assert "skull_strip" in case.stages
+    warning = larger_than_a_brain(case.warnings)
+    assert warning.startswith("The non-zero part of the images is 8928 mL, more than a brain (BraTS: 1150-1730 mL) "
+                              "even after this run's skull stripping: the stripped images still look like a head")
+    assert "check the input" in warning and "--skull-strip" not in warning and "strip the skull" not in warning
+
+
+@pytest.mark.parametrize("moved", ["by its header", "on the same grid"])
+def test_misaligned_inputs_are_not_blamed_on_skull_stripping(real, moved):
+    """FLAIR 80 mm off the others: each input is a skull-stripped brain, together they cover more than one."""
+    if moved == "by its header":  # registration off: resampled as the headers place it
+        matrix = real.ijk_to_ras.copy()
+        matrix[0, 3] += 80.0
+        flair = (real.image[3], matrix)
+    else:  # on the same grid: preparation sees nothing to resample or judge
+        flair = (np.roll(real.image[3], 60, axis=2), real.ijk_to_ras)
+    warning = larger_than_a_brain(warnings_of(real, flair=flair))
+    assert "because the inputs do not lie on each other (the FLAIR head overlaps the T1ce head only " in warning
+    assert "they are probably misaligned" in warning and "--register auto|on" in warning
+    assert "skull" not in warning
+
+
+def test_misaligned_heads_with_their_skulls_are_told_both(real):
+    """Each input larger than a brain on its own (a non-zero background, as a head has) and FLAIR 60 mm off."""
+    flair = (np.roll(with_background(real.image[3]), 60, axis=2), real.ijk_to_ras)
+    warning = larger_than_a_brain(warnings_of(real, with_background, flair=flair))
+    assert "because the inputs do not lie on each other (the FLAIR head overlaps the T1ce head only " in warning
+    assert "T1 alone is 8928 mL: they are probably misaligned and not skull-stripped" in warning
+    assert "--register auto|on" in warning and "--skull-strip auto" in warning
 
 
 def test_a_brain_cut_down_to_a_ball_is_smaller_than_a_brain(real):

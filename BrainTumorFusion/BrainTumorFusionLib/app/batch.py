@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from ..engine.memory import available_bytes, needed_bytes
+from ..engine.memory import available_bytes, is_allocation_failure, needed_bytes
 from ..engine.pipeline import Pipeline
 from ..errors import BrainTumorFusionError, Cancelled, InputError, OutputError
 from ..files.cases import find_cases
@@ -49,6 +49,7 @@ from .records import (
 STALE_AFTER_S = 60
 NAME_MAX = 255  # bytes in one file name on the usual file systems
 AvailableMemory = Callable[[], Optional[int]]
+MORE_MEMORY = "Free memory (close other programs, run fewer parts per machine) or use a machine with more memory."
 
 
 def output_names(case_id: str, preview: bool = False, dicom: bool = False) -> list[str]:
@@ -212,10 +213,10 @@ class _Run:
             self.remove_outputs(case_id)  # after the model loaded: a run that cannot start keeps earlier results
             need, free = self.memory(case_files, pipeline)
             if need is not None and free is not None and need > free:
+                limit = getattr(free, "limit", "")  # memory.Headroom: which limit, and how to get more under it
                 return self.failed(case_id, (
-                    f"Not enough memory for this case: it needs about {_size(need)}, and {_size(free)} is "
-                    "available. Free memory (close other programs, run fewer parts per machine) or use a machine "
-                    "with more memory."))
+                    f"Not enough memory for this case: it needs about {_size(need)}, and {_size(free)} is available"
+                    f"{f' under {limit}' if limit else ''}. " + (getattr(free, "advice", "") or MORE_MEMORY)))
             def progress(fraction, message):
                 bar.set_postfix_str(f"{case_id}: {message} {fraction:.0%}")
 
@@ -246,13 +247,13 @@ class _Run:
             return record
         except Cancelled:
             raise
-        except MemoryError:
-            estimate = f" (estimated to need about {_size(need)} of {_size(free)} free)" if need and free else ""
-            return self.failed(case_id, f"Ran out of memory on this case{estimate}. Free memory (close other "
-                               "programs, run fewer parts per machine) or use a machine with more memory.")
         except BrainTumorFusionError as error:
             return self.failed(case_id, str(error))
         except Exception as error:  # inside the network or a library: this case fails, the others still run
+            if is_allocation_failure(error):  # MemoryError, or torch's / ITK's RuntimeError for a failed allocation
+                estimate = f" (estimated to need about {_size(need)} of {_size(free)} free)" if need and free else ""
+                return self.failed(case_id, f"Ran out of memory on this case{estimate}. "
+                                   + (getattr(free, "advice", "") or MORE_MEMORY))
             return self.failed(case_id, f"Unexpected {type(error).__name__}: {error}. The traceback is in "
                                f"{case_id}.json; please report it.", traceback=traceback.format_exc())
 

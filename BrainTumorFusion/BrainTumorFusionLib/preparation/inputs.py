@@ -23,7 +23,7 @@ from ..progress import Progress
 from .geometry import check_distinct, check_volume, image_from_array, same_grid, spacing_of
 from .orientation import check_orientation
 from .plausibility import MIN_NEIGHBOUR_CORRELATION, SAMPLE, case_warnings, correlation, grid_warnings
-from .registration import HEAD_ALIGNED, HEAD_POOR, Alignment, _Similarity, align, resample_registered
+from .registration import HEAD_ALIGNED, HEAD_POOR, Alignment, _Similarity, align, head_mask, resample_registered
 
 Volume = tuple[np.ndarray, np.ndarray]  # (array (K, J, I), IJK-to-RAS)
 
@@ -136,10 +136,11 @@ def _outline_warning(role: str, reference_role: str, moving: sitk.Image, similar
     """A warning when an input used as it lies does not fill the reference's head outline (head Dice below
     registration.HEAD_POOR). Measured on the shared cases (docs/benchmarks.md, *Registration*): T1, T2 and FLAIR
     as BraTS aligned them 0.985 or more, but for one FLAIR that covers part of the brain (0.79); moved by up to
-    15 degrees and 15 mm 0.70-0.87; another patient's T2 on the same grid 0.83-0.92, often inside the head
-    (overlap coefficient up to 0.997), where `auto` would not register it."""
+    15 degrees and 15 mm 0.70-0.88; another patient's T2 on the same grid 0.83-0.93, often inside the head
+    (overlap coefficient up to 0.997), where `auto` would not register it. An input whose field of view only cuts
+    the head short is not warned about (_cut_field_of_view)."""
     dice = similarity.head_dice(moving, sitk.Euler3DTransform())
-    if dice >= HEAD_POOR:
+    if dice >= HEAD_POOR or _cut_field_of_view(moving, similarity):
         return []
     label, reference_label = DISPLAY_NAMES[role], DISPLAY_NAMES[reference_role]
     advice = ("run with registration (Register inputs: auto or on, --register auto|on) or register it yourself"
@@ -147,6 +148,25 @@ def _outline_warning(role: str, reference_role: str, moving: sitk.Image, similar
     return [f"{label}'s head outline does not match {reference_label}'s (head overlap {dice:.2f}; aligned BraTS "
             f"sequences 0.985 or more): it may be misaligned, another patient's or session's series, or cover only "
             f"part of the head; the segmentation may be wrong. If it is the same session, {advice}."]
+
+
+def _cut_field_of_view(moving: sitk.Image, similarity: _Similarity) -> bool:
+    """The input's head lies inside the reference's (overlap coefficient 0.999 or more) and matches its extent
+    along two axes (within 5 %) but ends at least 15 % short along the third: the same head in a smaller field of
+    view, as Brats18_2013_20_1's FLAIR (0.9997; 22 % short from front to back, the other two within 1 %). Another
+    patient's head inside this one reached 0.997 on the shared cases."""
+    resampled = sitk.Resample(moving, similarity.grid, sitk.Euler3DTransform(), sitk.sitkLinear, 0.0,
+                              sitk.sitkFloat32)
+    other, mask = head_mask(resampled), similarity.mask
+    if not other.any() or (other & mask).sum() < 0.999 * other.sum():
+        return False
+    shortfall = []
+    for axis in range(3):
+        rest = tuple(a for a in range(3) if a != axis)
+        extent = [np.ptp(np.flatnonzero(m.any(axis=rest))) + 1 for m in (other, mask)]
+        shortfall.append(1.0 - extent[0] / extent[1])
+    shortfall.sort()
+    return shortfall[2] >= 0.15 and abs(shortfall[0]) <= 0.05 and abs(shortfall[1]) <= 0.05
 
 
 def has_skull(array: np.ndarray, spacing) -> bool:
@@ -236,7 +256,9 @@ def assemble_case(volumes: dict[str, Optional[tuple[np.ndarray, np.ndarray]]], n
             image[channel] = prepared.volumes[role]
     check_distinct(image, present_roles)
     present = tuple(role in present_roles for role in MODALITIES)
-    check_orientation(image, present, reference_matrix)  # after registration, which cannot undo a flip
+    # after registration, which cannot undo a flip; among the inputs that show anatomy (noise has no left or right)
+    check_orientation(image, tuple(here and shows_anatomy(channel) for here, channel in zip(present, image)),
+                      reference_matrix)
     case = Case(name=name, image=image, ijk_to_ras=np.array(reference_matrix, dtype=float), present=present,
                 warnings=warnings, reference_role=prepared.reference_role, alignments=prepared.alignments,
                 input_grids={role: (volumes[role][0].shape, np.array(volumes[role][1], dtype=float))

@@ -73,7 +73,8 @@ def mirror_ratios(image: np.ndarray, present: tuple[bool, ...], ijk_to_ras: np.n
 
 
 def check_orientation(image: np.ndarray, present: tuple[bool, ...], ijk_to_ras: np.ndarray) -> None:
-    """InputError naming an input that looks mirrored left-right against the others (with two inputs, both)."""
+    """InputError naming an input that looks mirrored left-right against the others (with two inputs, both).
+    `present`: the inputs to judge, one bool per modality (those that show anatomy)."""
     ratios = mirror_ratios(image, present, ijk_to_ras)
     if not ratios or max(ratios.values()) < MIRROR_RATIO:
         return

@@ -8,9 +8,11 @@ warnings fires there."""
 from typing import Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..case import Case
 from ..modalities import DISPLAY_NAMES, MODALITIES, display
+from .registration import HEAD_ALIGNED, head_mask
 
 # Brain voxels sampled for correlations and skewness: enough for 3 decimals, cheap on a 240³ grid.
 SAMPLE = 20000
@@ -88,10 +90,7 @@ def case_warnings(case: Case) -> list[str]:
     brain = np.any(flat != 0, axis=0)
     brain_ml = np.count_nonzero(brain) * case.voxel_volume_ml
     if brain_ml > BRAIN_ML[1]:
-        warnings.append(
-            f"The non-zero part of the images is {brain_ml:.0f} mL, more than a brain (BraTS: {BRAIN_MEASURED}): "
-            "they are probably not skull-stripped or have a non-zero background, which the models were not "
-            "trained on; strip the skull first (e.g. HD-BET or SynthStrip).")
+        warnings.append(larger_than_a_brain(case, brain_ml))
     elif brain_ml < BRAIN_ML[0]:
         warnings.append(
             f"The non-zero part of the images is only {brain_ml:.0f} mL, less than a brain (BraTS: "
@@ -116,6 +115,65 @@ def case_warnings(case: Case) -> list[str]:
                 f"{low:.1f} to {high:.1f}): it may be another sequence or processed differently, which lowers "
                 f"accuracy; check that it is the {label} series.")
     return warnings
+
+
+def larger_than_a_brain(case: Case, brain_ml: float) -> str:
+    """The warning for images whose non-zero part is larger than a brain, with the advice that fits its cause.
+    After the run's own skull stripping (Case.stages), every input was cut by one brain mask: the mask is too large,
+    so the input is to be checked, not stripped again. Without it: where each input alone is no larger than a brain,
+    together they do not lie on each other (misaligned: not a skull matter); an input larger than a brain on its
+    own was not skull-stripped, which the run's own option does (with "auto" it would have run: inputs.has_skull
+    uses the same bound), and the inputs may be misaligned as well (head overlap below registration.HEAD_ALIGNED)."""
+    said = f"The non-zero part of the images is {brain_ml:.0f} mL, more than a brain (BraTS: {BRAIN_MEASURED})"
+    if "skull_strip" in case.stages:
+        return (f"{said} even after this run's skull stripping: the stripped images still look like a head with its "
+                "skull (or a non-zero background), so the stripping did not find the brain; check the input (a head "
+                "MRI, its T1 in the T1 role) and the result by eye.")
+    strip = ("run with skull stripping (Skull stripping: auto in the module, --skull-strip auto on the command line) "
+             "or give skull-stripped images")
+    roles = case.present_modalities
+    alone = {role: np.count_nonzero(case.image[MODALITIES.index(role)]) * case.voxel_volume_ml for role in roles}
+    largest = max(alone, key=alone.get)
+    apart = least_overlapping(case)
+    if apart is None or apart[1] >= HEAD_ALIGNED:
+        if alone[largest] > BRAIN_ML[1]:
+            return (f"{said}: they are probably not skull-stripped or have a non-zero background, which the models "
+                    f"were not trained on; {strip}.")
+        return (f"{said}, though each input alone is no larger than a brain: they do not lie on each other (misaligned,"
+                " or masked differently), and the segmentation may be wrong; check them by eye and register them "
+                "(Register inputs: auto or on, --register auto|on) if they are misaligned.")
+    role, overlap = apart
+    label, reference = DISPLAY_NAMES[role], DISPLAY_NAMES[reference_of(case)]
+    alignment = case.alignments.get(role)
+    register = ("even after registration: check that every series is of this patient and in its role, or register "
+                "them yourself" if alignment is not None and alignment.registered else
+                "run with registration on (Register inputs: auto or on, --register auto|on) or register them yourself")
+    said += (f" because the inputs do not lie on each other (the {label} head overlaps the {reference} head only "
+             f"{overlap * 100:.0f} %, aligned BraTS inputs {HEAD_ALIGNED * 100:.0f} % or more)")
+    if alone[largest] <= BRAIN_ML[1]:
+        return f"{said}: they are probably misaligned, and the segmentation may be wrong; {register}."
+    return (f"{said}, and {DISPLAY_NAMES[largest]} alone is {alone[largest]:.0f} mL: they are probably misaligned and "
+            f"not skull-stripped, and the segmentation may be wrong; {register}, and {strip}.")
+
+
+def least_overlapping(case: Case) -> Optional[tuple[str, float]]:
+    """(role, head overlap with the reference input) of the input whose head lies least inside the reference's,
+    on the case grid (registration.head_containment's measure: 1 when the smaller head lies inside the other); None
+    with one input."""
+    roles, reference = case.present_modalities, reference_of(case)
+    heads = {role: head_mask(sitk.GetImageFromArray(case.image[MODALITIES.index(role)])) for role in roles}
+    overlaps = {}
+    for role in roles:
+        if role != reference:
+            smaller = min(int(heads[role].sum()), int(heads[reference].sum()))
+            overlaps[role] = float((heads[role] & heads[reference]).sum()) / smaller if smaller else 0.0
+    role = min(overlaps, key=overlaps.get, default=None)
+    return None if role is None else (role, overlaps[role])
+
+
+def reference_of(case: Case) -> str:
+    """The role whose grid the case is on (the first present role for a Case made without preparation)."""
+    return case.reference_role if case.reference_role in case.present_modalities else case.present_modalities[0]
 
 
 def result_warnings(volumes_ml: dict[str, float]) -> list[str]:
