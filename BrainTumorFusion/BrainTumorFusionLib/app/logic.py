@@ -189,7 +189,8 @@ class SceneLogic:
         labels, ijk_to_ras = labels_from_segmentation(segmentation)
         measurements = measure(labels, ijk_to_ras)
         if add_to_scene:
-            write_measurements(measurements, self.scene, segmentation.GetName(), segmentation)
+            link = write_measurements(measurements, self.scene, segmentation.GetName(), segmentation)
+            self.measurement_links[segmentation.GetID()] = link
         return measurements
 
     def compare(self, prior: "Exam", follow_up: "Exam", options: Optional[SegmentationOptions] = None,
@@ -201,7 +202,6 @@ class SceneLogic:
         the prior; adds a table "<follow-up> response" (changes, new and vanished lesions, the imaging-only response
         categories) and returns the measurements.response.Comparison."""
         from ..engine.follow_up import compare_measured
-        from ..preparation.geometry import image_from_array
         from ..progress import share
 
         report = progress or (lambda fraction, message: None)
