@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
+from scipy import ndimage
 
 from .data import REGIONS, regions_from_labels
 
@@ -46,6 +47,45 @@ def lesion_wise_dice(pred, truth):
     (result,) = _panoptica_evaluator().evaluate(pred.astype(np.uint8), truth.astype(np.uint8), log_times=False,
                                                  verbose=False).values()
     return float(result.pq_dsc)
+
+
+# The official BraTS 2023+ glioma scorer's lesion-wise Dice (BraTS-GLI parameters; Saluja et al.,
+# rachitsaluja/BraTS-2023-Metrics), written here from its definition: ground-truth lesions are grouped by the
+# components of the ground truth dilated 3 times (18-neighbourhood), each group is scored against the union of the
+# predicted components (26-connected) that reach its own 3-fold dilation, groups of 50 mm3 or less are left out,
+# and every predicted component that reaches no group counts as a false positive scored 0.
+OFFICIAL_DILATION = 3
+OFFICIAL_MIN_MM3 = 50.0
+
+
+def official_lesion_dice(pred, truth, spacing=(1.0, 1.0, 1.0)):
+    """Lesion-wise Dice of two boolean (D, H, W) arrays as the BraTS 2023 glioma challenge ranks it (see above);
+    spacing in (D, H, W) order. No scored lesion and no false positive -> 1."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    full = np.ones((3, 3, 3), dtype=bool)
+    near = ndimage.generate_binary_structure(3, 2)
+    groups = _truth_groups(truth, near, full)
+    predicted, _ = ndimage.label(pred, full)
+    voxel_mm3 = float(np.prod(spacing))
+    reached, scores = set(), []
+    for index, box in enumerate(ndimage.find_objects(groups), start=1):
+        box = tuple(slice(max(s.start - OFFICIAL_DILATION, 0), s.stop + OFFICIAL_DILATION) for s in box)
+        lesion = groups[box] == index
+        reach = ndimage.binary_dilation(lesion, near, OFFICIAL_DILATION)
+        hits = set(np.unique(predicted[box][reach]).tolist()) - {0}
+        reached |= hits
+        if lesion.sum() * voxel_mm3 > OFFICIAL_MIN_MM3:
+            matched = np.isin(predicted, list(hits)) if hits else np.zeros_like(pred)
+            scores.append(dice(matched, groups == index))
+    false_positives = len(set(np.unique(predicted).tolist()) - {0} - reached)
+    count = len(scores) + false_positives
+    return float(sum(scores) / count) if count else 1.0
+
+
+def _truth_groups(truth, near, full):
+    """Ground-truth voxels labelled by the component of the dilated ground truth they lie in."""
+    dilated, _ = ndimage.label(ndimage.binary_dilation(truth, near, OFFICIAL_DILATION), full)
+    return np.where(truth, dilated, 0)
 
 
 _EVALUATOR = []

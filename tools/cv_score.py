@@ -1,6 +1,7 @@
 """Scores of the cross-validation campaign's out-of-fold predictions (issue 30): a network or an ensemble (the mean
 of its members' saved region probabilities) under clean-up variants, on every case held out by a finished fold of
-every member. Legacy Dice and lesion-wise Dice (Panoptica, BraTS configuration) of WT / TC / ET, their means with
+every member. Legacy Dice, lesion-wise Dice as the official BraTS 2023 scorer defines it (Training.metrics.official_lesion_dice) and
+as Panoptica's BraTS configuration computes it, of WT / TC / ET, their means with
 the standard error, the worst case, and each variant's paired difference from the first one with its standard
 error: the figures every ensemble, clean-up and `auto` choice is to be made on.
 
@@ -16,8 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from BrainTumorFusionLib.engine.postprocessing import Cleanup, brats_labels, clean_labels, regions_to_labels
+from Training.data import regions_from_labels
 from Training.evaluate import load_probabilities
-from Training.metrics import region_metrics
+from Training.metrics import official_lesion_dice, region_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 REGIONS = ("WT", "TC", "ET")
@@ -46,8 +48,14 @@ def score_case(truth_path: Path, paths: list[Path], cleanups: dict[str, Cleanup]
         raise ValueError(f"{truth_path.name}: tumor outside the brain crop")  # scoring on the crop would be wrong
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     labels = regions_to_labels(probabilities)
-    return {name: region_metrics(clean_labels(labels, voxel_ml, cleanup), truth[crop], image.GetSpacing())
-            for name, cleanup in cleanups.items()}
+    spacing = tuple(reversed(image.GetSpacing()))  # (D, H, W)
+    scores = {}
+    for name, cleanup in cleanups.items():
+        cleaned = clean_labels(labels, voxel_ml, cleanup)
+        scores[name] = region_metrics(cleaned, truth[crop], image.GetSpacing())
+        for region, predicted, true in zip(REGIONS, regions_from_labels(cleaned), regions_from_labels(truth[crop])):
+            scores[name][f"official_{region}"] = official_lesion_dice(predicted, true, spacing)
+    return scores
 
 
 def summary(rows: list[dict[str, float]], key: str) -> str:
@@ -81,13 +89,14 @@ def main(argv=None):
                                             [found[case] for found in files], cleanups).items():
                 scores[name].append(metrics)
         print(f"\n{choice}: {len(cases)} out-of-fold cases (mean ± standard error)")
-        print(f"{'clean-up':12s} {'Dice WT':>12s} {'TC':>12s} {'ET':>12s}   {'lesion WT':>12s} {'TC':>12s} "
-              f"{'ET':>12s}   worst WT   ET lesion-wise vs {baseline}")
+        print(f"{'clean-up':12s} {'Dice WT':>12s} {'TC':>12s} {'ET':>12s}   {'official WT':>12s} {'TC':>12s} "
+              f"{'ET':>12s}   {'panoptica WT':>12s} {'TC':>12s} {'ET':>12s}   worst WT   official ET vs {baseline}")
         for name, rows in scores.items():
             worst = min(row["dice_WT"] for row in rows)
-            paired = [row["lesion_dice_ET"] - base["lesion_dice_ET"] for row, base in zip(rows, scores[baseline])]
+            paired = [row["official_ET"] - base["official_ET"] for row, base in zip(rows, scores[baseline])]
             difference = f"{np.mean(paired):+.3f}±{np.std(paired, ddof=1) / np.sqrt(len(paired)):.3f}"
             print(f"{name:12s} " + " ".join(f"{summary(rows, f'dice_{r}'):>12s}" for r in REGIONS) + "   "
+                  + " ".join(f"{summary(rows, f'official_{r}'):>12s}" for r in REGIONS) + "   "
                   + " ".join(f"{summary(rows, f'lesion_dice_{r}'):>12s}" for r in REGIONS)
                   + f"   {worst:8.3f}   {difference}")
 
