@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional
 from ..engine.follow_up import compare_exams
 from ..engine.pipeline import Pipeline
 from ..errors import BrainTumorFusionError, Cancelled, InputError
-from ..files.dicom_io import dicom_case_in
-from ..files.file_io import PathLike, case_files_in, check_writable_folder, read_case, write_atomically
+from ..files.cases import case_in
+from ..files.file_io import PathLike, check_writable_folder, read_case, write_atomically
 from ..files.seg_nrrd import save_seg_nrrd
 from .batch import write_all
 
@@ -53,7 +53,7 @@ def pair_of(baseline: PathLike, follow_up: PathLike, pair_id: Optional[str] = No
 
 
 def _case_files(folder: Path, which: str):
-    case = (case_files_in(folder) or dicom_case_in(folder)) if folder.is_dir() else None
+    case = case_in(folder) if folder.is_dir() else None
     if case is None:
         raise InputError(f"The {which} folder {folder} holds no case: give a folder with the exam's "
                          "<id>_t1/_t1ce/_t2/_flair images or its DICOM series.")

@@ -9,6 +9,11 @@ from .dicom_io import dicom_case_in
 from .file_io import CaseFiles, PathLike, case_files_in
 
 
+def case_in(folder: PathLike, dicom: bool = True) -> Optional[CaseFiles]:
+    """The case a folder holds: its modality images, else (with `dicom`) its DICOM series; None if neither."""
+    return case_files_in(folder) or (dicom_case_in(folder) if dicom else None)
+
+
 def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = None, dicom: bool = False,
                exclude: Optional[PathLike] = None, skipped: Optional[list[Path]] = None) -> list[CaseFiles]:
     """Every sub-folder of input_dir that holds modality images, sorted by name (other files ignored). With `dicom`,
@@ -31,9 +36,7 @@ def find_cases(input_dir: PathLike, problems: Optional[dict[str, InputError]] = 
         if excluded is not None and (folder.resolve() == excluded or folder.resolve() in excluded.parents):
             continue
         try:
-            case = case_files_in(folder)
-            if case is None and dicom:
-                case = dicom_case_in(folder)
+            case = case_in(folder, dicom)
         except InputError as error:
             if problems is None:
                 raise

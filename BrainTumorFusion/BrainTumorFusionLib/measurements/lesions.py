@@ -17,6 +17,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from ..case import LABEL_ENHANCING
+from ..preparation.geometry import nearest_array_axis
 
 _FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 _SAMPLES_PER_VOXEL = 4  # along a perpendicular chord: ends are refined between samples, this only finds them
@@ -55,9 +56,7 @@ class Component:
 def axial_axis(ijk_to_ras: np.ndarray) -> int:
     """The array axis (0 = K, 1 = J, 2 = I) whose direction is nearest to superior-inferior: slices across it are
     the grid's axial slices."""
-    columns = np.asarray(ijk_to_ras, dtype=float)[:3, :3]
-    superior = np.abs(columns[2]) / np.linalg.norm(columns, axis=0)  # |cosine| with S, for i, j, k
-    return 2 - int(np.argmax(superior))  # column i is array axis 2
+    return nearest_array_axis(ijk_to_ras, 2)
 
 
 def slice_thickness_mm(ijk_to_ras: np.ndarray) -> float:
@@ -127,11 +126,11 @@ class _Plane:
     def diameters(self) -> Optional[Diameters]:
         if not self.mask.any():
             return None
-        points = self.outline()
+        outline = self.outline()
         try:
-            points = points[ConvexHull(points).vertices]
+            points = outline[ConvexHull(outline).vertices]
         except (QhullError, ValueError):  # all points on one line: every point may be an end
-            pass
+            points = outline
         distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
         # A pixelated outline often has several equally long diameters (mirror images): take the one with the longest
         # perpendicular chord, so that the choice does not follow rounding, nor where the grid lies in patient space.
@@ -142,7 +141,7 @@ class _Plane:
             longest = float(distances[first, second])
             along = (end - start) / longest
             across = np.array([-along[1], along[0]])
-            chord_start, chord_end = self._longest_chord(start, along, longest, across)
+            chord_start, chord_end = self._longest_chord(outline, start, along, longest, across)
             perpendicular = float(np.linalg.norm(chord_end - chord_start))
             if best is None or perpendicular > best[1] + _TIE_MM:
                 best = (longest, perpendicular, start, end, chord_start, chord_end)
@@ -152,13 +151,13 @@ class _Plane:
                          perpendicular_line=(self.ras(chord_start), self.ras(chord_end)),
                          slice_index=self.index)
 
-    def _longest_chord(self, start: np.ndarray, along: np.ndarray, length: float, across: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def _longest_chord(self, outline: np.ndarray, start: np.ndarray, along: np.ndarray, length: float,
+                       across: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """End points (2-D mm) of the longest chord across the lesion perpendicular to `along`: lines across,
         sampled finely along the longest diameter, each from its first to its last point inside the outline."""
         step = float(np.min(np.linalg.norm(self.to_plane, axis=0))) / _SAMPLES_PER_VOXEL
         to_index = np.linalg.inv(self.to_plane)
-        reach = np.abs((self.outline() - start) @ across)  # how far the lesion extends either side
+        reach = np.abs((outline - start) @ across)  # how far the lesion extends either side
         half = float(reach.max()) + step
         # symmetric samples: the same points whichever end is `start` and whichever way `across` points
         positions = np.linspace(0.0, length, int(np.ceil(length / step)) + 1)

@@ -113,14 +113,7 @@ def _bidimensional(baseline: Measurements, follow_up: Measurements, new_measurab
         reasons.append("no measurable enhancing disease on the baseline: the SPD cannot show a response")
         return STABLE
     said = f"SPD {baseline.spd_mm2:g} -> {follow_up.spd_mm2:g} mm2 ({change:+.0%})"
-    if change >= PROGRESSION_SPD:
-        reasons.append(f"{said}: an increase of {PROGRESSION_SPD:.0%} or more")
-        return PROGRESSION
-    if change <= RESPONSE_SPD:
-        reasons.append(f"{said}: a decrease of {-RESPONSE_SPD:.0%} or more")
-        return PARTIAL
-    reasons.append(f"{said}: within {RESPONSE_SPD:+.0%} to {PROGRESSION_SPD:+.0%}")
-    return STABLE
+    return _by_change(change, said, PROGRESSION_SPD, RESPONSE_SPD, reasons)
 
 
 def _volumetric(baseline: Measurements, follow_up: Measurements, new_measurable: list[int],
@@ -136,13 +129,18 @@ def _volumetric(baseline: Measurements, follow_up: Measurements, new_measurable:
         return PROGRESSION if after >= VOLUMETRIC_MINIMUM_ML else STABLE
     change = relative(before, after)
     said = f"volumetric: enhancing volume {before:g} -> {after:g} mL ({change:+.0%})"
-    if change >= PROGRESSION_VOLUME:
-        reasons.append(f"{said}: an increase of {PROGRESSION_VOLUME:.0%} or more")
+    return _by_change(change, said, PROGRESSION_VOLUME, RESPONSE_VOLUME, reasons)
+
+
+def _by_change(change: float, said: str, progression: float, response: float, reasons: list[str]) -> str:
+    """The category of a relative change by RANO's thresholds, its reason appended to `reasons`."""
+    if change >= progression:
+        reasons.append(f"{said}: an increase of {progression:.0%} or more")
         return PROGRESSION
-    if change <= RESPONSE_VOLUME:
-        reasons.append(f"{said}: a decrease of {-RESPONSE_VOLUME:.0%} or more")
+    if change <= response:
+        reasons.append(f"{said}: a decrease of {-response:.0%} or more")
         return PARTIAL
-    reasons.append(f"{said}: within {RESPONSE_VOLUME:+.0%} to {PROGRESSION_VOLUME:+.0%}")
+    reasons.append(f"{said}: within {response:+.0%} to {progression:+.0%}")
     return STABLE
 
 

@@ -55,6 +55,13 @@ def spacing_of(ijk_to_ras: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
 
 
+def nearest_array_axis(ijk_to_ras: np.ndarray, ras_axis: int) -> int:
+    """The array axis (0 = K, 1 = J, 2 = I) whose direction is nearest to RAS axis `ras_axis` (0 R, 1 A, 2 S)."""
+    columns = np.asarray(ijk_to_ras, dtype=float)[:3, :3]
+    cosine = np.abs(columns[ras_axis]) / np.linalg.norm(columns, axis=0)  # |cosine| with that axis, for i, j, k
+    return 2 - int(np.argmax(cosine))  # column i is array axis 2
+
+
 def same_grid(shape_a: Sequence[int], matrix_a: np.ndarray, shape_b: Sequence[int], matrix_b: np.ndarray) -> bool:
     return tuple(shape_a) == tuple(shape_b) and np.allclose(matrix_a, matrix_b, atol=GRID_TOLERANCE)
 

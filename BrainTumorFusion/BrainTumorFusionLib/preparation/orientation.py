@@ -13,17 +13,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..modalities import DISPLAY_NAMES, MODALITIES
+from .geometry import nearest_array_axis
 from .registration import normalized_mutual_information
 
 MIRROR_RATIO = 1.1
 _WORKING_MM = 2.0  # the fit is judged on about 2 mm voxels: 8x fewer, the same answer
-
-
-def _left_right_axis(ijk_to_ras: np.ndarray) -> int:
-    """The array axis (0 = K, 1 = J, 2 = I) nearest to the patient's left-right direction."""
-    columns = np.asarray(ijk_to_ras, dtype=float)[:3, :3]
-    right = np.abs(columns[0]) / np.linalg.norm(columns, axis=0)
-    return 2 - int(np.argmax(right))
 
 
 def _mirrored(volume: np.ndarray, axis: int, first: int, last: int) -> np.ndarray:
@@ -57,7 +51,7 @@ def mirror_ratios(image: np.ndarray, present: tuple[bool, ...], ijk_to_ras: np.n
     spacing = np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)[::-1]  # (K, J, I)
     step = tuple(slice(None, None, max(int(round(_WORKING_MM / s)), 1)) for s in spacing)
     volumes = {role: image[MODALITIES.index(role)][step] for role in roles}
-    axis = _left_right_axis(ijk_to_ras)
+    axis = nearest_array_axis(ijk_to_ras, 0)  # left-right
     brain = np.any([volume != 0 for volume in volumes.values()], axis=0)
     occupied = np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))
     if occupied.size == 0:
